@@ -1,0 +1,91 @@
+"""The whole training state as plain data, written atomically, read with weights_only=True.
+
+A checkpoint holds: the model (unwrapped, uncompiled), optimizer, GradScaler, step, the data
+position, RNG states, the config, and the best validation loss so far. Files are named
+`ckpt-0000200.pt` in the run folder; `best.pt` is the one with the lowest validation loss.
+"""
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minitrain import UserError
+from minitrain.hub import atomic_write
+
+CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save(path, state: dict) -> None:
+    """torch.save into a temporary file, fsync, rename: a crash never leaves a half file at `path`."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
+
+
+def load(path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist.") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} could not be loaded safely ({first}).") from None
+
+
+def list_checkpoints(out_dir) -> list[Path]:
+    """Complete checkpoints in `out_dir`, oldest first (temporary files of a crashed write are not)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest(out_dir) -> Path | None:
+    """The newest checkpoint that loads; a damaged one (e.g. a copied-in partial file) is skipped."""
+    for path in reversed(list_checkpoints(out_dir)):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+            return path
+        except Exception:
+            print(f"skipping unreadable checkpoint {path}", flush=True)
+    return None
+
+
+def prune(out_dir, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints (best.pt is kept separately)."""
+    if keep_last <= 0:
+        return
+    for path in list_checkpoints(out_dir)[:-keep_last]:
+        path.unlink(missing_ok=True)
+
+
+def checkpoint_path(out_dir, step: int) -> Path:
+    return Path(out_dir) / f"ckpt-{step:07d}.pt"

@@ -1,0 +1,90 @@
+"""Processes under torchrun: the process group, the device, rank helpers.
+
+torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every process it starts;
+without them we are a single process and no process group is created.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from minitrain import UserError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device=cuda was asked for, but this machine has no usable CUDA GPU.")
+        return torch.device("cuda", local_rank if name == "cuda" else int(name.split(":")[1]))
+    if name == "mps" and torch.backends.mps.is_available():
+        return torch.device("mps")
+    if name != "cpu":
+        raise UserError(f"--device={name!r} is not available here; use auto, cpu or cuda.")
+    return torch.device("cpu")
+
+
+def setup(device: str = "auto") -> Dist:
+    """Join the process group torchrun describes (if any) and pick this process's device."""
+    if "RANK" not in os.environ:
+        return Dist(device=pick_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    dev = pick_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        # nccl moves CUDA tensors between GPUs; gloo works on CPU tensors.
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+    return Dist(rank, local_rank, world_size, dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum a tensor over all ranks (in place; returns it). A no-op for one process."""
+    if d.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_object(obj, d: Dist):
+    """Rank 0's value of a small picklable object, on every rank."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

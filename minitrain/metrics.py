@@ -1,0 +1,65 @@
+"""Evaluation metrics and the throughput / MFU meter."""
+
+import math
+
+
+def accuracy(preds, labels) -> float:
+    preds, labels = list(preds), list(labels)
+    return sum(int(p == y) for p, y in zip(preds, labels)) / max(1, len(labels))
+
+
+def f1(preds, labels, positive=1) -> float:
+    """F1 of the positive class: 2PR/(P+R); 0 when there are no true positives."""
+    tp = fp = fn = 0
+    for p, y in zip(preds, labels):
+        tp += int(p == positive and y == positive)
+        fp += int(p == positive and y != positive)
+        fn += int(p != positive and y == positive)
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def macro_f1(preds, labels, num_labels) -> float:
+    preds, labels = list(preds), list(labels)
+    return sum(f1(preds, labels, positive=c) for c in range(num_labels)) / num_labels
+
+
+def perplexity(mean_loss: float) -> float:
+    return math.exp(min(mean_loss, 700.0))  # exp overflows past ~709
+
+
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls (forward 2N, backward 4N) plus attention's
+    6 * 2 * n_layer * seq_len * n_embd (PaLM, Chowdhery et al. 2022, appendix B).
+
+    `n_params` counts the non-embedding parameters plus the LM-head matmul (the tied wte counted
+    once, since that matmul is real work even though the weight is shared).
+    """
+    return 6 * n_params + 12 * n_layer * n_embd * seq_len
+
+
+# Dense bf16 peak TFLOP/s without sparsity, from the vendors' data sheets.
+PEAK_BF16_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H200": 989.0,
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The table's entry for a GPU name, longest match first; None when the GPU is not listed."""
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
+        if key.lower() in device_name.lower():
+            return PEAK_BF16_TFLOPS[key]
+    if "h100" in device_name.lower():  # unnamed H100 variants: the SXM figure is the usual one
+        return PEAK_BF16_TFLOPS["H100 SXM"]
+    return None

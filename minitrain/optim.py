@@ -1,0 +1,51 @@
+"""AdamW parameter groups and learning-rate schedules as pure functions of the step."""
+
+import math
+
+import torch
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings (dim >= 2), none on biases and LayerNorm gains.
+
+    named_parameters() yields a tied parameter (GPT-2's wte / lm_head) once, so it is counted once.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model, lr, weight_decay, betas, device) -> torch.optim.AdamW:
+    # The fused CUDA kernel updates all parameters in one launch; on CPU use the default (foreach).
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+
+
+def lr_at(step: int, *, schedule: str, lr: float, warmup_steps: int, total_steps: int,
+          min_lr: float = 0.0) -> float:
+    """The learning rate for optimizer step `step` (0-based).
+
+    Linear warmup from lr/warmup to lr over `warmup_steps`, then
+      linear:   straight down to min_lr at total_steps (the Hugging Face Trainer's default);
+      cosine:   half a cosine down to min_lr at total_steps (Loshchilov & Hutter, SGDR);
+      constant: lr.
+    Past total_steps the rate stays at its final value.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if schedule == "linear":
+        return lr + (min_lr - lr) * progress
+    if schedule == "cosine":
+        return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+SCHEDULES = ("linear", "cosine", "constant")

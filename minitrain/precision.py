@@ -1,0 +1,48 @@
+"""Mixed precision: the autocast context and a GradScaler that is enabled only for fp16.
+
+bf16 has fp32's exponent range, so its gradients do not underflow and need no loss scaling; fp16
+does (Micikevicius et al. 2018, "Mixed Precision Training").
+"""
+
+import contextlib
+
+import torch
+
+from minitrain import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise UserError(f"--dtype={name!r} is not one of auto, {', '.join(DTYPES)}.")
+    dtype = DTYPES[name]
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtype=bf16 was asked for, but this GPU cannot do bf16; use fp16.")
+    if dtype == torch.float16 and device.type == "cpu" and not cpu_supports_fp16():
+        raise UserError("--dtype=fp16 was asked for, but this CPU cannot run fp16; use bf16 or fp32.")
+    return dtype
+
+
+def cpu_supports_fp16() -> bool:
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            torch.nn.functional.linear(torch.ones(2, 2), torch.ones(2, 2))
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Run matmuls in `dtype` with fp32 master weights; a no-op context for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
