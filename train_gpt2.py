@@ -125,7 +125,7 @@ def main(cfg: Config) -> dict:
     # ------------------------------------------------------------------------------------------
     # setup: processes, device, precision
     d = dist.setup(cfg.device)
-    log, cleanups = None, []
+    log, cleanups, clean = None, [], False
     try:
         dtype = resolve_dtype(cfg.dtype, d.device)
         out_dir = Path(cfg.out_dir)
@@ -395,6 +395,7 @@ def main(cfg: Config) -> dict:
                 text = tokenizer.decode(out[0].tolist())
                 log.write(f"--- sample {i + 1} ---\n{text}")
                 log.text(step, f"sample_{i + 1}", text)
+        clean = True
         return {"step": step, "first_val_loss": first_val_loss, "val_loss": val_loss,
                 "val_perplexity": perplexity(val_loss), "train_loss": train_loss,
                 "out_dir": str(out_dir), "stopped": stop.was_requested}
@@ -403,7 +404,7 @@ def main(cfg: Config) -> dict:
             cleanup()
         if log is not None:
             log.close()
-        dist.teardown()
+        dist.teardown(clean)
 
 
 # ----------------------------------------------------------------------------------------------

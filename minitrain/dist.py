@@ -59,8 +59,13 @@ def setup(device: str = "auto") -> Dist:
     return Dist(rank, local_rank, world_size, dev)
 
 
-def teardown() -> None:
+def teardown(clean: bool = True) -> None:
+    """Leave the process group. After a clean run, wait for every rank first: tearing gloo down
+    while another rank still talks to it can abort the process. After an error, do not wait
+    (the other ranks may never arrive); torchrun stops them."""
     if dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

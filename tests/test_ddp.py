@@ -1,0 +1,81 @@
+"""Data parallelism under torchrun on CPU (gloo, 2 processes)."""
+
+import os
+import subprocess
+
+import pytest
+import torch
+
+from tests.helpers import (PY, ROOT, final_params, max_param_diff, metrics, run_script,
+                           small_corpus, tiny_gpt2_args)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return small_corpus(tmp_path_factory.mktemp("corpus") / "plays.txt")
+
+
+# Adam divides each gradient by its running RMS, so for entries whose true gradient is zero (the
+# attention key bias: softmax ignores it) it turns float rounding noise -- which differs with the
+# summation order of 1 vs 2 processes -- into updates of up to ~lr * |noise| / eps. A small learning
+# rate keeps that noise below the 1e-6 bar, so the comparison shows real differences only.
+EQ_LR = 2e-4
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_replicas_identical_and_gradients_averaged():
+    proc = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "tests/ddp_worker.py")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "replicas identical after every step" in proc.stdout
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_two_processes_equal_one_process_with_double_batch(corpus, cache, tmp_path, accum):
+    kw = dict(max_steps=4, grad_accum_steps=accum, lr=EQ_LR)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4, **kw))
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "two", cache, batch_size=2, **kw),
+               nproc=2)
+    assert max_param_diff(final_params(tmp_path / "one"), final_params(tmp_path / "two")) <= 1e-6
+    one, two = metrics(tmp_path / "one", "train_loss"), metrics(tmp_path / "two", "train_loss")
+    assert all(abs(one[s] - two[s]) < 1e-5 for s in one)
+    v1, v2 = metrics(tmp_path / "one", "val_loss"), metrics(tmp_path / "two", "val_loss")
+    assert all(abs(v1[s] - v2[s]) < 1e-5 for s in v1)
+
+
+def test_minitrain_ddp_equals_torch_ddp(corpus, cache, tmp_path):
+    kw = dict(max_steps=4, batch_size=2, grad_accum_steps=2, lr=EQ_LR)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "ours", cache, **kw), nproc=2)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "torch", cache, ddp="torch", **kw),
+               nproc=2)
+    assert max_param_diff(final_params(tmp_path / "ours"), final_params(tmp_path / "torch")) <= 1e-6
+
+
+def test_checkpoint_from_two_processes_resumes_in_one(corpus, cache, tmp_path):
+    kw = dict(max_steps=8, save_interval=4, lr=EQ_LR)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "two", cache, batch_size=2, **kw),
+               nproc=2)
+    ckpt = tmp_path / "two/ckpt-0000004.pt"
+    assert len(torch.load(ckpt, weights_only=True)["rng"]) == 2
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4,
+                                               resume=str(ckpt), **kw))
+    two, one = metrics(tmp_path / "two", "train_loss"), metrics(tmp_path / "one", "train_loss")
+    assert sorted(one) == [5, 6, 7, 8]
+    assert all(abs(one[s] - two[s]) < 1e-5 for s in one), (one, two)
+    assert max_param_diff(final_params(tmp_path / "one"), final_params(tmp_path / "two")) <= 1e-6
+
+
+def test_readme_torchrun_command_finishes(corpus, cache, tmp_path):
+    """`torchrun --nproc_per_node=2 train_gpt2.py` with small settings, on the default corpus."""
+    args = dict(out_dir=tmp_path / "run", cache_dir=cache, max_steps=4, n_layer=1, n_embd=32,
+                n_head=2, block_size=32, batch_size=4, eval_interval=4, eval_batches=2,
+                num_samples=1, max_new_tokens=8, vocab_size=512)
+    proc = run_script("train_gpt2.py", args, nproc=2)
+    assert "2 processes x 4 sequences" in proc.stdout
+    assert (tmp_path / "run/final/model.safetensors").is_file()
