@@ -2,7 +2,7 @@
 
     python train_gpt2.py                                   # the offline default: a small GPT-2
                                                            # from scratch on Shakespeare (CPU ok)
-    torchrun --standalone --nproc_per_node=2 train_gpt2.py # the same, data-parallel over 2 processes
+    torchrun --standalone --nproc_per_node=2 train_gpt2.py # the same, data-parallel, 2 processes
     python train_gpt2.py --init_from=gpt2 --data=my.txt    # fine-tune GPT-2 124M on your text
     python train_gpt2.py --max_steps=20 --eval_interval=10 # a CPU smoke run
     python train_gpt2.py --resume=auto                     # continue the run in --out_dir
@@ -20,8 +20,6 @@ import contextlib
 import json
 import math
 import shutil
-import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import torch
 
 from minitrain import UserError, checkpoint, data, dist
-from minitrain.config import parse_args
+from minitrain.config import run_cli
 from minitrain.ddp import wrap
 from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.logger import Logger
@@ -44,12 +42,18 @@ class Config:
     """Causal language modelling with GPT-2. Every option is --key=value (or --key value)."""
 
     # data
-    data: str = "shakespeare"  # corpus: 'shakespeare', a .txt file, a folder/glob of .txt, hf:NAME[:CONFIG]
-    val_fraction: float = 0.1  # share of the corpus held out for validation (when it has no val split)
+    data: str = (
+        "shakespeare"  # corpus: 'shakespeare', a .txt file, a folder/glob of .txt, hf:NAME[:CONFIG]
+    )
+    val_fraction: float = (
+        0.1  # share of the corpus held out for validation (when it has no val split)
+    )
     cache_dir: str = "~/.cache/minitrain"  # where tokenized data and trained tokenizers are cached
     # model
     init_from: str = "scratch"  # 'scratch', a hub id (gpt2, gpt2-medium, ...) or a local HF folder
-    tokenizer: str = ""  # scratch only: a tokenizer folder; empty trains a byte-level BPE on the data
+    tokenizer: str = (
+        ""  # scratch only: a tokenizer folder; empty trains a byte-level BPE on the data
+    )
     vocab_size: int = 2048  # scratch only: size of the BPE vocabulary to train
     n_layer: int = 4  # scratch only: transformer blocks
     n_head: int = 4  # scratch only: attention heads
@@ -98,16 +102,37 @@ class Config:
 
 def check_config(cfg: Config) -> None:
     """Reject impossible values before any heavy work, each with one sentence."""
-    positive = ["batch_size", "grad_accum_steps", "block_size", "eval_interval", "log_interval",
-                "save_interval", "vocab_size", "n_layer", "n_head", "n_embd", "max_bad_steps"]
+    positive = [
+        "batch_size",
+        "grad_accum_steps",
+        "block_size",
+        "eval_interval",
+        "log_interval",
+        "save_interval",
+        "vocab_size",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "max_bad_steps",
+    ]
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name}={getattr(cfg, name)} must be a positive number.")
     if cfg.lr <= 0:
         raise UserError(f"--lr={cfg.lr} must be positive.")
-    for name in ("max_steps", "tokens_per_step", "warmup_steps", "eval_batches", "min_lr",
-                 "epochs", "weight_decay", "max_grad_norm", "num_samples", "max_new_tokens",
-                 "keep_last"):
+    for name in (
+        "max_steps",
+        "tokens_per_step",
+        "warmup_steps",
+        "eval_batches",
+        "min_lr",
+        "epochs",
+        "weight_decay",
+        "max_grad_norm",
+        "num_samples",
+        "max_new_tokens",
+        "keep_last",
+    ):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name}={getattr(cfg, name)} must not be negative.")
     if cfg.max_steps == 0 and cfg.epochs == 0:
@@ -129,10 +154,10 @@ def main(cfg: Config) -> dict:
     try:
         dtype = resolve_dtype(cfg.dtype, d.device)
         out_dir = Path(cfg.out_dir)
-        resume_path = find_resume(cfg, out_dir) if d.is_main else None
+        resume_path = checkpoint.find_resume(cfg.resume, out_dir) if d.is_main else None
         resume_path = dist.broadcast_object(resume_path, d)
         if d.is_main and resume_path is None:
-            claim_out_dir(out_dir, cfg.overwrite)
+            checkpoint.claim_out_dir(out_dir, cfg.overwrite)
         dist.barrier(d)
         ckpt = checkpoint.load(resume_path) if resume_path else None
         if d.device.type == "cuda":
@@ -147,7 +172,9 @@ def main(cfg: Config) -> dict:
             if (turn == "main") == d.is_main:
                 tokenizer, tokenizer_file = get_tokenizer(cfg, train_docs, out_dir, ckpt)
                 eot = eot_id(tokenizer)
-                train_tokens = data.tokenize_cached(train_docs, tokenizer, eot, cfg.cache_dir, "train")
+                train_tokens = data.tokenize_cached(
+                    train_docs, tokenizer, eot, cfg.cache_dir, "train"
+                )
                 val_tokens = data.tokenize_cached(val_docs, tokenizer, eot, cfg.cache_dir, "val")
             dist.barrier(d)
 
@@ -156,15 +183,21 @@ def main(cfg: Config) -> dict:
         raw_model = build_model(cfg, tokenizer, ckpt)
         T = cfg.block_size
         if T > raw_model.config.n_positions:
-            raise UserError(f"--block_size={T} is larger than the model's {raw_model.config.n_positions} "
-                            f"positions; use --block_size={raw_model.config.n_positions} or less.")
+            raise UserError(
+                f"--block_size={T} is larger than the model's {raw_model.config.n_positions} "
+                f"positions; use --block_size={raw_model.config.n_positions} or less."
+            )
         if tokenizer.get_vocab_size() > raw_model.config.vocab_size:
-            raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only "
-                            f"{raw_model.config.vocab_size}: they do not belong together.")
+            raise UserError(
+                f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only "
+                f"{raw_model.config.vocab_size}: they do not belong together."
+            )
         raw_model.to(d.device)
         n_params = raw_model.num_params()
-        dist.print0(f"model: {n_params / 1e6:.2f}M parameters (non-embedding + tied head), "
-                    f"{raw_model.config.n_layer} layers, vocab {raw_model.config.vocab_size}")
+        dist.print0(
+            f"model: {n_params / 1e6:.2f}M parameters (non-embedding + tied head), "
+            f"{raw_model.config.n_layer} layers, vocab {raw_model.config.vocab_size}"
+        )
 
         # --------------------------------------------------------------------------------------
         # batch arithmetic: values that depend on the world size are computed here and printed
@@ -172,8 +205,10 @@ def main(cfg: Config) -> dict:
         if cfg.tokens_per_step > 0:
             per_micro_step = W * B * T
             if cfg.tokens_per_step % per_micro_step:
-                raise UserError(f"--tokens_per_step={cfg.tokens_per_step} is not divisible by "
-                                f"world_size x batch_size x block_size = {per_micro_step}.")
+                raise UserError(
+                    f"--tokens_per_step={cfg.tokens_per_step} is not divisible by "
+                    f"world_size x batch_size x block_size = {per_micro_step}."
+                )
             grad_accum = cfg.tokens_per_step // per_micro_step
         else:
             grad_accum = cfg.grad_accum_steps
@@ -181,20 +216,25 @@ def main(cfg: Config) -> dict:
         n_train_blocks = data.num_blocks(train_tokens, T)
         n_val_blocks = data.num_blocks(val_tokens, T)
         if n_train_blocks < blocks_per_step:
-            raise UserError(f"the training split has {n_train_blocks} blocks of {T} tokens, fewer than "
-                            f"one global batch of {blocks_per_step}: lower --batch_size or --block_size.")
+            raise UserError(
+                f"the training split has {n_train_blocks} blocks of {T} tokens, fewer than "
+                f"one global batch of {blocks_per_step}: lower --batch_size or --block_size."
+            )
         if n_val_blocks == 0:
             raise UserError(f"the validation split is shorter than one block of {T} tokens.")
         steps_per_epoch = n_train_blocks // blocks_per_step
         max_steps = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs > 0 else cfg.max_steps
-        dist.print0(f"batch: {W} processes x {B} sequences x {grad_accum} accumulation = "
-                    f"{blocks_per_step} sequences = {blocks_per_step * T:,} tokens per step; "
-                    f"{steps_per_epoch} steps per epoch; {max_steps} steps")
+        dist.print0(
+            f"batch: {W} processes x {B} sequences x {grad_accum} accumulation = "
+            f"{blocks_per_step} sequences = {blocks_per_step * T:,} tokens per step; "
+            f"{steps_per_epoch} steps per epoch; {max_steps} steps"
+        )
 
         # --------------------------------------------------------------------------------------
         # optimizer, precision, and the training state to resume from
-        optimizer = make_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                   d.device)
+        optimizer = make_optimizer(
+            raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), d.device
+        )
         scaler = make_scaler(d.device, dtype)
         step, epoch, pos, best_val = 0, 0, 0, float("inf")
         torch.manual_seed(cfg.seed + d.rank)  # dropout differs between ranks, as their data does
@@ -208,8 +248,10 @@ def main(cfg: Config) -> dict:
                 checkpoint.set_rng_state(rngs[d.rank])
             else:
                 torch.manual_seed(cfg.seed + d.rank + 1_000_003 * step)
-            dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch}, "
-                        f"{pos} sequences into it)")
+            dist.print0(
+                f"resumed from {resume_path} at step {step} (epoch {epoch}, "
+                f"{pos} sequences into it)"
+            )
         order = data.epoch_order(n_train_blocks, cfg.seed, epoch)
 
         # compile, then wrap for data parallelism; raw_model stays the one that is saved
@@ -221,18 +263,25 @@ def main(cfg: Config) -> dict:
         # evaluation: every rank scores its share of the validation blocks; sums are reduced
         def evaluate() -> float:
             raw_model.eval()
-            n_blocks = n_val_blocks if cfg.eval_batches == 0 else min(
-                n_val_blocks, cfg.eval_batches * B * W)
+            n_blocks = (
+                n_val_blocks
+                if cfg.eval_batches == 0
+                else min(n_val_blocks, cfg.eval_batches * B * W)
+            )
             sums = torch.zeros(2, device=d.device, dtype=torch.float64)  # loss sum, token count
             mine = list(range(d.rank, n_blocks, W))
             with torch.no_grad():
                 for i in range(0, len(mine), B):
-                    x, y = data.get_batch(val_tokens, mine[i: i + B], T)
+                    x, y = data.get_batch(val_tokens, mine[i : i + B], T)
                     x, y = x.to(d.device), y.to(d.device)
                     with autocast(d.device, dtype):
                         _, loss_sum = raw_model(x, y, reduction="sum")
-                    sums += torch.stack([loss_sum.double(), torch.tensor(y.numel(), device=d.device,
-                                                                         dtype=torch.float64)])
+                    sums += torch.stack(
+                        [
+                            loss_sum.double(),
+                            torch.tensor(y.numel(), device=d.device, dtype=torch.float64),
+                        ]
+                    )
             dist.all_reduce_sum(sums, d)
             raw_model.train()
             return (sums[0] / sums[1]).item()
@@ -252,8 +301,11 @@ def main(cfg: Config) -> dict:
                     "model_config": asdict(raw_model.config),
                     "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(),
-                    "step": step, "epoch": epoch, "pos": pos,
-                    "best_val_loss": best_val, "val_loss": val_loss,
+                    "step": step,
+                    "epoch": epoch,
+                    "pos": pos,
+                    "best_val_loss": best_val,
+                    "val_loss": val_loss,
                     "rng": rngs,
                     "config": asdict(cfg),
                 }
@@ -265,19 +317,26 @@ def main(cfg: Config) -> dict:
                     if is_best:
                         checkpoint.save(out_dir / "best.pt", state)
                 except OSError as e:
-                    raise UserError(f"could not write checkpoint {path} ({e.strerror or e}); the "
-                                    f"previous checkpoint is kept, and the run stops here.") from None
+                    raise UserError(
+                        f"could not write checkpoint {path} ({e.strerror or e}); the "
+                        f"previous checkpoint is kept, and the run stops here."
+                    ) from None
                 checkpoint.prune(out_dir, cfg.keep_last)
                 log.write(f"step {step}: saved {path}")
             dist.barrier(d)
 
         # --------------------------------------------------------------------------------------
         # the training loop
-        log = Logger(out_dir, enabled=d.is_main, total=max_steps, initial=step,
-                     progress=cfg.progress)
-        flops_token = flops_per_token(n_params, raw_model.config.n_layer, raw_model.config.n_embd, T)
-        peak = peak_tflops(torch.cuda.get_device_name(d.device)) if d.device.type == "cuda" else None
-        stop = StopFlag()
+        log = Logger(
+            out_dir, enabled=d.is_main, total=max_steps, initial=step, progress=cfg.progress
+        )
+        flops_token = flops_per_token(
+            n_params, raw_model.config.n_layer, raw_model.config.n_embd, T
+        )
+        peak = (
+            peak_tflops(torch.cuda.get_device_name(d.device)) if d.device.type == "cuda" else None
+        )
+        stop = dist.StopFlag()
         cleanups.append(stop.close)
         val_loss = evaluate() if step == 0 else ckpt["val_loss"]
         if step == 0:
@@ -292,8 +351,14 @@ def main(cfg: Config) -> dict:
             if pos + blocks_per_step > n_train_blocks:
                 epoch, pos = epoch + 1, 0
                 order = data.epoch_order(n_train_blocks, cfg.seed, epoch)
-            lr = lr_at(step, schedule=cfg.schedule, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                       total_steps=max_steps, min_lr=cfg.min_lr)
+            lr = lr_at(
+                step,
+                schedule=cfg.schedule,
+                lr=cfg.lr,
+                warmup_steps=cfg.warmup_steps,
+                total_steps=max_steps,
+                min_lr=cfg.min_lr,
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -303,14 +368,15 @@ def main(cfg: Config) -> dict:
             batches = []
             for m in range(grad_accum):
                 start = pos + (m * W + d.rank) * B
-                batches.append(data.get_batch(train_tokens, order[start: start + B].tolist(), T))
+                batches.append(data.get_batch(train_tokens, order[start : start + B].tolist(), T))
             # The loss is a mean over every target token of the whole window (all micro-batches,
             # all ranks), not a mean of per-micro-batch means: then N accumulated micro-batches
             # give exactly the update of one N-times-larger batch, even when micro-batches hold
             # different numbers of targets. Each rank divides its *sum* by that count; because
             # gradient averaging divides by W, the sum is multiplied by W first.
-            window_tokens = torch.tensor(float(sum(int((y != -100).sum()) for _, y in batches)),
-                                         device=d.device)
+            window_tokens = torch.tensor(
+                float(sum(int((y != -100).sum()) for _, y in batches)), device=d.device
+            )
             dist.all_reduce_sum(window_tokens, d)
 
             for micro_step, (x, y) in enumerate(batches):
@@ -341,11 +407,15 @@ def main(cfg: Config) -> dict:
             pos += blocks_per_step
             tokens_acc += blocks_per_step * T
             if bad_steps:
-                log.write(f"step {step}: non-finite loss or gradient norm, update skipped "
-                          f"({bad_steps} in a row)")
+                log.write(
+                    f"step {step}: non-finite loss or gradient norm, update skipped "
+                    f"({bad_steps} in a row)"
+                )
                 if bad_steps >= cfg.max_bad_steps:
-                    raise UserError(f"{bad_steps} consecutive steps had a non-finite loss or "
-                                    f"gradient; stopping. The last good checkpoint is in {out_dir}.")
+                    raise UserError(
+                        f"{bad_steps} consecutive steps had a non-finite loss or "
+                        f"gradient; stopping. The last good checkpoint is in {out_dir}."
+                    )
 
             if step % cfg.log_interval == 0 or step == max_steps:
                 # the only other host sync: the logged loss, averaged over steps and ranks
@@ -355,28 +425,39 @@ def main(cfg: Config) -> dict:
                 loss_acc.zero_()
                 dt = time.perf_counter() - t0
                 tokens_per_sec = tokens_acc / dt
-                row = dict(train_loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
-                           tokens_per_sec=tokens_per_sec)
+                row = dict(
+                    train_loss=train_loss,
+                    lr=lr,
+                    grad_norm=grad_norm.item(),
+                    tokens_per_sec=tokens_per_sec,
+                )
                 if peak:
                     row["mfu"] = flops_token * tokens_per_sec / W / (peak * 1e12)
                 log.log(step, **row)
-                log.progress(n_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}",
-                             tok_s=f"{tokens_per_sec:,.0f}")
+                log.progress(
+                    n_steps,
+                    loss=f"{train_loss:.3f}",
+                    lr=f"{lr:.2e}",
+                    tok_s=f"{tokens_per_sec:,.0f}",
+                )
                 tokens_acc, t0 = 0, time.perf_counter()
 
             if step % cfg.eval_interval == 0 or step == max_steps:
                 val_loss = evaluate()
                 log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss))
-                log.write(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                          f"perplexity {perplexity(val_loss):.1f}")
+                log.write(
+                    f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                    f"perplexity {perplexity(val_loss):.1f}"
+                )
             if step % cfg.save_interval == 0 or step == max_steps:
                 save(val_loss)
 
         if stop.was_requested:
             if step % cfg.save_interval and step != max_steps:
                 save(val_loss)
-            dist.print0(f"stopped by a signal at step {step}; resume with --resume=auto "
-                        f"--out_dir={out_dir}")
+            dist.print0(
+                f"stopped by a signal at step {step}; resume with --resume=auto --out_dir={out_dir}"
+            )
 
         # --------------------------------------------------------------------------------------
         # the end: export in the Hugging Face format, then sample
@@ -389,16 +470,26 @@ def main(cfg: Config) -> dict:
             g = torch.Generator(device=d.device).manual_seed(cfg.seed)
             for i in range(cfg.num_samples):
                 out = raw_model.generate(
-                    torch.tensor([prompt_ids], device=d.device), cfg.max_new_tokens,
-                    temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
-                    generator=g)
+                    torch.tensor([prompt_ids], device=d.device),
+                    cfg.max_new_tokens,
+                    temperature=cfg.temperature,
+                    top_k=cfg.top_k or None,
+                    top_p=cfg.top_p,
+                    generator=g,
+                )
                 text = tokenizer.decode(out[0].tolist())
                 log.write(f"--- sample {i + 1} ---\n{text}")
                 log.text(step, f"sample_{i + 1}", text)
         clean = True
-        return {"step": step, "first_val_loss": first_val_loss, "val_loss": val_loss,
-                "val_perplexity": perplexity(val_loss), "train_loss": train_loss,
-                "out_dir": str(out_dir), "stopped": stop.was_requested}
+        return {
+            "step": step,
+            "first_val_loss": first_val_loss,
+            "val_loss": val_loss,
+            "val_perplexity": perplexity(val_loss),
+            "train_loss": train_loss,
+            "out_dir": str(out_dir),
+            "stopped": stop.was_requested,
+        }
     finally:
         for cleanup in cleanups:
             cleanup()
@@ -409,35 +500,6 @@ def main(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # helpers of the script: the run folder, the tokenizer, the model
-
-
-def find_resume(cfg: Config, out_dir: Path) -> Path | None:
-    if not cfg.resume:
-        return None
-    if cfg.resume == "auto":
-        path = checkpoint.latest(out_dir)
-        if path is None:
-            print(f"--resume=auto: no checkpoint in {out_dir}, starting a new run", flush=True)
-        return path
-    if not Path(cfg.resume).is_file():
-        raise UserError(f"--resume={cfg.resume} is not a checkpoint file (or use --resume=auto).")
-    return Path(cfg.resume)
-
-
-def claim_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """A new run never silently overwrites another run's folder."""
-    used = out_dir.is_dir() and (checkpoint.list_checkpoints(out_dir)
-                                 or (out_dir / "metrics.jsonl").exists())
-    if used and not overwrite:
-        raise UserError(f"--out_dir={out_dir} already holds a run; continue it with --resume=auto, "
-                        f"pick another --out_dir, or pass --overwrite to replace it.")
-    if used:
-        for name in ("metrics.jsonl", "best.pt", "tokenizer.json", "final", "tensorboard"):
-            p = out_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        for p in checkpoint.list_checkpoints(out_dir):
-            p.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def get_tokenizer(cfg: Config, train_docs, out_dir: Path, ckpt):
@@ -457,7 +519,9 @@ def get_tokenizer(cfg: Config, train_docs, out_dir: Path, ckpt):
 
             tok = Tokenizer.from_file(str(cached))
         else:
-            dist.print0(f"training a byte-level BPE with {cfg.vocab_size} tokens on the training text")
+            dist.print0(
+                f"training a byte-level BPE with {cfg.vocab_size} tokens on the training text"
+            )
             tok = train_bpe(train_docs, cfg.vocab_size, cached)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(tok.to_str())
@@ -468,10 +532,20 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     if cfg.init_from == "scratch":
         eot = tokenizer.token_to_id(EOT)
-        model = GPT2(GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=cfg.block_size,
-                                n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                                embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-                                resid_pdrop=cfg.dropout, bos_token_id=eot, eos_token_id=eot))
+        model = GPT2(
+            GPT2Config(
+                vocab_size=tokenizer.get_vocab_size(),
+                n_positions=cfg.block_size,
+                n_embd=cfg.n_embd,
+                n_layer=cfg.n_layer,
+                n_head=cfg.n_head,
+                embd_pdrop=cfg.dropout,
+                attn_pdrop=cfg.dropout,
+                resid_pdrop=cfg.dropout,
+                bos_token_id=eot,
+                eos_token_id=eot,
+            )
+        )
     else:
         drop = dict(embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
         model = GPT2.from_pretrained(cfg.init_from, **drop)
@@ -483,7 +557,8 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
             raise UserError(
                 f"the checkpoint holds a model of shape "
                 f"{ {k: getattr(saved, k) for k in shape} }, but --init_from={cfg.init_from} gives "
-                f"{ {k: getattr(mine, k) for k in shape} }; resume with the run's own settings.")
+                f"{ {k: getattr(mine, k) for k in shape} }; resume with the run's own settings."
+            )
         model.load_state_dict(ckpt["model"])
     return model
 
@@ -491,52 +566,15 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
 def write_tokenizer_files(tokenizer_file: Path, folder: Path, max_len: int) -> None:
     """tokenizer.json plus the small config that lets transformers' AutoTokenizer load it."""
     shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
-    config = {"tokenizer_class": "GPT2TokenizerFast", "bos_token": EOT, "eos_token": EOT,
-              "unk_token": EOT, "model_max_length": max_len, "add_prefix_space": False}
+    config = {
+        "tokenizer_class": "GPT2TokenizerFast",
+        "bos_token": EOT,
+        "eos_token": EOT,
+        "unk_token": EOT,
+        "model_max_length": max_len,
+        "add_prefix_space": False,
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-
-
-class StopFlag:
-    """SIGTERM / SIGINT ask the loop to stop after the current step (and save a checkpoint).
-
-    Under torchrun every rank must stop at the same step, or one would wait forever in a
-    collective: the flag is all-reduced (max over ranks) once per step.
-    """
-
-    def __init__(self):
-        self.was_requested = False
-        self._local = False
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread (e.g. called from a test runner thread)
-                pass
-
-    def close(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handler(self, signum, frame):
-        self._local = True
-
-    def requested(self, d) -> bool:
-        if not d.enabled:
-            self.was_requested = self._local
-            return self._local
-        flag = torch.tensor([1.0 if self._local else 0.0], device=d.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.was_requested = bool(flag.item())
-        return self.was_requested
-
-
-def run_cli(main_fn, config_cls) -> None:
-    """Parse the command line, run, and turn a UserError into one sentence and exit code 2."""
-    try:
-        main_fn(parse_args(config_cls))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

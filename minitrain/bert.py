@@ -1,4 +1,5 @@
-"""BERT encoder and sentence-pair classifier. Submodule names mirror the Hugging Face checkpoint keys
+"""BERT encoder and sentence-pair classifier. Submodule names mirror the Hugging Face checkpoint
+keys
 (`bert.encoder.layer.0.attention.self.query.weight`, ...) so import is one loop with shape checks.
 
 Reference: Devlin et al. 2018 (BERT): post-LN encoder, [CLS] pooler with tanh.
@@ -48,24 +49,30 @@ class BertConfig:
         if "id2label" in d and "num_labels" not in d:
             d["num_labels"] = len(d["id2label"])
         if d.get("hidden_act") not in ACTIVATIONS:
-            raise UserError(f"hidden_act {d.get('hidden_act')!r} is not supported by minitrain's BERT.")
+            raise UserError(
+                f"hidden_act {d.get('hidden_act')!r} is not supported by minitrain's BERT."
+            )
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_hf(self) -> dict:
         d = asdict(self)
         n = d.pop("num_labels")
-        d.update(model_type="bert", architectures=["BertForSequenceClassification"],
-                 position_embedding_type="absolute",
-                 id2label={str(i): f"LABEL_{i}" for i in range(n)},
-                 label2id={f"LABEL_{i}": i for i in range(n)})
+        d.update(
+            model_type="bert",
+            architectures=["BertForSequenceClassification"],
+            position_embedding_type="absolute",
+            id2label={str(i): f"LABEL_{i}" for i in range(n)},
+            label2id={f"LABEL_{i}": i for i in range(n)},
+        )
         return d
 
 
 class BertEmbeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
-                                            padding_idx=cfg.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id
+        )
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
@@ -74,8 +81,11 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids, token_type_ids):
         T = input_ids.size(1)
         pos = torch.arange(T, device=input_ids.device)  # (T,)
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(pos)
-             + self.token_type_embeddings(token_type_ids))
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(pos)
+            + self.token_type_embeddings(token_type_ids)
+        )
         return self.dropout(self.LayerNorm(x))
 
 
@@ -94,8 +104,9 @@ class BertSelfAttention(nn.Module):
         k = self.key(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = self.value(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         # mask (B, 1, 1, T): True where a key is a real token, so padding is never attended to.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
         return y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
 
 
@@ -181,9 +192,11 @@ def _hf_state(model_dir, drop_prefix=None):
     """A BERT checkpoint's tensors with old LayerNorm names (gamma/beta) renamed."""
     state = {}
     for k, v in hub.load_state_dict(model_dir).items():
-        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias"
+        )
         if drop_prefix and k.startswith(drop_prefix):
-            k = k[len(drop_prefix):]
+            k = k[len(drop_prefix) :]
         state[k] = v
     return state
 
@@ -227,7 +240,11 @@ class BertForSequenceClassification(nn.Module):
         super().__init__()
         self.config = cfg
         self.bert = BertModel(cfg)
-        p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+        p = (
+            cfg.classifier_dropout
+            if cfg.classifier_dropout is not None
+            else cfg.hidden_dropout_prob
+        )
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
         self.init_head()
@@ -239,8 +256,9 @@ class BertForSequenceClassification(nn.Module):
             self.classifier.weight.copy_(w * self.config.initializer_range)
             self.classifier.bias.zero_()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                reduction="mean"):
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, labels=None, reduction="mean"
+    ):
         """Returns (logits (B, num_labels), loss or None)."""
         _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(pooled))
@@ -260,14 +278,17 @@ class BertForSequenceClassification(nn.Module):
         cfg = BertConfig.from_hf(hf_config)
         model = cls(cfg)
         state = _hf_state(model_dir)
-        state = {k if k.startswith(("bert.", "classifier.")) else "bert." + k: v
-                 for k, v in state.items()}
+        state = {
+            k if k.startswith(("bert.", "classifier.")) else "bert." + k: v
+            for k, v in state.items()
+        }
         head = {k: state.pop(k) for k in ("classifier.weight", "classifier.bias") if k in state}
         own = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
         hub.load_into(own, state, model_dir, skip=NOT_ENCODER)
         own_head = {k: v for k, v in model.state_dict().items() if k.startswith("classifier.")}
-        model.head_is_new = not (head and all(head[k].shape == own_head[k].shape for k in head)
-                                 and len(head) == 2)
+        model.head_is_new = not (
+            head and all(head[k].shape == own_head[k].shape for k in head) and len(head) == 2
+        )
         if not model.head_is_new:
             hub.load_into(own_head, head, model_dir)
         model.source_dir = model_dir

@@ -7,6 +7,7 @@ position, RNG states, the config, and the best validation loss so far. Files are
 
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def _as_tuple(x):
 
 
 def save(path, state: dict) -> None:
-    """torch.save into a temporary file, fsync, rename: a crash never leaves a half file at `path`."""
+    """torch.save to a temporary file, fsync, rename: a crash never leaves a half file."""
     with atomic_write(path) as f:
         torch.save(state, f)
 
@@ -61,7 +62,7 @@ def load(path) -> dict:
 
 
 def list_checkpoints(out_dir) -> list[Path]:
-    """Complete checkpoints in `out_dir`, oldest first (temporary files of a crashed write are not)."""
+    """Complete checkpoints in `out_dir`, oldest first (never a crashed write's temp file)."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
@@ -70,7 +71,7 @@ def list_checkpoints(out_dir) -> list[Path]:
 
 
 def latest(out_dir) -> Path | None:
-    """The newest checkpoint that loads; a damaged one (e.g. a copied-in partial file) is skipped."""
+    """The newest checkpoint that loads; a damaged one (a copied-in partial file) is skipped."""
     for path in reversed(list_checkpoints(out_dir)):
         try:
             torch.load(path, map_location="cpu", weights_only=True)
@@ -90,3 +91,41 @@ def prune(out_dir, keep_last: int) -> None:
 
 def checkpoint_path(out_dir, step: int) -> Path:
     return Path(out_dir) / f"ckpt-{step:07d}.pt"
+
+
+def find_resume(resume: str, out_dir: Path) -> Path | None:
+    """The checkpoint to continue from: --resume=auto picks the newest complete one in out_dir."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = latest(out_dir)
+        if path is None:
+            print(f"--resume=auto: no checkpoint in {out_dir}, starting a new run", flush=True)
+        return path
+    if not Path(resume).is_file():
+        raise UserError(f"--resume={resume} is not a checkpoint file (or use --resume=auto).")
+    return Path(resume)
+
+
+def claim_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """A new run never silently overwrites another run's folder."""
+    used = out_dir.is_dir() and (list_checkpoints(out_dir) or (out_dir / "metrics.jsonl").exists())
+    if used and not overwrite:
+        raise UserError(
+            f"--out_dir={out_dir} already holds a run; continue it with --resume=auto, "
+            f"pick another --out_dir, or pass --overwrite to replace it."
+        )
+    if used:
+        for name in (
+            "metrics.jsonl",
+            "best.pt",
+            "tokenizer.json",
+            "final",
+            "tensorboard",
+            "test_predictions.tsv",
+        ):
+            p = out_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in list_checkpoints(out_dir):
+            p.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)

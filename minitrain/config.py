@@ -37,7 +37,7 @@ def _base_type(tp):
 
 
 def convert(name: str, raw, tp):
-    """Turn a command-line string (or a TOML value) into the field's type, or fail in one sentence."""
+    """A command-line string (or TOML value) as the field's type, or one sentence of error."""
     base, optional = _base_type(tp)
     if optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
         return None
@@ -74,7 +74,9 @@ def format_help(cls, prog) -> str:
     lines = [f"usage: {prog} [--config FILE.toml] [--key=value ...]", ""]
     if cls.__doc__:
         lines += [cls.__doc__.strip(), ""]
-    lines.append("  --config FILE.toml  read options from a TOML file; flags given after override it")
+    lines.append(
+        "  --config FILE.toml  read options from a TOML file; flags given after override it"
+    )
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lines.append(f"  --{f.name} (default: {default!r})  {helps.get(f.name, '')}")
@@ -98,8 +100,13 @@ def parse_args(cls, argv=None):
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             is_bool = key in fields and _base_type(fields[key].type)[0] is bool
-            if nxt is not None and not nxt.startswith("--") and not (
-                is_bool and nxt.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off")
+            if (
+                nxt is not None
+                and not nxt.startswith("--")
+                and not (
+                    is_bool
+                    and nxt.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off")
+                )
             ):
                 value, i = nxt, i + 1
             elif is_bool:
@@ -140,3 +147,12 @@ def read_toml(cls, path) -> dict:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def run_cli(main_fn, config_cls) -> None:
+    """Parse the command line, run, and turn a UserError into one sentence and exit code 2."""
+    try:
+        main_fn(parse_args(config_cls))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

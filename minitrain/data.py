@@ -92,8 +92,10 @@ def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], li
         order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(1234)).tolist()
         n_val = max(1, round(len(docs) * val_fraction))
         val_ids = set(order[:n_val])
-        return ([d for i, d in enumerate(docs) if i not in val_ids],
-                [d for i, d in enumerate(docs) if i in val_ids])
+        return (
+            [d for i, d in enumerate(docs) if i not in val_ids],
+            [d for i, d in enumerate(docs) if i in val_ids],
+        )
     train, val = [], []
     for d in docs:
         lines = d.splitlines(keepends=True)
@@ -164,8 +166,9 @@ def tokenize(docs: list[str], tokenizer, eot: int) -> np.ndarray:
     def encode(batch):
         return {"ids": [e.ids + [eot] for e in tokenizer.encode_batch(batch["text"])]}
 
-    ds = datasets.Dataset.from_dict({"text": docs}).map(encode, batched=True, batch_size=256,
-                                                        remove_columns=["text"])
+    ds = datasets.Dataset.from_dict({"text": docs}).map(
+        encode, batched=True, batch_size=256, remove_columns=["text"]
+    )
     # uint16 halves the cache when every id fits (GPT-2's 50257 does), else uint32.
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 2**16 else np.uint32
     parts = [np.asarray(ids, dtype=dtype) for ids in ds["ids"]]
@@ -179,7 +182,7 @@ def num_blocks(tokens: np.ndarray, block_size: int) -> int:
 def get_batch(tokens: np.ndarray, block_ids, block_size: int):
     """Inputs and next-token targets (B, T) int64 for the given block indices."""
     T = block_size
-    rows = np.stack([tokens[i * T: i * T + T + 1] for i in block_ids]).astype(np.int64)
+    rows = np.stack([tokens[i * T : i * T + T + 1] for i in block_ids]).astype(np.int64)
     t = torch.from_numpy(rows)  # (B, T + 1)
     return t[:, :-1], t[:, 1:]
 

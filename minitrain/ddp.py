@@ -102,7 +102,7 @@ class DataParallel(nn.Module):
             offset = 0
             for p in bucket.params:
                 n = p.numel()
-                view = bucket.buffer[offset: offset + n].view_as(p)
+                view = bucket.buffer[offset : offset + n].view_as(p)
                 if p.grad is None:
                     p.grad = view.clone()
                 else:
@@ -113,12 +113,13 @@ class DataParallel(nn.Module):
 
 
 def wrap(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
-    """`minitrain`: the DataParallel above; `torch`: PyTorch's DistributedDataParallel (reference)."""
+    """`minitrain`: the DataParallel above; `torch`: PyTorch's DistributedDataParallel."""
     if kind == "minitrain":
         return DataParallel(model)
     if kind == "torch":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                       else None)
+        return DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     raise ValueError(f"unknown ddp kind {kind!r}")

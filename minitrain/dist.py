@@ -5,6 +5,7 @@ without them we are a single process and no process group is created.
 """
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -93,3 +94,37 @@ def broadcast_object(obj, d: Dist):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class StopFlag:
+    """SIGTERM / SIGINT ask the loop to stop after the current step (and save a checkpoint).
+
+    Under torchrun every rank must stop at the same step, or one would wait forever in a
+    collective: the flag is all-reduced (max over ranks) once per step.
+    """
+
+    def __init__(self):
+        self.was_requested = False
+        self._local = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. called from a test runner thread)
+                pass
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handler(self, signum, frame):
+        self._local = True
+
+    def requested(self, d) -> bool:
+        if not d.enabled:
+            self.was_requested = self._local
+            return self._local
+        flag = torch.tensor([1.0 if self._local else 0.0], device=d.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.was_requested = bool(flag.item())
+        return self.was_requested

@@ -1,5 +1,6 @@
 """GPT-2 in one file. Submodule names mirror the Hugging Face checkpoint keys
-(`transformer.h.0.attn.c_attn.weight`, ...) so that importing weights is one loop with a shape check.
+(`transformer.h.0.attn.c_attn.weight`, ...) so that importing weights is one loop with a shape
+check.
 
 References: Radford et al. 2019 (GPT-2); nanoGPT's model.py for the layout.
 """
@@ -12,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitrain import UserError, hub
+from minitrain import hub
 
 
 @dataclass
@@ -44,8 +45,13 @@ class GPT2Config:
     def to_hf(self) -> dict:
         d = asdict(self)
         d.pop("pad_vocab_to_multiple")
-        d.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_ctx=self.n_positions,
-                 activation_function="gelu_new", summary_dropout=0.0)
+        d.update(
+            model_type="gpt2",
+            architectures=["GPT2LMHeadModel"],
+            n_ctx=self.n_positions,
+            activation_function="gelu_new",
+            summary_dropout=0.0,
+        )
         return d
 
 
@@ -77,7 +83,11 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, T_k, dtype=torch.bool, device=x.device).tril(T_k - T)
             causal = False
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
@@ -121,13 +131,15 @@ class GPT2(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.config = cfg
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),
-            drop=nn.Dropout(cfg.embd_pdrop),
-            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),
+                drop=nn.Dropout(cfg.embd_pdrop),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
+            )
+        )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
@@ -150,17 +162,21 @@ class GPT2(nn.Module):
         return n
 
     def forward(self, input_ids, labels=None, reduction="mean"):
-        """input_ids (B, T); labels (B, T): the token that should follow each position, -100 to skip.
+        """input_ids (B, T); labels (B, T): the token that follows each position, -100 to skip.
 
-        Returns (logits, loss). With `reduction="sum"` the loss is summed over target tokens, so that
-        the training loop can divide by the target tokens of a whole accumulation window.
+        Returns (logits, loss). With `reduction="sum"` the loss is summed over target tokens, so
+        that the training loop can divide by the target tokens of a whole accumulation window.
         """
         logits, _ = self.decode(input_ids)
         loss = None
         if labels is not None:
             V = logits.size(-1)
-            loss = F.cross_entropy(logits.float().reshape(-1, V), labels.reshape(-1),
-                                   ignore_index=-100, reduction=reduction)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, V),
+                labels.reshape(-1),
+                ignore_index=-100,
+                reduction=reduction,
+            )
         return logits, loss
 
     def decode(self, input_ids, past=None):
@@ -189,9 +205,18 @@ class GPT2(nn.Module):
     # generation
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 eos_token_id=None, generator=None, use_cache=True):
-        """Sample (or, with temperature=0, greedily pick) up to max_new_tokens after input_ids (B, T).
+    def generate(
+        self,
+        input_ids,
+        max_new_tokens,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        eos_token_id=None,
+        generator=None,
+        use_cache=True,
+    ):
+        """Sample (with temperature=0: greedily pick) up to max_new_tokens after input_ids (B, T).
 
         With the KV cache each step feeds only the newest token. Without it every step recomputes
         the whole (cropped) prefix: slower, and the reference the cache is tested against. Rows that

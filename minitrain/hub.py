@@ -74,7 +74,9 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
                 shape = [int(s) for s in info["shape"]]
                 begin, end = (int(o) for o in info["data_offsets"])
             except (KeyError, TypeError, ValueError):
-                raise UserError(f"{bad}: tensor {name!r} has a bad dtype/shape/offsets entry.") from None
+                raise UserError(
+                    f"{bad}: tensor {name!r} has a bad dtype/shape/offsets entry."
+                ) from None
             numel = 1
             for s in shape:
                 if s < 0:
@@ -95,15 +97,16 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
                 raise UserError(f"{bad}: tensors {name_a!r} and {name_b!r} overlap.")
         if not spans:
             return {}
-        # ACCESS_COPY: pages are read lazily and the buffer is writable, which torch.frombuffer wants.
+        # ACCESS_COPY: pages are read lazily, and the buffer is writable as torch.frombuffer wants.
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     tensors = {}
     for begin, end, name, dtype, shape in spans:
         if end == begin:
             tensors[name] = torch.empty(shape, dtype=dtype)
         else:
-            flat = torch.frombuffer(mm, dtype=dtype, count=(end - begin) // dtype.itemsize,
-                                    offset=data_start + begin)
+            flat = torch.frombuffer(
+                mm, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=data_start + begin
+            )
             tensors[name] = flat.view(shape)
     return tensors
 
@@ -114,8 +117,11 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata=None) -> 
     for name, t in tensors.items():
         t = t.detach().to("cpu").contiguous()
         data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": DTYPE_NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
         blobs.append(data)
     if metadata:
@@ -140,7 +146,9 @@ class atomic_write:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, self.tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
         self.f = os.fdopen(fd, self.mode)
         return self.f
 
@@ -186,7 +194,9 @@ def resolve_model_dir(name_or_dir, allow_patterns=None) -> Path:
 def read_config(model_dir) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise UserError(f"{model_dir} has no config.json, so it is not a Hugging Face model folder.")
+        raise UserError(
+            f"{model_dir} has no config.json, so it is not a Hugging Face model folder."
+        )
     try:
         return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -202,7 +212,7 @@ def check_model_type(config: dict, model_dir, expected: str) -> None:
 
 
 def load_state_dict(model_dir) -> dict[str, torch.Tensor]:
-    """Read the weights of a model folder: model.safetensors (possibly sharded) or pytorch_model.bin."""
+    """A model folder's weights: model.safetensors (maybe sharded) or pytorch_model.bin."""
     model_dir = Path(model_dir)
     if (model_dir / "model.safetensors").is_file():
         return read_safetensors(model_dir / "model.safetensors")
@@ -214,12 +224,12 @@ def load_state_dict(model_dir) -> dict[str, torch.Tensor]:
         return state
     if (model_dir / "pytorch_model.bin").is_file():
         try:
-            return torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            return torch.load(
+                model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True
+            )
         except Exception as e:
             raise UserError(f"{model_dir / 'pytorch_model.bin'} could not be read ({e}).") from None
-    raise UserError(
-        f"{model_dir} has no weights (looked for {', '.join(WEIGHT_FILES)})."
-    )
+    raise UserError(f"{model_dir} has no weights (looked for {', '.join(WEIGHT_FILES)}).")
 
 
 def copy_tokenizer_files(src_dir, dst_dir) -> None:

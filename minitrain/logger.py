@@ -27,8 +27,14 @@ class Logger:
         if progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
-                            file=sys.stdout, disable=None)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                dynamic_ncols=True,
+                file=sys.stdout,
+                disable=None,
+            )
 
     def log(self, step: int, **scalars) -> None:
         """One metrics.jsonl line and one TensorBoard scalar per value."""

@@ -63,3 +63,31 @@ def peak_tflops(device_name: str) -> float | None:
     if "h100" in device_name.lower():  # unnamed H100 variants: the SXM figure is the usual one
         return PEAK_BF16_TFLOPS["H100 SXM"]
     return None
+
+
+def confusion(preds, labels, num_labels: int):
+    """cm[true, predicted] counts, as a torch tensor (so ranks can all-reduce it)."""
+    import torch
+
+    cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
+    for p, y in zip(preds, labels):
+        cm[int(y), int(p)] += 1
+    return cm
+
+
+def classification_metrics(cm) -> dict:
+    """Accuracy, F1 of class 1 (the positive class of binary tasks like MRPC) and macro-F1."""
+    cm = cm.double()
+    total = cm.sum().item()
+    correct = cm.diag().sum().item()
+    f1s = []
+    for c in range(cm.size(0)):
+        tp = cm[c, c].item()
+        fp = cm[:, c].sum().item() - tp
+        fn = cm[c, :].sum().item() - tp
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {
+        "accuracy": correct / max(1.0, total),
+        "f1": f1s[1] if len(f1s) > 1 else f1s[0],
+        "macro_f1": sum(f1s) / len(f1s),
+    }

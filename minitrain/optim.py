@@ -25,8 +25,9 @@ def make_optimizer(model, lr, weight_decay, betas, device) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
 
 
-def lr_at(step: int, *, schedule: str, lr: float, warmup_steps: int, total_steps: int,
-          min_lr: float = 0.0) -> float:
+def lr_at(
+    step: int, *, schedule: str, lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0
+) -> float:
     """The learning rate for optimizer step `step` (0-based).
 
     Linear warmup from lr/warmup to lr over `warmup_steps`, then

@@ -11,7 +11,15 @@
 import json
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from minitrain import UserError, hub
 
@@ -19,11 +27,15 @@ EOT = "<|endoftext|>"  # GPT-2's end-of-text token, placed between documents
 
 
 def load_tokenizer(name_or_dir) -> Tokenizer:
-    folder = hub.resolve_model_dir(name_or_dir, allow_patterns=list(hub.TOKENIZER_FILES) + ["config.json"])
+    folder = hub.resolve_model_dir(
+        name_or_dir, allow_patterns=list(hub.TOKENIZER_FILES) + ["config.json"]
+    )
     if (folder / "tokenizer.json").is_file():
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+        tok = Tokenizer(
+            models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+        )
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
     elif (folder / "vocab.txt").is_file():
@@ -44,15 +56,18 @@ def _wordpiece(folder: Path) -> Tokenizer:
     lower = settings.get("do_lower_case", True)
     tok = Tokenizer(models.WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
-        strip_accents=settings.get("strip_accents"), lowercase=lower,
+        clean_text=True,
+        handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        strip_accents=settings.get("strip_accents"),
+        lowercase=lower,
     )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if cls is None or sep is None:
         raise UserError(f"{folder / 'vocab.txt'} has no [CLS] or [SEP] token.")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
     tok.decoder = decoders.WordPiece()
@@ -65,7 +80,9 @@ def train_bpe(texts, vocab_size: int, path=None) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: nothing is unknown
     )
     tok.train_from_iterator(texts, trainer=trainer)

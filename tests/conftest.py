@@ -26,8 +26,15 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                                  bos_token_id=100, eos_token_id=100)
+    cfg = transformers.GPT2Config(
+        vocab_size=101,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=100,
+        eos_token_id=100,
+    )
     model = transformers.GPT2LMHeadModel(cfg).eval()
     out = tmp_path_factory.mktemp("tiny_gpt2")
     model.save_pretrained(out)
@@ -40,9 +47,15 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=37,
-                                  max_position_embeddings=64, num_labels=3)
+    cfg = transformers.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
     model = transformers.BertForSequenceClassification(cfg).eval()
     out = tmp_path_factory.mktemp("tiny_bert")
     model.save_pretrained(out)

@@ -22,8 +22,10 @@ def main():
     g = torch.Generator().manual_seed(d.rank)
     for step in range(4):
         accum = 1 + step % 2  # alternate plain steps and steps with 2 micro-batches (no_sync)
-        batches = [(torch.randint(0, 64, (2, 16), generator=g),
-                    torch.randint(0, 64, (2, 16), generator=g)) for _ in range(accum)]
+        batches = [
+            (torch.randint(0, 64, (2, 16), generator=g), torch.randint(0, 64, (2, 16), generator=g))
+            for _ in range(accum)
+        ]
         for m, (x, y) in enumerate(batches):
             if m < accum - 1:
                 with ddp.no_sync():

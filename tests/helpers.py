@@ -22,10 +22,27 @@ def small_corpus(path: Path) -> Path:
 
 
 def tiny_gpt2_args(corpus, out_dir, cache_dir, **kw) -> dict:
-    args = dict(data=str(corpus), out_dir=str(out_dir), cache_dir=str(cache_dir), vocab_size=384,
-                n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_steps=6,
-                warmup_steps=2, eval_interval=3, eval_batches=2, log_interval=1, save_interval=3,
-                keep_last=0, num_samples=0, progress=False, lr=3e-3)
+    args = dict(
+        data=str(corpus),
+        out_dir=str(out_dir),
+        cache_dir=str(cache_dir),
+        vocab_size=384,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=32,
+        batch_size=4,
+        max_steps=6,
+        warmup_steps=2,
+        eval_interval=3,
+        eval_batches=2,
+        log_interval=1,
+        save_interval=3,
+        keep_last=0,
+        num_samples=0,
+        progress=False,
+        lr=3e-3,
+    )
     args.update(kw)
     return args
 
@@ -38,15 +55,23 @@ def run_script(script, args: dict, nproc=1, env=None, timeout=300, check=True):
     """Run a training script in a subprocess, under torchrun when nproc > 1."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     if nproc > 1:
-        cmd = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(ROOT / script)]
+        cmd = [
+            PY,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(ROOT / script),
+        ]
     else:
         cmd = [PY, str(ROOT / script)]
-    proc = subprocess.run(cmd + cli(args), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        cmd + cli(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 

@@ -9,7 +9,7 @@ from minitrain.tokenizer import load_tokenizer
 PAIRS = [
     ("The cat sat on the mat.", "A cat was sitting on the mat."),
     ("Stocks fell sharply on Monday, analysts said.", "The weather was sunny."),
-    ("He said \"no\" -- twice!", "Héllo wörld, naïve café."),
+    ('He said "no" -- twice!', "Héllo wörld, naïve café."),
     ("short", "a much longer second sentence " * 20),
 ]
 
@@ -91,6 +91,12 @@ def test_classifier_export_round_trip(minilm_dir, tmp_path):
     ref = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "export").eval()
     ids, mask, types = _batch(30522)
     with torch.no_grad():
-        diff = (ours(ids, mask, types)[0] - ref(input_ids=ids, attention_mask=mask,
-                                                 token_type_ids=types).logits).abs().max()
+        diff = (
+            (
+                ours(ids, mask, types)[0]
+                - ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+            )
+            .abs()
+            .max()
+        )
     assert diff.item() <= 1e-5

@@ -6,8 +6,16 @@ import subprocess
 import pytest
 import torch
 
-from tests.helpers import (PY, ROOT, final_params, max_param_diff, metrics, run_script,
-                           small_corpus, tiny_gpt2_args)
+from tests.helpers import (
+    PY,
+    ROOT,
+    final_params,
+    max_param_diff,
+    metrics,
+    run_script,
+    small_corpus,
+    tiny_gpt2_args,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +36,21 @@ def cache(tmp_path_factory):
 
 
 def test_replicas_identical_and_gradients_averaged():
-    proc = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(ROOT / "tests/ddp_worker.py")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [
+            PY,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "tests/ddp_worker.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "replicas identical after every step" in proc.stdout
 
@@ -40,8 +59,11 @@ def test_replicas_identical_and_gradients_averaged():
 def test_two_processes_equal_one_process_with_double_batch(corpus, cache, tmp_path, accum):
     kw = dict(max_steps=4, grad_accum_steps=accum, lr=EQ_LR)
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4, **kw))
-    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "two", cache, batch_size=2, **kw),
-               nproc=2)
+    run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, tmp_path / "two", cache, batch_size=2, **kw),
+        nproc=2,
+    )
     assert max_param_diff(final_params(tmp_path / "one"), final_params(tmp_path / "two")) <= 1e-6
     one, two = metrics(tmp_path / "one", "train_loss"), metrics(tmp_path / "two", "train_loss")
     assert all(abs(one[s] - two[s]) < 1e-5 for s in one)
@@ -52,19 +74,27 @@ def test_two_processes_equal_one_process_with_double_batch(corpus, cache, tmp_pa
 def test_minitrain_ddp_equals_torch_ddp(corpus, cache, tmp_path):
     kw = dict(max_steps=4, batch_size=2, grad_accum_steps=2, lr=EQ_LR)
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "ours", cache, **kw), nproc=2)
-    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "torch", cache, ddp="torch", **kw),
-               nproc=2)
+    run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, tmp_path / "torch", cache, ddp="torch", **kw),
+        nproc=2,
+    )
     assert max_param_diff(final_params(tmp_path / "ours"), final_params(tmp_path / "torch")) <= 1e-6
 
 
 def test_checkpoint_from_two_processes_resumes_in_one(corpus, cache, tmp_path):
     kw = dict(max_steps=8, save_interval=4, lr=EQ_LR)
-    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "two", cache, batch_size=2, **kw),
-               nproc=2)
+    run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, tmp_path / "two", cache, batch_size=2, **kw),
+        nproc=2,
+    )
     ckpt = tmp_path / "two/ckpt-0000004.pt"
     assert len(torch.load(ckpt, weights_only=True)["rng"]) == 2
-    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4,
-                                               resume=str(ckpt), **kw))
+    run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4, resume=str(ckpt), **kw),
+    )
     two, one = metrics(tmp_path / "two", "train_loss"), metrics(tmp_path / "one", "train_loss")
     assert sorted(one) == [5, 6, 7, 8]
     assert all(abs(one[s] - two[s]) < 1e-5 for s in one), (one, two)
@@ -73,9 +103,21 @@ def test_checkpoint_from_two_processes_resumes_in_one(corpus, cache, tmp_path):
 
 def test_readme_torchrun_command_finishes(corpus, cache, tmp_path):
     """`torchrun --nproc_per_node=2 train_gpt2.py` with small settings, on the default corpus."""
-    args = dict(out_dir=tmp_path / "run", cache_dir=cache, max_steps=4, n_layer=1, n_embd=32,
-                n_head=2, block_size=32, batch_size=4, eval_interval=4, eval_batches=2,
-                num_samples=1, max_new_tokens=8, vocab_size=512)
+    args = dict(
+        out_dir=tmp_path / "run",
+        cache_dir=cache,
+        max_steps=4,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        block_size=32,
+        batch_size=4,
+        eval_interval=4,
+        eval_batches=2,
+        num_samples=1,
+        max_new_tokens=8,
+        vocab_size=512,
+    )
     proc = run_script("train_gpt2.py", args, nproc=2)
     assert "2 processes x 4 sequences" in proc.stdout
     assert (tmp_path / "run/final/model.safetensors").is_file()

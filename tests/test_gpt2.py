@@ -61,8 +61,13 @@ def test_kv_cache_greedy_matches_recompute_and_transformers(tiny_gpt2_dir):
     cached = ours.generate(prompt, 20, temperature=0)
     full = ours.generate(prompt, 20, temperature=0, use_cache=False)
     ref.generation_config.eos_token_id = None  # generate exactly 20 tokens, as ours does here
-    hf = ref.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=100,
-                      attention_mask=torch.ones_like(prompt))
+    hf = ref.generate(
+        prompt,
+        max_new_tokens=20,
+        do_sample=False,
+        pad_token_id=100,
+        attention_mask=torch.ones_like(prompt),
+    )
     assert torch.equal(cached, full)
     assert torch.equal(cached, hf)
 
@@ -78,8 +83,9 @@ def test_sampling_is_reproducible_with_a_seed(tiny_gpt2_dir):
     prompt = _ids(101, B=2, T=4)
 
     def run(seed, **kw):
-        return ours.generate(prompt, 12, temperature=0.9,
-                             generator=torch.Generator().manual_seed(seed), **kw)
+        return ours.generate(
+            prompt, 12, temperature=0.9, generator=torch.Generator().manual_seed(seed), **kw
+        )
 
     assert torch.equal(run(3, top_k=5), run(3, top_k=5))
     assert torch.equal(run(3, top_p=0.8), run(3, top_p=0.8))

@@ -11,8 +11,15 @@ from minitrain.config import parse_args
 from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.optim import lr_at, param_groups
 from minitrain.precision import cpu_supports_fp16
-from tests.helpers import (PY, ROOT, final_params, max_param_diff, metrics, small_corpus,
-                           tiny_gpt2_args)
+from tests.helpers import (
+    PY,
+    ROOT,
+    final_params,
+    max_param_diff,
+    metrics,
+    small_corpus,
+    tiny_gpt2_args,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +50,15 @@ def test_accumulated_micro_batches_with_unequal_targets_equal_one_big_batch():
     big(x, y)[1].backward()  # the plain mean over the batch of 8
     window_tokens = (y != -100).sum()
     for i in range(0, 8, 2):
-        _, loss_sum = acc(x[i: i + 2], y[i: i + 2], reduction="sum")
+        _, loss_sum = acc(x[i : i + 2], y[i : i + 2], reduction="sum")
         (loss_sum / window_tokens).backward()
-        (naive(x[i: i + 2], y[i: i + 2])[1] / 4).backward()  # mean of means: the old HF bug
-    grad_diff = max((a.grad - b.grad).abs().max().item()
-                    for a, b in zip(big.parameters(), acc.parameters()))
-    naive_diff = max((a.grad - b.grad).abs().max().item()
-                     for a, b in zip(big.parameters(), naive.parameters()))
+        (naive(x[i : i + 2], y[i : i + 2])[1] / 4).backward()  # mean of means: the old HF bug
+    grad_diff = max(
+        (a.grad - b.grad).abs().max().item() for a, b in zip(big.parameters(), acc.parameters())
+    )
+    naive_diff = max(
+        (a.grad - b.grad).abs().max().item() for a, b in zip(big.parameters(), naive.parameters())
+    )
     assert grad_diff <= 1e-7 and naive_diff > 1e-4  # the test can tell the two apart
     for model in (big, acc):
         torch.optim.AdamW(model.parameters(), lr=1e-3).step()
@@ -68,8 +77,13 @@ def test_script_accumulation_equals_big_batch(corpus, cache, tmp_path):
 def test_resume_is_exact(corpus, cache, tmp_path):
     kw = dict(max_steps=8, save_interval=4, dropout=0.1)
     run_main(corpus, tmp_path / "full", cache, **kw)
-    run_main(corpus, tmp_path / "resumed", cache, resume=str(tmp_path / "full/ckpt-0000004.pt"), **kw)
-    full, resumed = metrics(tmp_path / "full", "train_loss"), metrics(tmp_path / "resumed", "train_loss")
+    run_main(
+        corpus, tmp_path / "resumed", cache, resume=str(tmp_path / "full/ckpt-0000004.pt"), **kw
+    )
+    full, resumed = (
+        metrics(tmp_path / "full", "train_loss"),
+        metrics(tmp_path / "resumed", "train_loss"),
+    )
     assert sorted(resumed) == [5, 6, 7, 8]
     assert all(full[s] == resumed[s] for s in resumed), (full, resumed)  # bit for bit
     a, b = final_params(tmp_path / "full"), final_params(tmp_path / "resumed")
@@ -92,7 +106,7 @@ def test_schedules():
         assert lr_at(10, schedule=s, **kw) == pytest.approx(1.0)
     assert lr_at(60, schedule="linear", **kw) == pytest.approx(0.55)  # halfway down
     assert lr_at(60, schedule="cosine", **kw) == pytest.approx(0.55)  # cos(pi/2) = 0
-    assert lr_at(35, schedule="cosine", **kw) == pytest.approx(0.1 + 0.45 * (1 + 2 ** -0.5))
+    assert lr_at(35, schedule="cosine", **kw) == pytest.approx(0.1 + 0.45 * (1 + 2**-0.5))
     for s in ("linear", "cosine"):
         assert lr_at(110, schedule=s, **kw) == pytest.approx(0.1)  # the end
         assert lr_at(500, schedule=s, **kw) == pytest.approx(0.1)  # past the end: stays there
@@ -114,7 +128,9 @@ def test_param_groups_decay_matrices_only_and_count_tied_weight_once():
 def test_bf16_autocast_runs_and_stays_finite(corpus, cache, tmp_path):
     result = run_main(corpus, tmp_path / "bf16", cache, dtype="bf16", max_steps=4)
     assert torch.isfinite(torch.tensor(result["val_loss"]))
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics(tmp_path / "bf16", "train_loss").values())
+    assert all(
+        torch.isfinite(torch.tensor(v)) for v in metrics(tmp_path / "bf16", "train_loss").values()
+    )
 
 
 @pytest.mark.skipif(not cpu_supports_fp16(), reason="this CPU cannot run fp16 autocast")
@@ -127,8 +143,16 @@ def test_fp16_with_grad_scaler_runs_and_stays_finite(corpus, cache, tmp_path):
 
 def test_end_to_end_loss_falls_checkpoint_reloads_export_loads(corpus, cache, tmp_path):
     out = tmp_path / "e2e"
-    result = run_main(corpus, out, cache, max_steps=30, eval_interval=15, num_samples=1,
-                      max_new_tokens=10, prompt="KING:")
+    result = run_main(
+        corpus,
+        out,
+        cache,
+        max_steps=30,
+        eval_interval=15,
+        num_samples=1,
+        max_new_tokens=10,
+        prompt="KING:",
+    )
     assert result["val_loss"] < result["first_val_loss"] - 0.5
     train = metrics(out, "train_loss")
     assert train[30] < train[1]
@@ -151,28 +175,46 @@ def test_fine_tune_from_local_hf_folder(corpus, cache, tmp_path):
     folder.mkdir()
     tok = train_bpe([corpus.read_text()[:50000]], 300, folder / "tokenizer.json")
     eot = tok.token_to_id("<|endoftext|>")
-    model = GPT2(GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32,
-                            n_layer=2, n_head=2, bos_token_id=eot, eos_token_id=eot))
+    model = GPT2(
+        GPT2Config(
+            vocab_size=tok.get_vocab_size(),
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=eot,
+            eos_token_id=eot,
+        )
+    )
     model.save_pretrained(folder)
     result = run_main(corpus, tmp_path / "ft", cache, init_from=str(folder), max_steps=4)
     assert result["step"] == 4
-    assert (tmp_path / "ft/final/tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
+    assert (tmp_path / "ft/final/tokenizer.json").read_text() == (
+        folder / "tokenizer.json"
+    ).read_text()
     with pytest.raises(train_gpt2.UserError, match="larger than the model's 64 positions"):
         run_main(corpus, tmp_path / "ft2", cache, init_from=str(folder), block_size=65)
 
 
 def test_cli_help_toml_and_unknown_key(tmp_path):
-    out = subprocess.run([PY, str(ROOT / "train_gpt2.py"), "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [PY, str(ROOT / "train_gpt2.py"), "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0
     assert "--grad_accum_steps (default: 1)  micro-batches per optimizer step" in out.stdout
     toml = tmp_path / "run.toml"
     toml.write_text('lr = 0.01\nbatch_size = 3\nschedule = "linear"\ncompile = true\n')
-    cfg = parse_args(train_gpt2.Config, ["--config", str(toml), "--batch_size", "5", "--compile=false"])
+    cfg = parse_args(
+        train_gpt2.Config, ["--config", str(toml), "--batch_size", "5", "--compile=false"]
+    )
     assert (cfg.lr, cfg.batch_size, cfg.schedule, cfg.compile) == (0.01, 5, "linear", False)
-    out = subprocess.run([PY, str(ROOT / "train_gpt2.py"), "--batch_sise=4"], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [PY, str(ROOT / "train_gpt2.py"), "--batch_sise=4"], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "unknown option --batch_sise (did you mean --batch_size?)" in out.stderr
     assert "Traceback" not in out.stderr
-    out = subprocess.run([PY, str(ROOT / "train_gpt2.py"), "--lr=fast"], capture_output=True, text=True)
+    out = subprocess.run(
+        [PY, str(ROOT / "train_gpt2.py"), "--lr=fast"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "--lr='fast' is not a valid float" in out.stderr
