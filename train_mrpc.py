@@ -1,0 +1,427 @@
+"""Fine-tune BERT for sentence-pair classification: GLUE MRPC (paraphrase or not) by default.
+
+    python train_mrpc.py                                     # bert-base-uncased on GLUE MRPC (hub)
+    python train_mrpc.py --data_dir=glue/MRPC                # local train.tsv / dev.tsv / test.tsv
+    torchrun --standalone --nproc_per_node=2 train_mrpc.py --data_dir=glue/MRPC
+    python train_mrpc.py --model=path/to/bert --data_dir=d --epochs=1 --max_steps=5  # smoke run
+    python train_mrpc.py --help                              # every option
+
+Features: GLUE TSV, the original msr_paraphrase_*.txt, or CSV/JSONL sentence pairs (any number of
+labels); pair tokenization with the model's own tokenizer through datasets.map; dynamic padding
+and optional grouping by length; AdamW (lr 2e-5, decay 0.01) with linear warmup and decay, as in
+BERT's paper; clipping; accumulation; bf16 autocast on GPU; data parallelism under torchrun;
+validation loss, accuracy and F1 after every epoch (a table, TensorBoard, metrics.jsonl); the best
+epoch exported in the Hugging Face format; test-set scoring or predictions; exact resume.
+"""
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from minitrain import UserError, checkpoint, dist, pairs
+from minitrain.bert import BertForSequenceClassification
+from minitrain.config import run_cli
+from minitrain.ddp import wrap
+from minitrain.logger import Logger
+from minitrain.metrics import classification_metrics
+from minitrain.optim import SCHEDULES, lr_at, make_optimizer
+from minitrain.precision import autocast, make_scaler, resolve_dtype
+from minitrain.tokenizer import load_tokenizer
+
+
+@dataclass
+class Config:
+    """BERT sentence-pair classification. Every option is --key=value (or --key value)."""
+
+    # data and model
+    model: str = "bert-base-uncased"  # a hub id or a local Hugging Face BERT folder
+    data_dir: str = ""  # local MRPC/GLUE files; empty loads GLUE MRPC from the Hugging Face hub
+    val_fraction: float = 0.1  # share of train held out for validation when there is no dev file
+    max_length: int = 128  # longest pair in tokens; longer pairs are truncated longest-first
+    group_by_length: bool = False  # batch similar lengths together to pad less
+    # optimisation (defaults from BERT's paper and the Hugging Face course)
+    batch_size: int = 32  # micro-batch per process, in pairs
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    epochs: int = 3  # passes over the training set
+    max_steps: int = 0  # if > 0: stop after this many optimizer steps (smoke runs)
+    lr: float = 2e-5  # peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay, on >= 2-D parameters only
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.999  # AdamW beta2
+    schedule: str = "linear"  # after warmup: linear, cosine or constant
+    warmup_ratio: float = 0.1  # share of all steps spent warming up
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 disables clipping)
+    max_bad_steps: int = 5  # stop after this many consecutive steps with a non-finite loss/grad
+    # system
+    device: str = "auto"  # auto, cpu or cuda
+    dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32
+    compile: bool = False  # torch.compile the model
+    ddp: str = "minitrain"  # data parallelism under torchrun: minitrain (hand-written) or torch
+    seed: int = 42  # seeds the classification head, data order and dropout
+    # evaluation, logging, checkpoints
+    eval_batch_size: int = 64  # pairs per evaluation batch
+    log_interval: int = 10  # log the training loss every this many steps
+    progress: bool = True  # show a progress bar
+    out_dir: str = "out/mrpc"  # everything the run writes
+    save_interval: int = 0  # also checkpoint every this many steps (0: at the end of epochs only)
+    keep_last: int = 1  # keep the newest N step checkpoints (best.pt is kept as well)
+    resume: str = ""  # a checkpoint file to continue from, or 'auto' for the newest in out_dir
+    overwrite: bool = False  # allow starting a new run in an out_dir that holds another run
+
+
+def check_config(cfg: Config) -> None:
+    for name in (
+        "batch_size",
+        "grad_accum_steps",
+        "epochs",
+        "eval_batch_size",
+        "log_interval",
+        "max_length",
+        "max_bad_steps",
+    ):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name}={getattr(cfg, name)} must be a positive number.")
+    for name in ("max_steps", "save_interval", "weight_decay", "max_grad_norm", "keep_last"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name}={getattr(cfg, name)} must not be negative.")
+    if cfg.lr <= 0:
+        raise UserError(f"--lr={cfg.lr} must be positive.")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise UserError(f"--warmup_ratio={cfg.warmup_ratio} must be in [0, 1).")
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"--schedule={cfg.schedule!r} is not one of {', '.join(SCHEDULES)}.")
+    if cfg.ddp not in ("minitrain", "torch"):
+        raise UserError(f"--ddp={cfg.ddp!r} is not one of minitrain, torch.")
+
+
+def main(cfg: Config) -> dict:
+    check_config(cfg)
+    # ------------------------------------------------------------------------------------------
+    # setup: processes, device, precision, the run folder
+    d = dist.setup(cfg.device)
+    log, cleanups, clean = None, [], False
+    try:
+        dtype = resolve_dtype(cfg.dtype, d.device)
+        out_dir = Path(cfg.out_dir)
+        resume_path = checkpoint.find_resume(cfg.resume, out_dir) if d.is_main else None
+        resume_path = dist.broadcast_object(resume_path, d)
+        if d.is_main and resume_path is None:
+            checkpoint.claim_out_dir(out_dir, cfg.overwrite)
+        dist.barrier(d)
+        ckpt = checkpoint.load(resume_path) if resume_path else None
+        if d.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+        dist.print0(f"config: {json.dumps(asdict(cfg))}")
+
+        # --------------------------------------------------------------------------------------
+        # data: sentence pairs, checked before the model is loaded
+        splits = (
+            pairs.load_local(cfg.data_dir, cfg.val_fraction)
+            if cfg.data_dir
+            else pairs.load_hub_mrpc()
+        )
+        labels = [r[2] for r in splits["train"] + splits["validation"]]
+        num_labels = max(labels) + 1
+        if min(labels) < 0 or num_labels < 2:
+            raise UserError(
+                f"labels must be integers 0..N-1 with N >= 2; found {sorted(set(labels))}."
+            )
+
+        # --------------------------------------------------------------------------------------
+        # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
+        raw_model = BertForSequenceClassification.from_pretrained(cfg.model, num_labels=num_labels)
+        raw_model.init_head(torch.Generator().manual_seed(cfg.seed))
+        tokenizer = load_tokenizer(raw_model.source_dir)
+        if tokenizer.get_vocab_size() > raw_model.config.vocab_size:
+            raise UserError(
+                f"the tokenizer of {cfg.model} has {tokenizer.get_vocab_size()} tokens, "
+                f"the model {raw_model.config.vocab_size}: they do not belong together."
+            )
+        if cfg.max_length > raw_model.config.max_position_embeddings:
+            raise UserError(
+                f"--max_length={cfg.max_length} is longer than the model's "
+                f"{raw_model.config.max_position_embeddings} positions."
+            )
+        if ckpt is not None:
+            raw_model.load_state_dict(ckpt["model"])
+        raw_model.to(d.device)
+        pad_id = raw_model.config.pad_token_id
+        train = pairs.tokenize_pairs(splits["train"], tokenizer, cfg.max_length)
+        val = pairs.tokenize_pairs(splits["validation"], tokenizer, cfg.max_length)
+        test = (
+            pairs.tokenize_pairs(splits["test"], tokenizer, cfg.max_length)
+            if splits["test"]
+            else None
+        )
+        pad_to = 8 if d.device.type == "cuda" else 1  # tensor cores like multiples of 8
+        dist.print0(
+            f"data: {len(train['labels'])} train, {len(val['labels'])} validation, "
+            f"{len(test['labels']) if test else 0} test pairs; {num_labels} labels"
+        )
+
+        # --------------------------------------------------------------------------------------
+        # batch arithmetic (depends on the world size: computed and printed, never stored)
+        W, B = d.world_size, cfg.batch_size
+        per_step = W * B * cfg.grad_accum_steps  # pairs per optimizer step, over all ranks
+        steps_per_epoch = len(train["labels"]) // per_step  # the incomplete last batch is dropped
+        if steps_per_epoch == 0:
+            raise UserError(
+                f"the training set ({len(train['labels'])} pairs) is smaller than one "
+                f"global batch of {per_step}: lower --batch_size."
+            )
+        total_steps = steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            total_steps = min(total_steps, cfg.max_steps)
+        warmup_steps = math.ceil(cfg.warmup_ratio * total_steps)
+        dist.print0(
+            f"batch: {W} processes x {B} pairs x {cfg.grad_accum_steps} accumulation = "
+            f"{per_step} pairs per step; {steps_per_epoch} steps per epoch, {total_steps} "
+            f"steps, {warmup_steps} of warmup"
+        )
+
+        # --------------------------------------------------------------------------------------
+        # optimizer and the state to resume from
+        optimizer = make_optimizer(
+            raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), d.device
+        )
+        scaler = make_scaler(d.device, dtype)
+        step, epoch, pos, history, best = 0, 0, 0, [], None
+        torch.manual_seed(cfg.seed + d.rank)  # dropout differs between ranks
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            step, epoch, pos, history = ckpt["step"], ckpt["epoch"], ckpt["pos"], ckpt["history"]
+            best = max(history, key=lambda r: r["accuracy"]) if history else None
+            if len(ckpt["rng"]) == W:
+                checkpoint.set_rng_state(ckpt["rng"][d.rank])
+            dist.print0(
+                f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, "
+                f"{pos} pairs into it)"
+            )
+        best_path = out_dir / "best.pt"
+        model = torch.compile(raw_model) if cfg.compile else raw_model
+        if d.enabled:
+            model = wrap(model, cfg.ddp, d.device)
+
+        # --------------------------------------------------------------------------------------
+        # evaluation: each rank scores every W-th pair; loss sums and confusion matrices are reduced
+        def evaluate(examples):
+            raw_model.eval()
+            cm = torch.zeros(num_labels, num_labels, dtype=torch.long, device=d.device)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+            preds = {}
+            mine = list(range(d.rank, len(examples["labels"]), W))
+            with torch.no_grad():
+                for i in range(0, len(mine), cfg.eval_batch_size):
+                    ids = mine[i : i + cfg.eval_batch_size]
+                    batch = {
+                        k: v.to(d.device)
+                        for k, v in pairs.collate(examples, ids, pad_id, pad_to).items()
+                    }
+                    y = batch.pop("labels")
+                    with autocast(d.device, dtype):
+                        logits, _ = raw_model(**batch)
+                    p = logits.argmax(-1)
+                    for j, pred in zip(ids, p.tolist()):
+                        preds[examples["index"][j]] = pred
+                    if (y >= 0).all():  # labelled
+                        loss_sum += torch.nn.functional.cross_entropy(
+                            logits.float(), y, reduction="sum"
+                        ).double()
+                        cm.index_put_((y, p), torch.ones_like(y), accumulate=True)
+            dist.all_reduce_sum(cm, d)
+            dist.all_reduce_sum(loss_sum, d)
+            raw_model.train()
+            result = classification_metrics(cm.cpu())
+            result["loss"] = loss_sum.item() / max(1, cm.sum().item())
+            return result, preds
+
+        def save() -> None:
+            rngs = [checkpoint.rng_state()]
+            if d.enabled:
+                rngs = [None] * W
+                torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+            if d.is_main:
+                state = {
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "pos": pos,
+                    "history": history,
+                    "rng": rngs,
+                    "config": asdict(cfg),
+                }
+                path = checkpoint.checkpoint_path(out_dir, step)
+                try:
+                    checkpoint.save(path, state)
+                except OSError as e:
+                    raise UserError(
+                        f"could not write checkpoint {path} ({e.strerror or e}); the "
+                        f"previous checkpoint is kept, and the run stops here."
+                    ) from None
+                checkpoint.prune(out_dir, cfg.keep_last)
+                log.write(f"step {step}: saved {path}")
+            dist.barrier(d)
+
+        # --------------------------------------------------------------------------------------
+        # the training loop: epochs of shuffled pairs, one optimizer step per global batch
+        log = Logger(
+            out_dir, enabled=d.is_main, total=total_steps, initial=step, progress=cfg.progress
+        )
+        stop = dist.StopFlag()
+        cleanups.append(stop.close)
+        loss_acc = torch.zeros((), device=d.device)
+        bad_steps, train_loss = 0, float("nan")
+        log.write(
+            "\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in history])
+        )
+        order = None
+        while step < total_steps and not stop.requested(d):
+            if order is None or pos == 0:  # a new epoch (or a resumed one): its seeded order
+                order = pairs.epoch_order(train, cfg.seed, epoch, cfg.group_by_length, B)
+            lr = lr_at(
+                step,
+                schedule=cfg.schedule,
+                lr=cfg.lr,
+                warmup_steps=warmup_steps,
+                total_steps=total_steps,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # micro-step m of this rank takes pairs pos + (m * W + rank) * B ... + B of the order
+            batches = [
+                pairs.collate(train, order[pos + (m * W + d.rank) * B :][:B], pad_id, pad_to)
+                for m in range(cfg.grad_accum_steps)
+            ]
+            for micro_step, batch in enumerate(batches):
+                batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+                last = micro_step == cfg.grad_accum_steps - 1
+                sync = contextlib.nullcontext() if (last or not d.enabled) else model.no_sync()
+                with sync:
+                    with autocast(d.device, dtype):
+                        _, loss_sum = model(**batch, reduction="sum")
+                    # mean over the pairs of the whole window, times W because DDP averages
+                    loss = loss_sum * W / per_step
+                    scaler.scale(loss).backward()
+                loss_acc += loss.detach() / W
+            scaler.unscale_(optimizer)
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
+            finite = bool(torch.isfinite(grad_norm))
+            if finite or scaler.is_enabled():
+                scaler.step(optimizer)
+            bad_steps = 0 if finite else bad_steps + 1
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            pos += per_step
+            if bad_steps >= cfg.max_bad_steps:
+                raise UserError(
+                    f"{bad_steps} consecutive steps had a non-finite loss or gradient; "
+                    f"stopping. The last good checkpoint is in {out_dir}."
+                )
+            if step % cfg.log_interval == 0 or step == total_steps:
+                dist.all_reduce_sum(loss_acc, d)
+                n = step % cfg.log_interval or cfg.log_interval
+                train_loss = loss_acc.item() / n
+                loss_acc.zero_()
+                log.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm.item())
+                log.progress(n, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+
+            end_of_epoch = pos + per_step > len(train["labels"])
+            if end_of_epoch or step == total_steps:
+                metrics, _ = evaluate(val)
+                row = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "train_loss": train_loss,
+                    "val_loss": metrics["loss"],
+                    "accuracy": metrics["accuracy"],
+                    "f1": metrics["f1"],
+                    "macro_f1": metrics["macro_f1"],
+                }
+                history.append(row)
+                log.log(step, **{k: v for k, v in row.items() if k != "step"})
+                log.write(table_row(row, num_labels))
+                if d.is_main and (best is None or row["accuracy"] > best["accuracy"]):
+                    best = row
+                    checkpoint.save(best_path, {"model": raw_model.state_dict(), "row": row})
+                if end_of_epoch:
+                    epoch, pos = epoch + 1, 0
+                save()
+            elif cfg.save_interval and step % cfg.save_interval == 0:
+                save()
+
+        if stop.was_requested:
+            save()
+            dist.print0(
+                f"stopped by a signal at step {step}; resume with --resume=auto --out_dir={out_dir}"
+            )
+            clean = True
+            return {"step": step, "history": history, "stopped": True}
+
+        # --------------------------------------------------------------------------------------
+        # the end: the best epoch's model is exported, then scored on the test split
+        dist.barrier(d)
+        best_state = checkpoint.load(best_path) if best_path.is_file() else None
+        if best_state is not None:
+            raw_model.load_state_dict(best_state["model"])
+            best = best_state["row"]
+        result = {"step": step, "history": history, "best": best}
+        if d.is_main:
+            final_dir = out_dir / "final"
+            raw_model.save_pretrained(final_dir)
+            log.write(f"exported the best epoch ({best['epoch'] if best else '-'}) to {final_dir}")
+        if test is not None:
+            labelled = all(y >= 0 for y in test["labels"])
+            test_metrics, preds = evaluate(test)
+            if labelled:
+                result["test"] = {k: test_metrics[k] for k in ("accuracy", "f1", "macro_f1")}
+                log.log(step, **{f"test_{k}": v for k, v in result["test"].items()})
+                log.write(
+                    f"test: accuracy {test_metrics['accuracy']:.4f}, F1 {test_metrics['f1']:.4f}"
+                )
+            else:
+                gathered = [preds]
+                if d.enabled:
+                    gathered = [None] * W
+                    torch.distributed.all_gather_object(gathered, preds)
+                if d.is_main:
+                    merged = {k: v for part in gathered for k, v in part.items()}
+                    lines = "".join(f"{i}\t{merged[i]}\n" for i in sorted(merged))
+                    (out_dir / "test_predictions.tsv").write_text("index\tprediction\n" + lines)
+                    log.write(
+                        f"wrote {len(merged)} test predictions to "
+                        f"{out_dir / 'test_predictions.tsv'}"
+                    )
+        clean = True
+        return result
+    finally:
+        for cleanup in cleanups:
+            cleanup()
+        if log is not None:
+            log.close()
+        dist.teardown(clean)
+
+
+def table_header(num_labels: int) -> str:
+    extra = "  macro-F1" if num_labels > 2 else ""
+    return f"epoch   step  train loss  val loss  accuracy        F1{extra}"
+
+
+def table_row(r: dict, num_labels: int) -> str:
+    extra = f"  {r['macro_f1']:8.4f}" if num_labels > 2 else ""
+    return (
+        f"{r['epoch']:5d} {r['step']:6d}  {r['train_loss']:10.4f}  {r['val_loss']:8.4f}  "
+        f"{r['accuracy']:8.4f}  {r['f1']:8.4f}{extra}"
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main, Config)
