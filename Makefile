@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests $(ARGS)
 
 bench: $(STAMP)
-	$(PY) -m bench.run $(ARGS)
+	$(PY) -m bench.run --vs hf --ddp $(ARGS)
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

@@ -167,19 +167,22 @@ class GPT2(nn.Module):
         Returns (logits, loss). With `reduction="sum"` the loss is summed over target tokens, so
         that the training loop can divide by the target tokens of a whole accumulation window.
         """
-        logits, _ = self.decode(input_ids)
+        padded_logits, _ = self.decode(input_ids, padded=True)  # (B, T, padded_vocab_size)
+        logits = padded_logits[..., : self.config.vocab_size]  # a view: no copy
         loss = None
         if labels is not None:
-            V = logits.size(-1)
+            # The padded columns hold -inf, so the softmax over all of them equals the softmax
+            # over the real vocabulary, and the loss needs no copy of the sliced logits.
+            Vp = padded_logits.size(-1)
             loss = F.cross_entropy(
-                logits.float().reshape(-1, V),
+                padded_logits.float().view(-1, Vp),
                 labels.reshape(-1),
                 ignore_index=-100,
                 reduction=reduction,
             )
         return logits, loss
 
-    def decode(self, input_ids, past=None):
+    def decode(self, input_ids, past=None, padded=False):
         """Logits (B, T, vocab_size) for input_ids that follow the cached keys/values `past`.
 
         Returns the logits and the new cache: one (k, v) pair per layer, each (B, nh, T_total, hs).
@@ -198,8 +201,13 @@ class GPT2(nn.Module):
             x, present = block(x, None if past is None else past[i])
             presents.append(present)
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)[..., : self.config.vocab_size]  # padded rows are never predicted
-        return logits, presents
+        logits = self.lm_head(x)  # (B, T, padded_vocab_size)
+        V = self.config.vocab_size
+        if logits.size(-1) > V:
+            # Padded vocabulary rows are never predicted: -inf logits, written in place (cheap:
+            # only the padded columns are touched).
+            logits[..., V:] = float("-inf")
+        return (logits if padded else logits[..., :V]), presents
 
     # ------------------------------------------------------------------------------------------
     # generation

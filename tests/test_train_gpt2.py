@@ -165,6 +165,12 @@ def test_end_to_end_loss_falls_checkpoint_reloads_export_loads(corpus, cache, tm
     ids = torch.tensor([tok("To be, or not to be")["input_ids"]])
     with torch.no_grad():
         assert (ours.eval()(ids)[0] - ref(ids).logits).abs().max().item() <= 1e-5
+    # the sampling entry point works on the export, reproducibly
+    from minitrain import generate
+
+    gen = generate.GenerateConfig(model=str(out / "final"), prompt="KING:", max_new_tokens=12)
+    texts = generate.main(gen)
+    assert texts[0].startswith("KING:") and texts == generate.main(gen)
 
 
 def test_fine_tune_from_local_hf_folder(corpus, cache, tmp_path):

@@ -1,0 +1,289 @@
+"""make bench: training tokens/s, MFU, peak memory and step-time spread, with a same-run peer.
+
+    python -m bench.run                 # the cases for this machine (CUDA if present, else CPU)
+    python -m bench.run --vs hf         # also time transformers' model on identical batches
+    python -m bench.run --cases gpt2-124m --steps 50 --compile
+
+A timed step is the work of a real training step: forward, backward, gradient clipping and a
+(fused on CUDA) AdamW step, on a batch taken from a pre-made token tensor, so the model's speed is
+measured and not the input pipeline's (which is timed separately, see `pipeline`). Warm-up steps,
+compilation included, are not timed; on CUDA every timed step is bracketed by synchronize().
+Only PyTorch is needed on this path (numpy for the pipeline case); transformers only for --vs hf.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from minitrain.bert import BertConfig, BertForSequenceClassification
+from minitrain.gpt2 import GPT2, GPT2Config
+from minitrain.metrics import flops_per_token, peak_tflops
+
+# name: (kind, model config, micro-batch, sequence length)
+CASES = {
+    "gpt2-124m": ("gpt2", dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024), 16, 1024),
+    "gpt2-350m": ("gpt2", dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024), 8, 1024),
+    "bert-base": ("bert", dict(), 32, 128),
+    # CPU-sized shapes: each finishes in well under a minute on 2 cores
+    "gpt2-cpu": ("gpt2", dict(n_layer=4, n_head=4, n_embd=256, n_positions=256), 4, 256),
+    "bert-cpu": (
+        "bert",
+        dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
+        16,
+        128,
+    ),
+}
+GPU_CASES = ["gpt2-124m", "gpt2-350m", "bert-base"]
+CPU_CASES = ["gpt2-cpu", "bert-cpu"]
+
+
+def build(kind, cfg, impl):
+    torch.manual_seed(0)
+    if impl == "minitrain":
+        if kind == "gpt2":
+            return GPT2(GPT2Config(**cfg))
+        return BertForSequenceClassification(BertConfig(**cfg))
+    import transformers  # the peer, only with --vs hf
+
+    if kind == "gpt2":
+        c = transformers.GPT2Config(**cfg, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return transformers.GPT2LMHeadModel(c)
+    return transformers.BertForSequenceClassification(transformers.BertConfig(**cfg))
+
+
+def loss_fn(kind, impl, model, batch):
+    if kind == "gpt2":
+        x, y = batch
+        if impl == "minitrain":
+            return model(x, y)[1]
+        return model(input_ids=x, labels=x).loss  # transformers shifts the labels itself
+    ids, mask, labels = batch
+    if impl == "minitrain":
+        return model(ids, mask, labels=labels)[1]
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def make_batches(kind, vocab, B, T, n, device):
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, vocab, (n, B, T + 1), generator=g)  # the pre-made token tensor
+    if kind == "gpt2":
+        return [(t[:, :-1].to(device), t[:, 1:].to(device)) for t in tokens]
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[: B // 2, T // 2 :] = 0  # half the rows padded, as real pair batches are
+    labels = torch.randint(0, 2, (B,), generator=g)
+    return [(t[:, :-1].to(device), mask.to(device), labels.to(device)) for t in tokens]
+
+
+def time_case(name, impl, args, device, dtype):
+    kind, cfg, B, T = CASES[name]
+    B = args.batch_size or B
+    model = build(kind, cfg, impl).to(device).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    emb = (
+        model.transformer.wpe.weight.numel()
+        if kind == "gpt2"
+        else sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    )
+    vocab = 50257 if kind == "gpt2" else 30522
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    step_model = torch.compile(model) if args.compile else model
+    batches = make_batches(kind, vocab, B, T, 4, device)
+    amp = (
+        torch.autocast(device.type, dtype=dtype)
+        if dtype != torch.float32
+        else torch.autocast(device.type, enabled=False)
+    )
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(i):
+        with amp:
+            loss = loss_fn(kind, impl, step_model, batches[i % len(batches)])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for i in range(args.warmup):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.steps):
+        sync()
+        t0 = time.perf_counter()
+        step(i)
+        sync()
+        times.append(time.perf_counter() - t0)
+    tokens_per_sec = B * T / statistics.median(times)
+    if kind == "gpt2":
+        c = model.config
+        flops = flops_per_token(n_params - emb, c.n_layer, c.n_embd, T)
+    else:
+        c = model.config
+        flops = flops_per_token(n_params - emb, c.num_hidden_layers, c.hidden_size, T)
+    return {
+        "case": name,
+        "impl": impl,
+        "batch": B,
+        "seq": T,
+        "params_M": round(n_params / 1e6, 2),
+        "tokens_per_sec": round(tokens_per_sec, 1),
+        "step_ms_min": round(1e3 * min(times), 2),
+        "step_ms_median": round(1e3 * statistics.median(times), 2),
+        "step_ms_max": round(1e3 * max(times), 2),
+        "flops_per_token": flops,
+        "peak_mem_GiB": (
+            round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if device.type == "cuda"
+            else None
+        ),
+    }
+
+
+def measured_peak_tflops(device, dtype):
+    """For a GPU missing from the table: the bf16 matmul rate we can reach (MFU is relative to it)."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * 20 / (time.perf_counter() - t0) / 1e12
+
+
+def pipeline_throughput():
+    """The input pipeline: batches/s of the memory-mapped block loader (and tokens/s of
+    tokenization when the tokenizers package is present)."""
+    import numpy as np
+
+    from minitrain import data
+
+    out = {}
+    tokens = np.random.default_rng(0).integers(0, 50257, 20_000_000, dtype=np.uint16)
+    n_blocks = data.num_blocks(tokens, 1024)
+    order = data.epoch_order(n_blocks, 0, 0)
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 2.0:
+        data.get_batch(tokens, order[(n * 16) % (n_blocks - 16) :][:16].tolist(), 1024)
+        n += 1
+    out["loader_batches_per_sec_16x1024"] = round(n / (time.perf_counter() - t0), 1)
+    out["loader_tokens_per_sec"] = round(out["loader_batches_per_sec_16x1024"] * 16 * 1024)
+    try:
+        from minitrain.data import shakespeare_files
+        from minitrain.tokenizer import train_bpe
+
+        text = shakespeare_files()[0].read_text()
+        tok = train_bpe([text], 2048)
+        docs = [text] * 8
+        t0 = time.perf_counter()
+        n_tok = sum(len(e.ids) for e in tok.encode_batch(docs))
+        out["tokenize_tokens_per_sec"] = round(n_tok / (time.perf_counter() - t0))
+    except Exception as e:  # tokenizers or the corpus missing (e.g. a bare GPU image)
+        out["tokenize_tokens_per_sec"] = f"not measured ({type(e).__name__})"
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cases", nargs="*", help=f"of {', '.join(CASES)}")
+    p.add_argument("--vs", choices=["hf"], help="also time transformers' model, same batches")
+    p.add_argument(
+        "--steps", type=int, default=0, help="timed steps per case (default 20 GPU, 6 CPU)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=0, help="untimed steps first (default 5 GPU, 2 CPU)"
+    )
+    p.add_argument("--batch_size", type=int, default=0, help="override the case's micro-batch")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--ddp", action="store_true", help="also run the 2-process DDP comparison")
+    p.add_argument("--out", default="bench/results")
+    args = p.parse_args(argv)
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    args.steps = args.steps or (20 if cuda else 6)
+    args.warmup = args.warmup or (5 if cuda else 2)
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    peak, peak_note = None, ""
+    if cuda:
+        peak = peak_tflops(device_name)
+        if peak is None:
+            peak = measured_peak_tflops(device, torch.bfloat16)
+            peak_note = " (not in the table: MFU is relative to a measured 8192^3 bf16 matmul)"
+    cases = args.cases or (GPU_CASES if cuda else CPU_CASES)
+    impls = ["minitrain"] + (["hf"] if args.vs else [])
+    header = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "dtype": str(dtype).split(".")[-1],
+        "compile": args.compile,
+        "peak_tflops": peak,
+        "python": sys.version.split()[0],
+    }
+    print(
+        f"device: {device_name}{peak_note}; torch {torch.__version__}; dtype {header['dtype']}; "
+        f"compile {args.compile}"
+    )
+    rows = []
+    for name in cases:
+        for impl in impls:
+            r = time_case(name, impl, args, device, dtype)
+            r["mfu"] = (
+                round(r["flops_per_token"] * r["tokens_per_sec"] / (peak * 1e12), 4)
+                if peak
+                else None
+            )
+            rows.append(r)
+    print(
+        f"{'case':10} {'impl':9} {'B x T':>10} {'tokens/s':>11} {'MFU':>6} {'mem GiB':>8} "
+        f"{'step ms (min/med/max)':>24}"
+    )
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        mem = f"{r['peak_mem_GiB']:.2f}" if r["peak_mem_GiB"] is not None else "-"
+        spread = f"{r['step_ms_min']:.1f}/{r['step_ms_median']:.1f}/{r['step_ms_max']:.1f}"
+        print(
+            f"{r['case']:10} {r['impl']:9} {r['batch']:>4} x {r['seq']:<4} "
+            f"{r['tokens_per_sec']:>11,.0f} {mfu:>6} {mem:>8} {spread:>24}"
+        )
+    ratios = {}
+    for name in cases:
+        ours = [r for r in rows if r["case"] == name and r["impl"] == "minitrain"]
+        theirs = [r for r in rows if r["case"] == name and r["impl"] == "hf"]
+        if ours and theirs:
+            ratios[name] = round(ours[0]["tokens_per_sec"] / theirs[0]["tokens_per_sec"], 3)
+            print(f"{name}: minitrain / transformers tokens/s = {ratios[name]:.3f}")
+    pipe = pipeline_throughput()
+    print(f"input pipeline: {pipe}")
+    result = {**header, "rows": rows, "vs_hf": ratios, "pipeline": pipe}
+    if args.ddp:
+        from bench.ddp import compare
+
+        result["ddp"] = compare(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

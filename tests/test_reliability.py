@@ -1,0 +1,227 @@
+"""Preemption, crashes, numerical faults and bad input: nothing lost, one sentence, exit 2."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+import train_gpt2
+from minitrain import UserError, checkpoint
+from tests.helpers import (
+    PY,
+    ROOT,
+    cli,
+    final_params,
+    metrics,
+    run_script,
+    small_corpus,
+    tiny_gpt2_args,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return small_corpus(tmp_path_factory.mktemp("corpus") / "plays.txt")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def run_main(corpus, out_dir, cache, **kw):
+    return train_gpt2.main(train_gpt2.Config(**tiny_gpt2_args(corpus, out_dir, cache, **kw)))
+
+
+def wait_for(predicate, proc, timeout=120):
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted(corpus, cache, tmp_path):
+    # all three runs in subprocesses with one thread each: bitwise equality needs the same
+    # float summation order, and that depends on the number of threads
+    kw = dict(max_steps=40, save_interval=100, eval_interval=100, dropout=0.1)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "full", cache, **kw))
+    out = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [PY, str(ROOT / "train_gpt2.py")] + cli(tiny_gpt2_args(corpus, out, cache, **kw)),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    jsonl = out / "metrics.jsonl"
+    wait_for(lambda: jsonl.exists() and len(metrics(out, "train_loss")) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "stopped by a signal at step" in stdout and "--resume=auto" in stdout
+    stopped_at = max(metrics(out, "train_loss"))
+    assert stopped_at < 40 and checkpoint.latest(out).name == f"ckpt-{stopped_at:07d}.pt"
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, resume="auto", **kw))
+    full, resumed = metrics(tmp_path / "full", "train_loss"), metrics(out, "train_loss")
+    assert sorted(resumed) == list(range(1, 41))
+    assert all(full[s] == resumed[s] for s in full)
+    a, b = final_params(tmp_path / "full"), final_params(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous(corpus, cache, tmp_path):
+    out = tmp_path / "killed"
+    args = tiny_gpt2_args(corpus, out, cache, max_steps=12, save_interval=3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [PY, str(ROOT / "tests/slow_save.py")] + cli(args),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: any(p.name.endswith(".tmp") for p in out.glob(".*")), proc)
+    time.sleep(0.2)
+    proc.kill()
+    proc.communicate()
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["ckpt-0000003.pt"]
+    assert checkpoint.latest(out).name == "ckpt-0000003.pt"
+    result = run_main(corpus, out, cache, resume="auto", max_steps=12, save_interval=3)
+    assert result["step"] == 12
+
+
+def test_failed_checkpoint_write_stops_and_keeps_previous(corpus, cache, tmp_path, monkeypatch):
+    real = checkpoint.save
+    calls = []
+
+    def disk_full(path, state):
+        calls.append(path)
+        if len(calls) > 2:  # ckpt-3 and best.pt succeed, ckpt-6 fails
+            raise OSError(28, "No space left on device")
+        real(path, state)
+
+    monkeypatch.setattr(checkpoint, "save", disk_full)
+    with pytest.raises(
+        UserError,
+        match=r"could not write checkpoint .*ckpt-0000006.pt \(No space "
+        r"left on device\); the previous checkpoint is kept",
+    ):
+        run_main(corpus, tmp_path / "full", cache, max_steps=12, save_interval=3)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "full")] == ["ckpt-0000003.pt"]
+
+
+def test_existing_out_dir_is_never_overwritten(corpus, cache, tmp_path):
+    out = tmp_path / "run"
+    run_main(corpus, out, cache, max_steps=3)
+    before = (out / "metrics.jsonl").read_text()
+    proc = run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, max_steps=3), check=False)
+    assert proc.returncode == 2
+    assert "already holds a run; continue it with --resume=auto" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+    run_main(corpus, out, cache, max_steps=3, overwrite=True)
+    assert (out / "metrics.jsonl").read_text() != before
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(corpus, cache, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(UserError, match=r"3 consecutive steps had a non-finite loss or gradient"):
+        run_main(
+            corpus,
+            out,
+            cache,
+            lr=1e30,
+            warmup_steps=0,
+            max_steps=20,
+            max_bad_steps=3,
+            save_interval=1,
+            schedule="constant",
+        )
+    for path in checkpoint.list_checkpoints(out):  # every checkpoint written has finite weights
+        state = torch.load(path, weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_crafted_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "ckpt-0000001.pt"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(UserError, match=r"could not be loaded safely"):
+        checkpoint.load(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (dict(batch_size=0), "--batch_size=0 must be a positive number"),
+        (dict(lr=-1), "--lr=-1.0 must be positive"),
+        (dict(grad_accum_steps=-2), "--grad_accum_steps=-2 must be a positive number"),
+        (
+            dict(tokens_per_step=1000),
+            "--tokens_per_step=1000 is not divisible by world_size x batch_size x block_size = 128",
+        ),
+        (
+            dict(device="cuda"),
+            "--device=cuda was asked for, but this machine has no usable CUDA GPU",
+        ),
+        (dict(data="/no/such.txt"), "is not a file, a folder, a glob"),
+        (dict(init_from="gpt2", data=None), "could not download 'gpt2' from the Hugging Face hub"),
+        (dict(schedule="wavy"), "--schedule='wavy' is not one of linear, cosine, constant"),
+    ],
+)
+def test_bad_values_fail_in_one_sentence_and_write_nothing(corpus, cache, tmp_path, extra, message):
+    # data=None: keep the test corpus (the case is about something else)
+    args = tiny_gpt2_args(
+        corpus, tmp_path / "out", cache, **{k: v for k, v in extra.items() if v is not None}
+    )
+    proc = run_script("train_gpt2.py", args, check=False, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (
+        not list((tmp_path / "out").glob("ckpt-*"))
+        and not (tmp_path / "out/metrics.jsonl").exists()
+    )
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "is empty: there is no text to train on"),
+        (b"\x00\x01\x02binary", "looks like a binary file, not text"),
+        (b"\xff\xfe\xfa not utf8", "is not UTF-8 text"),
+    ],
+)
+def test_bad_data_files(cache, tmp_path, content, message):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    proc = run_script("train_gpt2.py", tiny_gpt2_args(bad, tmp_path / "out", cache), check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_resume_with_another_model_shape_is_refused(corpus, cache, tmp_path):
+    run_main(corpus, tmp_path / "a", cache, max_steps=3)
+    with pytest.raises(
+        UserError,
+        match=r"the checkpoint holds a model of shape .* but "
+        r"--init_from=scratch gives",
+    ):
+        run_main(
+            corpus,
+            tmp_path / "b",
+            cache,
+            n_layer=3,
+            max_steps=6,
+            resume=str(tmp_path / "a/ckpt-0000003.pt"),
+        )
