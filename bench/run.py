@@ -147,7 +147,7 @@ def time_case(name, impl, args, device, dtype):
 
 
 def measured_peak_tflops(device, dtype):
-    """For a GPU missing from the table: the bf16 matmul rate we can reach (MFU is relative to it)."""
+    """For a GPU missing from the table: the bf16 matmul rate we reach (MFU is relative to it)."""
     n = 8192
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
