@@ -79,6 +79,7 @@ class Config:
     device: str = "auto"  # auto, cpu or cuda
     dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute activations in backward to save memory
     ddp: str = "minitrain"  # data parallelism under torchrun: minitrain (hand-written) or torch
     seed: int = 1337  # seeds initialisation, data order and dropout
     # evaluation, logging, checkpoints
@@ -157,7 +158,7 @@ def main(cfg: Config) -> dict:
         resume_path = checkpoint.find_resume(cfg.resume, out_dir) if d.is_main else None
         resume_path = dist.broadcast_object(resume_path, d)
         if d.is_main and resume_path is None:
-            checkpoint.claim_out_dir(out_dir, cfg.overwrite)
+            checkpoint.claim_out_dir(out_dir, cfg.overwrite or cfg.resume == "auto")
         dist.barrier(d)
         ckpt = checkpoint.load(resume_path) if resume_path else None
         if d.device.type == "cuda":
@@ -192,6 +193,7 @@ def main(cfg: Config) -> dict:
                 f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only "
                 f"{raw_model.config.vocab_size}: they do not belong together."
             )
+        raw_model.activation_checkpointing = cfg.activation_checkpointing
         raw_model.to(d.device)
         n_params = raw_model.num_params()
         dist.print0(

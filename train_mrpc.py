@@ -43,6 +43,7 @@ class Config:
     val_fraction: float = 0.1  # share of train held out for validation when there is no dev file
     max_length: int = 128  # longest pair in tokens; longer pairs are truncated longest-first
     group_by_length: bool = False  # batch similar lengths together to pad less
+    dropout: float | None = None  # if set: replaces the checkpoint's dropout probabilities
     # optimisation (defaults from BERT's paper and the Hugging Face course)
     batch_size: int = 32  # micro-batch per process, in pairs
     grad_accum_steps: int = 1  # micro-batches per optimizer step
@@ -96,6 +97,8 @@ def check_config(cfg: Config) -> None:
         raise UserError(f"--schedule={cfg.schedule!r} is not one of {', '.join(SCHEDULES)}.")
     if cfg.ddp not in ("minitrain", "torch"):
         raise UserError(f"--ddp={cfg.ddp!r} is not one of minitrain, torch.")
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"--dropout={cfg.dropout} must be in [0, 1).")
 
 
 def main(cfg: Config) -> dict:
@@ -110,7 +113,7 @@ def main(cfg: Config) -> dict:
         resume_path = checkpoint.find_resume(cfg.resume, out_dir) if d.is_main else None
         resume_path = dist.broadcast_object(resume_path, d)
         if d.is_main and resume_path is None:
-            checkpoint.claim_out_dir(out_dir, cfg.overwrite)
+            checkpoint.claim_out_dir(out_dir, cfg.overwrite or cfg.resume == "auto")
         dist.barrier(d)
         ckpt = checkpoint.load(resume_path) if resume_path else None
         if d.device.type == "cuda":
@@ -133,7 +136,16 @@ def main(cfg: Config) -> dict:
 
         # --------------------------------------------------------------------------------------
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
-        raw_model = BertForSequenceClassification.from_pretrained(cfg.model, num_labels=num_labels)
+        overrides = {}
+        if cfg.dropout is not None:
+            overrides = dict(
+                hidden_dropout_prob=cfg.dropout,
+                classifier_dropout=cfg.dropout,
+                attention_probs_dropout_prob=cfg.dropout,
+            )
+        raw_model = BertForSequenceClassification.from_pretrained(
+            cfg.model, num_labels=num_labels, **overrides
+        )
         raw_model.init_head(torch.Generator().manual_seed(cfg.seed))
         tokenizer = load_tokenizer(raw_model.source_dir)
         if tokenizer.get_vocab_size() > raw_model.config.vocab_size:

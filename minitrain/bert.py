@@ -268,11 +268,14 @@ class BertForSequenceClassification(nn.Module):
         return logits, loss
 
     @classmethod
-    def from_pretrained(cls, name_or_dir, num_labels=None) -> "BertForSequenceClassification":
+    def from_pretrained(
+        cls, name_or_dir, num_labels=None, **overrides
+    ) -> "BertForSequenceClassification":
         """A BERT folder or hub id; the head is loaded when the checkpoint has one of this size,
-        else freshly initialised (`model.head_is_new` says which)."""
+        else freshly initialised (`model.head_is_new` says which). `overrides` replace config
+        values that do not change the weights' shapes (e.g. hidden_dropout_prob)."""
         model_dir = hub.resolve_model_dir(name_or_dir)
-        hf_config = _checked_config(model_dir)
+        hf_config = {**_checked_config(model_dir), **overrides}
         if num_labels is not None:
             hf_config = {**hf_config, "num_labels": num_labels}
         cfg = BertConfig.from_hf(hf_config)

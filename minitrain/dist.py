@@ -56,7 +56,19 @@ def setup(device: str = "auto") -> Dist:
     if not dist.is_initialized():
         # nccl moves CUDA tensors between GPUs; gloo works on CPU tensors.
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+        # torchrun's store outlives a restart (--max-restarts), and the previous round's keys
+        # (the dead workers' addresses) can be read by the new round before they are replaced
+        # (pytorch/pytorch#167288). A key prefix per restart round keeps the rounds apart.
+        store, _, _ = next(dist.rendezvous("env://"))
+        round_ = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"minitrain/round{round_}", store)
+        dist.init_process_group(
+            backend,
+            store=store,
+            rank=rank,
+            world_size=world_size,
+            device_id=dev if dev.type == "cuda" else None,
+        )
     return Dist(rank, local_rank, world_size, dev)
 
 

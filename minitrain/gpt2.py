@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from minitrain import hub
 
@@ -142,6 +143,7 @@ class GPT2(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
+        self.activation_checkpointing = False  # trade compute for memory (set by the trainer)
         self.apply(self._init_weights)
         # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual layers).
         for name, p in self.named_parameters():
@@ -198,7 +200,11 @@ class GPT2(nn.Module):
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
         presents = []
         for i, block in enumerate(self.transformer.h):
-            x, present = block(x, None if past is None else past[i])
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # Keep only each block's input; recompute its activations during backward.
+                x, present = checkpoint(block, x, None, use_reentrant=False)
+            else:
+                x, present = block(x, None if past is None else past[i])
             presents.append(present)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)

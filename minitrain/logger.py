@@ -11,13 +11,23 @@ from pathlib import Path
 
 class Logger:
     def __init__(self, out_dir, enabled=True, total=None, initial=0, progress=True, desc="train"):
+        """`initial`: the step a resumed run starts from. Lines a crashed run logged after it are
+        dropped, so metrics.jsonl holds each step once."""
         self.enabled = enabled
         self.writer = self.bar = self.jsonl = None
         if not enabled:
             return
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(out_dir / "metrics.jsonl", "a")
+        path = out_dir / "metrics.jsonl"
+        if initial and path.exists():
+            keep = [
+                line
+                for line in path.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line).get("step", 0) <= initial
+            ]
+            path.write_text("".join(keep))
+        self.jsonl = open(path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

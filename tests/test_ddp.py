@@ -121,3 +121,65 @@ def test_readme_torchrun_command_finishes(corpus, cache, tmp_path):
     proc = run_script("train_gpt2.py", args, nproc=2)
     assert "2 processes x 4 sequences" in proc.stdout
     assert (tmp_path / "run/final/model.safetensors").is_file()
+
+
+def test_mrpc_two_processes_equal_one_process(minilm_dir, tmp_path):
+    from tests.mrpc_data import make_pairs, write_glue
+
+    data = write_glue(tmp_path / "glue", make_pairs(64, 0), make_pairs(24, 1))
+    base = dict(
+        model=minilm_dir,
+        data_dir=data,
+        epochs=1,
+        max_steps=3,
+        dropout=0.0,
+        lr=EQ_LR,
+        progress=False,
+        log_interval=1,
+        dtype="fp32",
+        eval_batch_size=8,
+    )
+    run_script("train_mrpc.py", dict(base, out_dir=tmp_path / "one", batch_size=8))
+    proc = run_script("train_mrpc.py", dict(base, out_dir=tmp_path / "two", batch_size=4), nproc=2)
+    assert "2 processes x 4 pairs" in proc.stdout
+    one, two = metrics(tmp_path / "one", "train_loss"), metrics(tmp_path / "two", "train_loss")
+    assert one.keys() == two.keys() and all(abs(one[s] - two[s]) < 1e-5 for s in one)
+    a1, a2 = metrics(tmp_path / "one", "accuracy"), metrics(tmp_path / "two", "accuracy")
+    assert a1 == a2  # evaluation is reduced over ranks: the same global figures
+    p1, p2 = final_params(tmp_path / "one"), final_params(tmp_path / "two")
+    # The attention key bias has an exactly zero true gradient (softmax ignores a shift shared by
+    # all keys), so what AdamW sees there is rounding noise, normalised up to ~lr-sized moves
+    # (see EQ_LR). Every other parameter must agree to 1e-6.
+    key_bias = [k for k in p1 if k.endswith("attention.self.key.bias")]
+    assert max_param_diff({k: p1[k] for k in key_bias}, {k: p2[k] for k in key_bias}) <= 1e-5
+    rest = [k for k in p1 if k not in key_bias]
+    assert max_param_diff({k: p1[k] for k in rest}, {k: p2[k] for k in rest}) <= 1e-6
+
+
+def test_torchrun_max_restarts_recovers_a_crashed_worker(corpus, cache, tmp_path):
+    kw = dict(max_steps=12, save_interval=4, batch_size=2, eval_interval=100, lr=EQ_LR)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "ref", cache, **kw), nproc=2)
+    out = tmp_path / "crashy"
+    args = tiny_gpt2_args(corpus, out, cache, resume="auto", **kw)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "CRASH_MARKER": str(tmp_path / "crashed"),
+    }
+    cmd = [
+        PY,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        str(ROOT / "tests/crash_once.py"),
+    ] + [f"--{k}={v}" for k, v in args.items()]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "crashed").exists()  # the worker did crash once
+    assert "resumed from" in proc.stdout
+    ref, got = metrics(tmp_path / "ref", "train_loss"), metrics(out, "train_loss")
+    assert all(abs(ref[s] - got[s]) < 1e-6 for s in ref)
+    assert max_param_diff(final_params(tmp_path / "ref"), final_params(out)) <= 1e-6

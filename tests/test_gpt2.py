@@ -110,3 +110,16 @@ def test_eos_stops_generation(tiny_gpt2_dir):
     first = ours.generate(prompt, 1, temperature=0)[0, -1].item()
     out = ours.generate(prompt, 10, temperature=0, eos_token_id=first)
     assert out.shape[1] == 5 and out[0, -1].item() == first
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=3, n_head=2)
+    a, b = GPT2(cfg), GPT2(cfg)
+    b.load_state_dict(a.state_dict())
+    b.activation_checkpointing = True
+    x = _ids(50, B=2, T=16)
+    a(x, x)[1].backward()
+    b(x, x)[1].backward()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-7)

@@ -224,3 +224,30 @@ def test_cli_help_toml_and_unknown_key(tmp_path):
         [PY, str(ROOT / "train_gpt2.py"), "--lr=fast"], capture_output=True, text=True
     )
     assert out.returncode == 2 and "--lr='fast' is not a valid float" in out.stderr
+
+
+def test_epochs_and_tokens_per_step_set_the_run_length(corpus, cache, tmp_path):
+    # tokens_per_step = 2 micro-batches of 4 x 32 tokens: accumulation 2, 8 sequences per step
+    result = run_main(
+        corpus,
+        tmp_path / "e",
+        cache,
+        epochs=0.01,
+        max_steps=0,
+        tokens_per_step=256,
+        eval_interval=1000,
+        save_interval=1000,
+    )
+    n_blocks = None
+    from minitrain import data
+
+    train_docs, _ = data.read_documents(str(corpus), 0.1)
+    tok_path = tmp_path / "e" / "tokenizer.json"
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_path))
+    ids = data.tokenize(train_docs, tok, tok.token_to_id("<|endoftext|>"))
+    n_blocks = data.num_blocks(ids, 32)
+    import math
+
+    assert result["step"] == math.ceil(0.01 * (n_blocks // 8))

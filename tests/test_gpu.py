@@ -1,0 +1,58 @@
+"""GPU checks: they run where CUDA is available and skip elsewhere (timings live in bench/)."""
+
+import pytest
+import torch
+
+from minitrain.gpt2 import GPT2, GPT2Config
+from tests.helpers import small_corpus, tiny_gpt2_args
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here"),
+]
+
+
+def test_bf16_step_with_fused_adamw_is_finite_and_matches_fp32_loosely():
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=1000, n_positions=128, n_embd=128, n_layer=2, n_head=4)
+    model = GPT2(cfg).cuda()
+    x = torch.randint(0, 1000, (4, 128), device="cuda")
+    with torch.no_grad():
+        ref = model(x, x)[1].item()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(x, x)[1]
+    assert abs(loss.item() - ref) < 0.05
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    loss.backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_kv_cache_matches_recompute_on_gpu():
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=500, n_positions=64, n_embd=64, n_layer=2, n_head=4)).cuda()
+    prompt = torch.randint(0, 500, (2, 5), device="cuda")
+    assert torch.equal(
+        model.generate(prompt, 20, temperature=0),
+        model.generate(prompt, 20, temperature=0, use_cache=False),
+    )
+
+
+def test_train_script_on_gpu_bf16_compiled(tmp_path):
+    import train_gpt2
+
+    corpus = small_corpus(tmp_path / "plays.txt")
+    cfg = train_gpt2.Config(
+        **tiny_gpt2_args(
+            corpus,
+            tmp_path / "out",
+            tmp_path / "cache",
+            device="cuda",
+            dtype="bf16",
+            compile=True,
+            max_steps=20,
+            eval_interval=10,
+        )
+    )
+    result = train_gpt2.main(cfg)
+    assert result["val_loss"] < result["first_val_loss"]
