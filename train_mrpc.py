@@ -133,6 +133,12 @@ def main(cfg: Config) -> dict:
             raise UserError(
                 f"labels must be integers 0..N-1 with N >= 2; found {sorted(set(labels))}."
             )
+        test_labels = [r[2] for r in splits["test"] or [] if r[2] is not None]
+        if test_labels and not 0 <= min(test_labels) <= max(test_labels) < num_labels:
+            raise UserError(
+                f"the test split has labels {sorted(set(test_labels))}, outside the "
+                f"0..{num_labels - 1} that train and validation define."
+            )
 
         # --------------------------------------------------------------------------------------
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed

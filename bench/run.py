@@ -198,7 +198,7 @@ def main(argv=None):
     p.add_argument("--cases", nargs="*", help=f"of {', '.join(CASES)}")
     p.add_argument("--vs", choices=["hf"], help="also time transformers' model, same batches")
     p.add_argument(
-        "--steps", type=int, default=0, help="timed steps per case (default 20 GPU, 6 CPU)"
+        "--steps", type=int, default=0, help="timed steps per case (default 20 GPU, 12 CPU)"
     )
     p.add_argument(
         "--warmup", type=int, default=0, help="untimed steps first (default 5 GPU, 2 CPU)"
@@ -212,7 +212,7 @@ def main(argv=None):
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    args.steps = args.steps or (20 if cuda else 6)
+    args.steps = args.steps or (20 if cuda else 12)
     args.warmup = args.warmup or (5 if cuda else 2)
     if args.dtype == "auto":
         dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32

@@ -100,3 +100,17 @@ def test_classifier_export_round_trip(minilm_dir, tmp_path):
             .max()
         )
     assert diff.item() <= 1e-5
+
+
+def test_gpt2_vocab_and_merges_give_the_same_tokens_as_tokenizer_json(tmp_path):
+    from minitrain.tokenizer import train_bpe
+
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind. " * 30
+    tok = train_bpe([text], 300, tmp_path / "json" / "tokenizer.json")
+    (tmp_path / "files").mkdir()
+    tok.model.save(str(tmp_path / "files"))  # vocab.json + merges.txt
+    from_files = load_tokenizer(tmp_path / "files")
+    from_json = load_tokenizer(tmp_path / "json")
+    sample = "Whether 'tis nobler, to be or not: the question!"
+    assert from_files.encode(sample).ids == from_json.encode(sample).ids
+    assert from_files.decode(from_files.encode(sample).ids) == sample

@@ -183,3 +183,21 @@ def test_torchrun_max_restarts_recovers_a_crashed_worker(corpus, cache, tmp_path
     ref, got = metrics(tmp_path / "ref", "train_loss"), metrics(out, "train_loss")
     assert all(abs(ref[s] - got[s]) < 1e-6 for s in ref)
     assert max_param_diff(final_params(tmp_path / "ref"), final_params(out)) <= 1e-6
+
+
+def test_minitrain_ddp_with_torch_compile(corpus, cache, tmp_path):
+    kw = dict(max_steps=3, batch_size=2, lr=EQ_LR, n_layer=1)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "eager", cache, **kw), nproc=2)
+    run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, tmp_path / "compiled", cache, compile=True, **kw),
+        nproc=2,
+    )
+    eager, compiled = (
+        metrics(tmp_path / "eager", "train_loss"),
+        metrics(tmp_path / "compiled", "train_loss"),
+    )
+    assert all(abs(eager[s] - compiled[s]) < 1e-4 for s in eager)
+    assert (
+        max_param_diff(final_params(tmp_path / "eager"), final_params(tmp_path / "compiled")) < 1e-4
+    )

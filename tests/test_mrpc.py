@@ -162,3 +162,39 @@ def test_group_by_length_pads_less_and_keeps_every_example(minilm_dir):
     grouped = pairs.epoch_order(ex, 0, 0, True, 16)
     assert sorted(plain) == sorted(grouped) == list(range(len(TRAIN)))
     assert padded_tokens(grouped) < padded_tokens(plain)
+
+
+@pytest.mark.parametrize(
+    "break_it,message",
+    [
+        (
+            lambda d: (d / "dev.tsv").write_text((d / "dev.tsv").read_text() + "1\tx\ty\n"),
+            "dev.tsv:66: expected 5 tab-separated columns, found 3",
+        ),
+        (
+            lambda d: (d / "test.tsv").write_text(
+                (d / "test.tsv").read_text().replace("\n1\t", "\n7\t", 1)
+            ),
+            "the test split has labels [0, 1, 7], outside the 0..1",
+        ),
+        (lambda d: (d / "train.tsv").write_text(""), "train.tsv is empty"),
+    ],
+)
+def test_bad_mrpc_input_exits_2_with_one_sentence(minilm_dir, tmp_path, break_it, message):
+    data = write_glue(tmp_path / "glue", TRAIN[:20], DEV, TEST)
+    break_it(data)
+    out = subprocess.run(
+        [
+            PY,
+            str(ROOT / "train_mrpc.py"),
+            f"--model={minilm_dir}",
+            f"--data_dir={data}",
+            f"--out_dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()

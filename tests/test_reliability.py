@@ -225,3 +225,33 @@ def test_resume_with_another_model_shape_is_refused(corpus, cache, tmp_path):
             max_steps=6,
             resume=str(tmp_path / "a/ckpt-0000003.pt"),
         )
+
+
+def test_sigterm_under_torchrun_every_rank_stops_at_the_same_step(corpus, cache, tmp_path):
+    kw = dict(max_steps=60, batch_size=2, save_interval=100, eval_interval=100, dropout=0.1)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "full", cache, **kw), nproc=2)
+    out = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        PY,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "train_gpt2.py"),
+    ] + cli(tiny_gpt2_args(corpus, out, cache, **kw))
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    wait_for(
+        lambda: (out / "metrics.jsonl").exists() and len(metrics(out, "train_loss")) >= 5, proc
+    )
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+    output, _ = proc.communicate(timeout=120)
+    assert "stopped by a signal at step" in output, output[-3000:]
+    stopped_at = max(metrics(out, "train_loss"))
+    assert checkpoint.latest(out).name == f"ckpt-{stopped_at:07d}.pt"
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, resume="auto", **kw), nproc=2)
+    full, resumed = metrics(tmp_path / "full", "train_loss"), metrics(out, "train_loss")
+    assert sorted(resumed) == list(range(1, 61))
+    assert all(full[s] == resumed[s] for s in full)
