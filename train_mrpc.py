@@ -294,7 +294,9 @@ def main(cfg: Config) -> dict:
         )
         stop = dist.StopFlag()
         cleanups.append(stop.close)
-        loss_acc = torch.zeros((), device=d.device)
+        loss_acc = torch.zeros((), device=d.device)  # training loss since the last log line
+        epoch_loss = torch.zeros((), device=d.device)  # and since the epoch began (or resumed)
+        epoch_steps = 0
         bad_steps, train_loss = 0, float("nan")
         log.write(
             "\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in history])
@@ -328,6 +330,7 @@ def main(cfg: Config) -> dict:
                     loss = loss_sum * W / per_step
                     scaler.scale(loss).backward()
                 loss_acc += loss.detach() / W
+                epoch_loss += loss.detach() / W
             scaler.unscale_(optimizer)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
@@ -352,13 +355,18 @@ def main(cfg: Config) -> dict:
                 log.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm.item())
                 log.progress(n, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
 
+            epoch_steps += 1
             end_of_epoch = pos + per_step > len(train["labels"])
             if end_of_epoch or step == total_steps:
                 metrics, _ = evaluate(val)
+                dist.all_reduce_sum(epoch_loss, d)
+                epoch_train_loss = epoch_loss.item() / epoch_steps
+                epoch_loss.zero_()
+                epoch_steps = 0
                 row = {
                     "epoch": epoch + 1,
                     "step": step,
-                    "train_loss": train_loss,
+                    "train_loss": epoch_train_loss,
                     "val_loss": metrics["loss"],
                     "accuracy": metrics["accuracy"],
                     "f1": metrics["f1"],

@@ -103,7 +103,7 @@ class BertSelfAttention(nn.Module):
         q = self.query(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = self.key(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = self.value(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        # mask (B, 1, 1, T): True where a key is a real token, so padding is never attended to.
+        # mask (B, 1, 1, T): 0 where a key is a real token, -inf-like for padding, never attended.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -218,10 +218,15 @@ class BertModel(nn.Module):
         """Returns (hidden states (B, T, C), pooled [CLS] output (B, C))."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
         mask = None
         if attention_mask is not None:
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), broadcast over heads
-        h = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+            # Additive mask (B, 1, 1, T), broadcast over heads and queries: 0 for real tokens, the
+            # most negative float for padding (a little faster than a boolean mask in SDPA on CPU).
+            keep = attention_mask.bool()[:, None, None, :]
+            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)
+        h = self.encoder(x, mask)
         return h, self.pooler(h)
 
     @classmethod

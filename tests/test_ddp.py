@@ -201,3 +201,21 @@ def test_minitrain_ddp_with_torch_compile(corpus, cache, tmp_path):
     assert (
         max_param_diff(final_params(tmp_path / "eager"), final_params(tmp_path / "compiled")) < 1e-4
     )
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_ddp_with_mixed_precision(corpus, cache, tmp_path, dtype):
+    from minitrain.precision import cpu_supports_fp16
+
+    if dtype == "fp16" and not cpu_supports_fp16():
+        pytest.skip("this CPU cannot run fp16 autocast")
+    out = tmp_path / dtype
+    run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, out, cache, dtype=dtype, max_steps=4, batch_size=2),
+        nproc=2,
+    )
+    losses = metrics(out, "train_loss")
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    ckpt = torch.load(out / "ckpt-0000003.pt", weights_only=True)
+    assert ckpt["scaler"].get("scale") if dtype == "fp16" else True

@@ -255,3 +255,35 @@ def test_sigterm_under_torchrun_every_rank_stops_at_the_same_step(corpus, cache,
     full, resumed = metrics(tmp_path / "full", "train_loss"), metrics(out, "train_loss")
     assert sorted(resumed) == list(range(1, 61))
     assert all(full[s] == resumed[s] for s in full)
+
+
+def test_model_folder_and_tokenizer_problems_exit_2(corpus, cache, tmp_path, tiny_gpt2_dir):
+    import shutil
+
+    from minitrain.tokenizer import train_bpe
+
+    # the tiny model has 101 tokens; a 384-token tokenizer does not belong to it
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_gpt2_dir, folder)
+    train_bpe([corpus.read_text()[:30000]], 384, folder / "tokenizer.json")
+    proc = run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, tmp_path / "a", cache, init_from=folder),
+        check=False,
+    )
+    assert proc.returncode == 2 and "do not belong together" in proc.stderr, proc.stderr
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    proc = run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, tmp_path / "b", cache, init_from=folder),
+        check=False,
+    )
+    assert proc.returncode == 2 and "not a valid safetensors file" in proc.stderr, proc.stderr
+    proc = run_script(
+        "train_gpt2.py",
+        tiny_gpt2_args(corpus, tmp_path / "c", cache, init_from=tmp_path / "nothing"),
+        check=False,
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    for p in (proc.stderr,):
+        assert "Traceback" not in p
