@@ -208,11 +208,13 @@ def main(cfg: Config) -> dict:
         )
         scaler = make_scaler(d.device, dtype)
         step, epoch, pos, history, best = 0, 0, 0, [], None
+        resumed_epoch = (0.0, 0)  # (summed training loss, steps) of the current epoch so far
         torch.manual_seed(cfg.seed + d.rank)  # dropout differs between ranks
         if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
             step, epoch, pos, history = ckpt["step"], ckpt["epoch"], ckpt["pos"], ckpt["history"]
+            resumed_epoch = (ckpt["epoch_loss_sum"], ckpt["epoch_steps"])
             best = max(history, key=lambda r: r["accuracy"]) if history else None
             if len(ckpt["rng"]) == W:
                 checkpoint.set_rng_state(ckpt["rng"][d.rank])
@@ -263,6 +265,7 @@ def main(cfg: Config) -> dict:
             if d.enabled:
                 rngs = [None] * W
                 torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+            epoch_loss_sum = dist.all_reduce_sum(epoch_loss.clone(), d).item()
             if d.is_main:
                 state = {
                     "model": raw_model.state_dict(),
@@ -272,6 +275,8 @@ def main(cfg: Config) -> dict:
                     "epoch": epoch,
                     "pos": pos,
                     "history": history,
+                    "epoch_loss_sum": epoch_loss_sum,
+                    "epoch_steps": epoch_steps,
                     "rng": rngs,
                     "config": asdict(cfg),
                 }
@@ -295,8 +300,9 @@ def main(cfg: Config) -> dict:
         stop = dist.StopFlag()
         cleanups.append(stop.close)
         loss_acc = torch.zeros((), device=d.device)  # training loss since the last log line
-        epoch_loss = torch.zeros((), device=d.device)  # and since the epoch began (or resumed)
-        epoch_steps = 0
+        # ... and since the epoch began (a resumed run continues the sums it saved)
+        epoch_loss = torch.full((), resumed_epoch[0] / W, device=d.device)
+        epoch_steps = resumed_epoch[1]
         bad_steps, train_loss = 0, float("nan")
         log.write(
             "\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in history])
@@ -366,7 +372,7 @@ def main(cfg: Config) -> dict:
                 row = {
                     "epoch": epoch + 1,
                     "step": step,
-                    "train_loss": epoch_train_loss,
+                    "epoch_train_loss": epoch_train_loss,
                     "val_loss": metrics["loss"],
                     "accuracy": metrics["accuracy"],
                     "f1": metrics["f1"],
@@ -444,7 +450,7 @@ def table_header(num_labels: int) -> str:
 def table_row(r: dict, num_labels: int) -> str:
     extra = f"  {r['macro_f1']:8.4f}" if num_labels > 2 else ""
     return (
-        f"{r['epoch']:5d} {r['step']:6d}  {r['train_loss']:10.4f}  {r['val_loss']:8.4f}  "
+        f"{r['epoch']:5d} {r['step']:6d}  {r['epoch_train_loss']:10.4f}  {r['val_loss']:8.4f}  "
         f"{r['accuracy']:8.4f}  {r['f1']:8.4f}{extra}"
     )
 

