@@ -181,8 +181,17 @@ def resolve_model_dir(name_or_dir, allow_patterns=None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        patterns = list(allow_patterns or ("*.json", "*.safetensors", "*.txt", "pytorch_model.bin"))
-        return Path(snapshot_download(repo_id=str(name_or_dir), allow_patterns=patterns))
+        repo = str(name_or_dir)
+        if allow_patterns is not None:  # e.g. tokenizer files only
+            return Path(snapshot_download(repo_id=repo, allow_patterns=list(allow_patterns)))
+        # Model repos often hold the same weights in several formats: fetch safetensors, and the
+        # pickle-based pytorch_model.bin only for repos that have nothing else.
+        folder = Path(
+            snapshot_download(repo_id=repo, allow_patterns=["*.json", "*.txt", "*.safetensors"])
+        )
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id=repo, allow_patterns=["pytorch_model.bin"]))
+        return folder
     except Exception as e:  # no network, unknown id, gated repo: all end the same way for the user
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise UserError(
