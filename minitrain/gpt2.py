@@ -144,6 +144,10 @@ class GPT2(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
         self.activation_checkpointing = False  # trade compute for memory (set by the trainer)
+        pad = cfg.padded_vocab_size - cfg.vocab_size
+        bias = torch.cat([torch.zeros(cfg.vocab_size), torch.full((pad,), float("-inf"))])
+        # not a weight: derived from the config, so it is left out of checkpoints and exports
+        self.register_buffer("pad_logit_bias", bias if pad else None, persistent=False)
         self.apply(self._init_weights)
         # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual layers).
         for name, p in self.named_parameters():
@@ -207,13 +211,10 @@ class GPT2(nn.Module):
                 x, present = block(x, None if past is None else past[i])
             presents.append(present)
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, padded_vocab_size)
-        V = self.config.vocab_size
-        if logits.size(-1) > V:
-            # Padded vocabulary rows are never predicted: -inf logits, written in place (cheap:
-            # only the padded columns are touched).
-            logits[..., V:] = float("-inf")
-        return (logits if padded else logits[..., :V]), presents
+        # The padded vocabulary rows are never predicted: the bias gives them -inf logits inside
+        # the matmul itself (no extra pass over the logits, forward or backward).
+        logits = F.linear(x, self.lm_head.weight, self.pad_logit_bias)  # (B, T, padded_vocab)
+        return (logits if padded else logits[..., : self.config.vocab_size]), presents
 
     # ------------------------------------------------------------------------------------------
     # generation
