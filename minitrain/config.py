@@ -6,6 +6,7 @@ The `--help` text of each option is the comment after its field in the dataclass
 import dataclasses
 import difflib
 import inspect
+import os
 import re
 import sys
 import tomllib
@@ -156,3 +157,11 @@ def run_cli(main_fn, config_cls) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, leave without Python's interpreter finalization: gloo's worker threads
+        # can abort a process while it is torn down ("terminate called without an active
+        # exception", cf. pytorch/pytorch#179291), which would turn a finished run into a failed
+        # one. Everything is written and the process group is destroyed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
