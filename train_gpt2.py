@@ -291,10 +291,7 @@ def main(cfg: Config) -> dict:
         def save(val_loss: float) -> None:
             """Rank 0 writes the checkpoint; the RNG states of all ranks go into it."""
             nonlocal best_val
-            rngs = [checkpoint.rng_state()]
-            if d.enabled:
-                rngs = [None] * W
-                torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+            rngs = checkpoint.gather_rng_states(d)
             is_best = val_loss < best_val
             best_val = min(best_val, val_loss)
             if d.is_main:

@@ -261,10 +261,7 @@ def main(cfg: Config) -> dict:
             return result, preds
 
         def save() -> None:
-            rngs = [checkpoint.rng_state()]
-            if d.enabled:
-                rngs = [None] * W
-                torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+            rngs = checkpoint.gather_rng_states(d)
             epoch_loss_sum = dist.all_reduce_sum(epoch_loss.clone(), d).item()
             if d.is_main:
                 state = {

@@ -32,6 +32,15 @@ def rng_state() -> dict:
     return state
 
 
+def gather_rng_states(d) -> list[dict]:
+    """Every rank's RNG states (a collective: all ranks call it), for rank 0 to save."""
+    if not d.enabled:
+        return [rng_state()]
+    states = [None] * d.world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
 def set_rng_state(state: dict) -> None:
     random.setstate(_as_tuple(state["python"]))
     np_state = state["numpy"]

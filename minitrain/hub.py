@@ -233,9 +233,8 @@ def load_state_dict(model_dir) -> dict[str, torch.Tensor]:
         return state
     if (model_dir / "pytorch_model.bin").is_file():
         try:
-            return torch.load(
-                model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True
-            )
+            path = model_dir / "pytorch_model.bin"
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise UserError(f"{model_dir / 'pytorch_model.bin'} could not be read ({e}).") from None
     raise UserError(f"{model_dir} has no weights (looked for {', '.join(WEIGHT_FILES)}).")

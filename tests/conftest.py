@@ -60,3 +60,17 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_bert")
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """Two of Shakespeare's plays: a small, real corpus for the training tests."""
+    from tests.helpers import small_corpus
+
+    return small_corpus(tmp_path_factory.mktemp("corpus") / "plays.txt")
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    """One token/tokenizer cache for the whole session (its keys are content hashes)."""
+    return tmp_path_factory.mktemp("cache")

@@ -90,3 +90,10 @@ def final_params(out_dir) -> dict[str, torch.Tensor]:
 def max_param_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def run_main(corpus, out_dir, cache, **kw):
+    """train_gpt2.main in this process, on the tiny settings."""
+    import train_gpt2
+
+    return train_gpt2.main(train_gpt2.Config(**tiny_gpt2_args(corpus, out_dir, cache, **kw)))

@@ -13,26 +13,14 @@ from tests.helpers import (
     max_param_diff,
     metrics,
     run_script,
-    small_corpus,
     tiny_gpt2_args,
 )
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return small_corpus(tmp_path_factory.mktemp("corpus") / "plays.txt")
-
 
 # Adam divides each gradient by its running RMS, so for entries whose true gradient is zero (the
 # attention key bias: softmax ignores it) it turns float rounding noise -- which differs with the
 # summation order of 1 vs 2 processes -- into updates of up to ~lr * |noise| / eps. A small learning
 # rate keeps that noise below the 1e-6 bar, so the comparison shows real differences only.
 EQ_LR = 2e-4
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 def test_replicas_identical_and_gradients_averaged():

@@ -8,7 +8,6 @@ import time
 import pytest
 import torch
 
-import train_gpt2
 from minitrain import UserError, checkpoint
 from tests.helpers import (
     PY,
@@ -16,24 +15,10 @@ from tests.helpers import (
     cli,
     final_params,
     metrics,
+    run_main,
     run_script,
-    small_corpus,
     tiny_gpt2_args,
 )
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return small_corpus(tmp_path_factory.mktemp("corpus") / "plays.txt")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-def run_main(corpus, out_dir, cache, **kw):
-    return train_gpt2.main(train_gpt2.Config(**tiny_gpt2_args(corpus, out_dir, cache, **kw)))
 
 
 def wait_for(predicate, proc, timeout=120):

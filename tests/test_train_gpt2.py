@@ -17,23 +17,8 @@ from tests.helpers import (
     final_params,
     max_param_diff,
     metrics,
-    small_corpus,
-    tiny_gpt2_args,
+    run_main,
 )
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return small_corpus(tmp_path_factory.mktemp("corpus") / "plays.txt")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-def run_main(corpus, out_dir, cache, **kw):
-    return train_gpt2.main(train_gpt2.Config(**tiny_gpt2_args(corpus, out_dir, cache, **kw)))
 
 
 def test_accumulated_micro_batches_with_unequal_targets_equal_one_big_batch():
