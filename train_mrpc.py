@@ -110,12 +110,8 @@ def main(cfg: Config) -> dict:
     try:
         dtype = resolve_dtype(cfg.dtype, d.device)
         out_dir = Path(cfg.out_dir)
-        resume_path = checkpoint.find_resume(cfg.resume, out_dir) if d.is_main else None
-        resume_path = dist.broadcast_object(resume_path, d)
-        if d.is_main and resume_path is None:
-            checkpoint.claim_out_dir(out_dir, cfg.overwrite or cfg.resume == "auto")
-        dist.barrier(d)
-        ckpt = checkpoint.load(resume_path) if resume_path else None
+        # a checkpoint to continue from, or a run folder that is ours to fill
+        resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d)
         if d.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
         dist.print0(f"config: {json.dumps(asdict(cfg))}")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from minitrain import UserError
+from minitrain.dist import barrier, broadcast_object
 from minitrain.hub import atomic_write
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -138,3 +139,18 @@ def claim_out_dir(out_dir: Path, overwrite: bool) -> None:
         for p in list_checkpoints(out_dir):
             p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def open_run(out_dir: Path, resume: str, overwrite: bool, d) -> tuple[Path | None, dict | None]:
+    """Where this run starts: (checkpoint path, its contents), or (None, None) for a new run.
+
+    Rank 0 decides (and, for a new run, claims out_dir); every rank gets the same answer. With
+    --resume=auto and nothing to resume, a folder holding only logs may be replaced: that is what
+    a torchrun restart after a crash before the first checkpoint needs.
+    """
+    path = find_resume(resume, out_dir) if d.is_main else None
+    path = broadcast_object(path, d)
+    if d.is_main and path is None:
+        claim_out_dir(out_dir, overwrite or resume == "auto")
+    barrier(d)
+    return path, (load(path) if path else None)
