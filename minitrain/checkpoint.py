@@ -8,12 +8,13 @@ position, RNG states, the config, and the best validation loss so far. Files are
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minitrain import UserError
+from minitrain import UserError, first_line
 from minitrain.dist import barrier, broadcast_object
 from minitrain.hub import atomic_write
 
@@ -67,8 +68,9 @@ def load(path) -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist.") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} could not be loaded safely ({first}).") from None
+        raise UserError(
+            f"checkpoint {path} could not be loaded safely ({first_line(e)})."
+        ) from None
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -81,13 +83,20 @@ def list_checkpoints(out_dir) -> list[Path]:
 
 
 def latest(out_dir) -> Path | None:
-    """The newest checkpoint that loads; a damaged one (a copied-in partial file) is skipped."""
+    """The newest complete checkpoint; a damaged one (e.g. a copied-in partial file) is skipped.
+
+    torch.save writes a zip archive whose directory is at the very end, so a truncated file has
+    none: opening the directory checks completeness without reading (or unpickling) the tensors,
+    which the caller loads once afterwards.
+    """
     for path in reversed(list_checkpoints(out_dir)):
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
-            return path
-        except Exception:
-            print(f"skipping unreadable checkpoint {path}", flush=True)
+            with zipfile.ZipFile(path) as archive:
+                if any(name.endswith("data.pkl") for name in archive.namelist()):
+                    return path
+        except (zipfile.BadZipFile, OSError):
+            pass
+        print(f"skipping unreadable checkpoint {path}", flush=True)
     return None
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitrain import UserError
+from minitrain import UserError, first_line
 from minitrain.hub import atomic_write
 
 DEFAULT_CORPUS = "shakespeare"
@@ -114,10 +114,9 @@ def _hf_documents(spec: str, val_fraction: float):
 
         ds = datasets.load_dataset(name, config or None)
     except Exception as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise UserError(
-            f"could not load data set {name!r} from the Hugging Face hub ({reason}); pass a local "
-            f"text file or folder with --data instead."
+            f"could not load data set {name!r} from the Hugging Face hub ({first_line(e)}); "
+            f"pass a local text file or folder with --data instead."
         ) from None
     if "train" not in ds:
         raise UserError(f"data set {name!r} has no train split (it has {', '.join(ds)}).")

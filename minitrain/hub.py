@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from minitrain import UserError
+from minitrain import UserError, first_line
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -193,9 +193,8 @@ def resolve_model_dir(name_or_dir, allow_patterns=None) -> Path:
             folder = Path(snapshot_download(repo_id=repo, allow_patterns=["pytorch_model.bin"]))
         return folder
     except Exception as e:  # no network, unknown id, gated repo: all end the same way for the user
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise UserError(
-            f"could not download {str(name_or_dir)!r} from the Hugging Face hub ({reason}); "
+            f"could not download {str(name_or_dir)!r} from the Hugging Face hub ({first_line(e)}); "
             f"pass a local folder with config.json and model.safetensors instead."
         ) from None
 

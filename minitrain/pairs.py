@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitrain import UserError
+from minitrain import UserError, first_line
 
 MRPC_COLUMNS = 5
 
@@ -161,9 +161,8 @@ def load_hub_mrpc() -> dict:
 
         ds = datasets.load_dataset("nyu-mll/glue", "mrpc")
     except Exception as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise UserError(
-            f"could not load GLUE MRPC from the Hugging Face hub ({reason}); pass "
+            f"could not load GLUE MRPC from the Hugging Face hub ({first_line(e, 160)}); pass "
             f"--data_dir=DIR with train.tsv / dev.tsv (or msr_paraphrase_*.txt)."
         ) from None
 
