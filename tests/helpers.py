@@ -51,22 +51,42 @@ def cli(args: dict) -> list[str]:
     return [f"--{k}={v}" for k, v in args.items()]
 
 
-def run_script(script, args: dict, nproc=1, env=None, timeout=300, check=True):
-    """Run a training script in a subprocess, under torchrun when nproc > 1."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+def script_env(**extra) -> dict:
+    """The environment for a script subprocess: one thread per process, unbuffered, repo on path."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
+def script_cmd(script, args: dict, nproc=1, launcher_args=()) -> list[str]:
+    """The command line of a script, under torchrun (standalone) when nproc > 1."""
     if nproc > 1:
-        cmd = [
+        launcher = [
             PY,
             "-m",
             "torch.distributed.run",
             "--standalone",
             f"--nproc_per_node={nproc}",
-            str(ROOT / script),
+            *launcher_args,
         ]
     else:
-        cmd = [PY, str(ROOT / script)]
+        launcher = [PY]
+    return launcher + [str(ROOT / script)] + cli(args)
+
+
+def run_script(script, args: dict, nproc=1, env=None, timeout=300, check=True, launcher_args=()):
+    """Run a training script in a subprocess, under torchrun when nproc > 1."""
     proc = subprocess.run(
-        cmd + cli(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        script_cmd(script, args, nproc, launcher_args),
+        cwd=ROOT,
+        env=script_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -1,14 +1,9 @@
 """Data parallelism under torchrun on CPU (gloo, 2 processes)."""
 
-import os
-import subprocess
-
 import pytest
 import torch
 
 from tests.helpers import (
-    PY,
-    ROOT,
     final_params,
     max_param_diff,
     metrics,
@@ -24,22 +19,7 @@ EQ_LR = 2e-4
 
 
 def test_replicas_identical_and_gradients_averaged():
-    proc = subprocess.run(
-        [
-            PY,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(ROOT / "tests/ddp_worker.py"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_script("tests/ddp_worker.py", {}, nproc=2)
     assert "replicas identical after every step" in proc.stdout
 
 
@@ -150,23 +130,13 @@ def test_torchrun_max_restarts_recovers_a_crashed_worker(corpus, cache, tmp_path
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "ref", cache, **kw), nproc=2)
     out = tmp_path / "crashy"
     args = tiny_gpt2_args(corpus, out, cache, resume="auto", **kw)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-        "CRASH_MARKER": str(tmp_path / "crashed"),
-    }
-    cmd = [
-        PY,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "--max-restarts=1",
-        str(ROOT / "tests/crash_once.py"),
-    ] + [f"--{k}={v}" for k, v in args.items()]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script(
+        "tests/crash_once.py",
+        args,
+        nproc=2,
+        launcher_args=["--max-restarts=1"],
+        env={"CRASH_MARKER": str(tmp_path / "crashed")},
+    )
     assert (tmp_path / "crashed").exists()  # the worker did crash once
     assert "resumed from" in proc.stdout
     ref, got = metrics(tmp_path / "ref", "train_loss"), metrics(out, "train_loss")

@@ -10,13 +10,13 @@ import torch
 
 from minitrain import UserError, checkpoint
 from tests.helpers import (
-    PY,
     ROOT,
-    cli,
     final_params,
     metrics,
     run_main,
     run_script,
+    script_cmd,
+    script_env,
     tiny_gpt2_args,
 )
 
@@ -35,11 +35,10 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(corpus, cache, tmp_path)
     kw = dict(max_steps=40, save_interval=100, eval_interval=100, dropout=0.1)
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "full", cache, **kw))
     out = tmp_path / "stopped"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [PY, str(ROOT / "train_gpt2.py")] + cli(tiny_gpt2_args(corpus, out, cache, **kw)),
+        script_cmd("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **kw)),
         cwd=ROOT,
-        env=env,
+        env=script_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -63,11 +62,10 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(corpus, cache, tmp_path)
 def test_sigkill_during_checkpoint_write_keeps_previous(corpus, cache, tmp_path):
     out = tmp_path / "killed"
     args = tiny_gpt2_args(corpus, out, cache, max_steps=12, save_interval=3)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [PY, str(ROOT / "tests/slow_save.py")] + cli(args),
+        script_cmd("tests/slow_save.py", args),
         cwd=ROOT,
-        env=env,
+        env=script_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -216,17 +214,9 @@ def test_sigterm_under_torchrun_every_rank_stops_at_the_same_step(corpus, cache,
     kw = dict(max_steps=60, batch_size=2, save_interval=100, eval_interval=100, dropout=0.1)
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "full", cache, **kw), nproc=2)
     out = tmp_path / "stopped"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        PY,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "train_gpt2.py"),
-    ] + cli(tiny_gpt2_args(corpus, out, cache, **kw))
+    cmd = script_cmd("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **kw), nproc=2)
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     wait_for(
         lambda: (out / "metrics.jsonl").exists() and len(metrics(out, "train_loss")) >= 5, proc
