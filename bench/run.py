@@ -8,6 +8,7 @@ A timed step is the work of a real training step: forward, backward, gradient cl
 (fused on CUDA) AdamW step, on a batch taken from a pre-made token tensor, so the model's speed is
 measured and not the input pipeline's (which is timed separately, see `pipeline`). Warm-up steps,
 compilation included, are not timed; on CUDA every timed step is bracketed by synchronize().
+BERT batches are half padded, as pair batches are; tokens/s and MFU count real tokens only.
 Only PyTorch is needed on this path (numpy for the pipeline case); transformers only for --vs hf.
 """
 
@@ -120,7 +121,10 @@ def time_case(name, impl, args, device, dtype):
         step(i)
         sync()
         times.append(time.perf_counter() - t0)
-    tokens_per_sec = B * T / statistics.median(times)
+    # tokens that carry data: padding is not work done for the user (and minitrain's BERT skips
+    # it outside attention), so a padded BERT batch counts its real tokens only
+    real_tokens = B * T if kind == "gpt2" else int(batches[0][1].sum())
+    tokens_per_sec = real_tokens / statistics.median(times)
     if kind == "gpt2":
         c = model.config
         flops = flops_per_token(n_params - emb, c.n_layer, c.n_embd, T)

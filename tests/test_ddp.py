@@ -16,6 +16,9 @@ from tests.helpers import (
 # summation order of 1 vs 2 processes -- into updates of up to ~lr * |noise| / eps. A small learning
 # rate keeps that noise below the 1e-6 bar, so the comparison shows real differences only.
 EQ_LR = 2e-4
+# BERT's fine-tuning rate: the near-zero gradient entries of a real encoder (not only the key
+# bias) meet the same amplification; on MiniLM it measured 1.4e-6 at lr 2e-4 and 1.3e-7 at 2e-5.
+MRPC_LR = 2e-5
 
 
 def test_replicas_identical_and_gradients_averaged():
@@ -101,7 +104,7 @@ def test_mrpc_two_processes_equal_one_process(minilm_dir, tmp_path):
         epochs=1,
         max_steps=3,
         dropout=0.0,
-        lr=EQ_LR,
+        lr=MRPC_LR,
         progress=False,
         log_interval=1,
         dtype="fp32",
@@ -112,6 +115,8 @@ def test_mrpc_two_processes_equal_one_process(minilm_dir, tmp_path):
     assert "2 processes x 4 pairs" in proc.stdout
     one, two = metrics(tmp_path / "one", "train_loss"), metrics(tmp_path / "two", "train_loss")
     assert one.keys() == two.keys() and all(abs(one[s] - two[s]) < 1e-5 for s in one)
+    g1, g2 = metrics(tmp_path / "one", "grad_norm"), metrics(tmp_path / "two", "grad_norm")
+    assert all(abs(g1[s] - g2[s]) <= 1e-5 * g1[s] for s in g1)  # the averaged gradient
     a1, a2 = metrics(tmp_path / "one", "accuracy"), metrics(tmp_path / "two", "accuracy")
     assert a1 == a2  # evaluation is reduced over ranks: the same global figures
     p1, p2 = final_params(tmp_path / "one"), final_params(tmp_path / "two")
@@ -120,7 +125,7 @@ def test_mrpc_two_processes_equal_one_process(minilm_dir, tmp_path):
     # (see EQ_LR). Every other parameter must agree to 1e-6.
     key_bias = [k for k in p1 if k.endswith("attention.self.key.bias")]
     # Adam moves a parameter by at most ~lr per step, whatever its gradient: that bounds them.
-    assert max_param_diff({k: p1[k] for k in key_bias}, {k: p2[k] for k in key_bias}) <= 3 * EQ_LR
+    assert max_param_diff({k: p1[k] for k in key_bias}, {k: p2[k] for k in key_bias}) <= 3 * MRPC_LR
     rest = [k for k in p1 if k not in key_bias]
     assert max_param_diff({k: p1[k] for k in rest}, {k: p2[k] for k in rest}) <= 1e-6
 
