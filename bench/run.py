@@ -138,6 +138,7 @@ def time_case(name, impl, args, device, dtype):
         "seq": T,
         "params_M": round(n_params / 1e6, 2),
         "tokens_per_sec": round(tokens_per_sec, 1),
+        "examples_per_sec": round(B / statistics.median(times), 2),  # sequences or pairs
         "step_ms_min": round(1e3 * min(times), 2),
         "step_ms_median": round(1e3 * statistics.median(times), 2),
         "step_ms_max": round(1e3 * max(times), 2),
@@ -265,7 +266,8 @@ def main(argv=None):
             )
             rows.append(r)
     print(
-        f"{'case':10} {'impl':9} {'B x T':>10} {'tokens/s':>11} {'MFU':>6} {'mem GiB':>8} "
+        f"{'case':10} {'impl':9} {'B x T':>10} {'tokens/s':>11} {'ex/s':>8} {'MFU':>6} "
+        f"{'mem GiB':>8} "
         f"{'step ms (min/med/max)':>24}"
     )
     for r in rows:
@@ -274,7 +276,8 @@ def main(argv=None):
         spread = f"{r['step_ms_min']:.1f}/{r['step_ms_median']:.1f}/{r['step_ms_max']:.1f}"
         print(
             f"{r['case']:10} {r['impl']:9} {r['batch']:>4} x {r['seq']:<4} "
-            f"{r['tokens_per_sec']:>11,.0f} {mfu:>6} {mem:>8} {spread:>24}"
+            f"{r['tokens_per_sec']:>11,.0f} {r['examples_per_sec']:>8,.1f} {mfu:>6} {mem:>8} "
+            f"{spread:>24}"
         )
     ratios = {}
     for name in cases:

@@ -56,3 +56,24 @@ def test_train_script_on_gpu_bf16_compiled(tmp_path):
     )
     result = train_gpt2.main(cfg)
     assert result["val_loss"] < result["first_val_loss"]
+
+
+def test_packed_bert_on_gpu_matches_cpu_and_trains_in_bf16():
+    from minitrain.bert import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    model = BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(1, 500, (4, 24))
+    mask = torch.ones(4, 24, dtype=torch.long)
+    mask[1, 10:] = 0
+    mask[3, 3:] = 0
+    with torch.no_grad():
+        cpu = model(ids, mask)[0]
+        gpu = model.cuda()(ids.cuda(), mask.cuda())[0].cpu()
+    assert (cpu - gpu).abs().max().item() < 1e-4
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = model(ids.cuda(), mask.cuda(), labels=torch.tensor([0, 1, 1, 0]).cuda())
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
