@@ -250,7 +250,7 @@ class BertModel(nn.Module):
         _init_bert_weights(self, cfg.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Returns (hidden states (B, T, C), pooled [CLS] output (B, C))."""
+        """Returns (hidden states (B, T, C), zero at padding; pooled [CLS] output (B, C))."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if attention_mask is None:
