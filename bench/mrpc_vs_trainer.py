@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository: both sides run from here
+
 
 def noisy(rows, rate, seed):
     rng = random.Random(seed)
@@ -37,7 +39,7 @@ def noisy(rows, rate, seed):
 def timed(cmd) -> float:
     """Seconds from starting the process to its exit; its output is shown only if it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
     return time.perf_counter() - t0
