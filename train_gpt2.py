@@ -211,6 +211,7 @@ def main(cfg: Config) -> dict:
         else:
             grad_accum = cfg.grad_accum_steps
         blocks_per_step = W * B * grad_accum  # the global batch, in sequences
+        window_tokens = blocks_per_step * T  # targets per step: every block's T tokens count
         n_train_blocks = data.num_blocks(train_tokens, T)
         n_val_blocks = data.num_blocks(val_tokens, T)
         if n_train_blocks < blocks_per_step:
@@ -224,7 +225,7 @@ def main(cfg: Config) -> dict:
         max_steps = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs > 0 else cfg.max_steps
         dist.print0(
             f"batch: {W} processes x {B} sequences x {grad_accum} accumulation = "
-            f"{blocks_per_step} sequences = {blocks_per_step * T:,} tokens per step; "
+            f"{blocks_per_step} sequences = {window_tokens:,} tokens per step; "
             f"{steps_per_epoch} steps per epoch; {max_steps} steps"
         )
 
@@ -274,12 +275,8 @@ def main(cfg: Config) -> dict:
                     x, y = x.to(d.device), y.to(d.device)
                     with autocast(d.device, dtype):
                         _, loss_sum = raw_model(x, y, reduction="sum")
-                    sums += torch.stack(
-                        [
-                            loss_sum.double(),
-                            torch.tensor(y.numel(), device=d.device, dtype=torch.float64),
-                        ]
-                    )
+                    sums[0] += loss_sum.double()
+                    sums[1] += y.numel()
             dist.all_reduce_sum(sums, d)
             raw_model.train()
             return (sums[0] / sums[1]).item()
@@ -367,13 +364,9 @@ def main(cfg: Config) -> dict:
             # The loss is a mean over every target token of the whole window (all micro-batches,
             # all ranks), not a mean of per-micro-batch means: then N accumulated micro-batches
             # give exactly the update of one N-times-larger batch, even when micro-batches hold
-            # different numbers of targets. Each rank divides its *sum* by that count; because
-            # gradient averaging divides by W, the sum is multiplied by W first.
-            window_tokens = torch.tensor(
-                float(sum(int((y != -100).sum()) for _, y in batches)), device=d.device
-            )
-            dist.all_reduce_sum(window_tokens, d)
-
+            # different numbers of targets. Each rank divides its *sum* by that count (here every
+            # block is full, so it is window_tokens, fixed above); because gradient averaging
+            # divides by W, the sum is multiplied by W first.
             for micro_step, (x, y) in enumerate(batches):
                 x = x.to(d.device, non_blocking=True)
                 y = y.to(d.device, non_blocking=True)
@@ -400,7 +393,7 @@ def main(cfg: Config) -> dict:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             pos += blocks_per_step
-            tokens_acc += blocks_per_step * T
+            tokens_acc += window_tokens
             if bad_steps:
                 log.write(
                     f"step {step}: non-finite loss or gradient norm, update skipped "
