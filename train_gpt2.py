@@ -29,6 +29,7 @@ import torch
 from minitrain import UserError, checkpoint, data, dist
 from minitrain.config import run_cli
 from minitrain.ddp import wrap
+from minitrain.generate import sample_texts
 from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.logger import Logger
 from minitrain.metrics import flops_per_token, peak_tflops, perplexity
@@ -454,20 +455,21 @@ def main(cfg: Config) -> dict:
             raw_model.save_pretrained(final_dir)
             write_tokenizer_files(tokenizer_file, final_dir, raw_model.config.n_positions)
             log.write(f"exported the final model to {final_dir}")
-            prompt_ids = tokenizer.encode(cfg.prompt).ids or [eot]
-            g = torch.Generator(device=d.device).manual_seed(cfg.seed)
-            for i in range(cfg.num_samples):
-                out = raw_model.generate(
-                    torch.tensor([prompt_ids], device=d.device),
-                    cfg.max_new_tokens,
-                    temperature=cfg.temperature,
-                    top_k=cfg.top_k or None,
-                    top_p=cfg.top_p,
-                    generator=g,
-                )
-                text = tokenizer.decode(out[0].tolist())
-                log.write(f"--- sample {i + 1} ---\n{text}")
-                log.text(step, f"sample_{i + 1}", text)
+            texts = sample_texts(
+                raw_model,
+                tokenizer,
+                cfg.prompt,
+                cfg.num_samples,
+                cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                seed=cfg.seed,
+                empty_prompt_id=eot,
+            )
+            for i, text in enumerate(texts, 1):
+                log.write(f"--- sample {i} ---\n{text}")
+                log.text(step, f"sample_{i}", text)
         clean = True
         return {
             "step": step,

@@ -28,24 +28,56 @@ class GenerateConfig:
     device: str = "auto"  # auto, cpu or cuda
 
 
+def sample_texts(
+    model: GPT2,
+    tokenizer,
+    prompt: str,
+    num_samples: int,
+    max_new_tokens: int,
+    *,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    empty_prompt_id: int,
+) -> list[str]:
+    """Decoded continuations of `prompt` (an empty prompt starts from `empty_prompt_id`), drawn
+    one after another from one generator seeded by `seed`; top_k 0 samples among all tokens."""
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(prompt).ids or [empty_prompt_id]
+    g = torch.Generator(device=device).manual_seed(seed)
+    texts = []
+    for _ in range(num_samples):
+        out = model.generate(
+            torch.tensor([ids], device=device),
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k or None,
+            top_p=top_p,
+            generator=g,
+        )
+        texts.append(tokenizer.decode(out[0].tolist()))
+    return texts
+
+
 def main(cfg: GenerateConfig) -> list[str]:
     device = dist.pick_device(cfg.device)
     model = GPT2.from_pretrained(cfg.model).to(device).eval()
     tok = load_tokenizer(model.source_dir)
-    ids = tok.encode(cfg.prompt).ids or [model.config.eos_token_id]
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    texts = []
-    for i in range(cfg.num_samples):
-        out = model.generate(
-            torch.tensor([ids], device=device),
-            cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k or None,
-            top_p=cfg.top_p,
-            generator=g,
-        )
-        texts.append(tok.decode(out[0].tolist()))
-        print(f"--- sample {i + 1} ---\n{texts[-1]}", flush=True)
+    texts = sample_texts(
+        model,
+        tok,
+        cfg.prompt,
+        cfg.num_samples,
+        cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        empty_prompt_id=model.config.eos_token_id,
+    )
+    for i, text in enumerate(texts, 1):
+        print(f"--- sample {i} ---\n{text}", flush=True)
     return texts
 
 
