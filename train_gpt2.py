@@ -308,7 +308,7 @@ def main(cfg: Config) -> dict:
                 try:
                     checkpoint.save(path, state)
                     if is_best:
-                        checkpoint.save(out_dir / "best.pt", state)
+                        checkpoint.mark_best(path)
                 except OSError as e:
                     raise UserError(
                         f"could not write checkpoint {path} ({e.strerror or e}); the "

@@ -256,7 +256,7 @@ def main(cfg: Config) -> dict:
             result["loss"] = loss_sum.item() / max(1, cm.sum().item())
             return result, preds
 
-        def save() -> None:
+        def save(is_best: bool = False) -> None:
             rngs = checkpoint.gather_rng_states(d)
             epoch_loss_sum = dist.all_reduce_sum(epoch_loss.clone(), d).item()
             if d.is_main:
@@ -276,6 +276,8 @@ def main(cfg: Config) -> dict:
                 path = checkpoint.checkpoint_path(out_dir, step)
                 try:
                     checkpoint.save(path, state)
+                    if is_best:
+                        checkpoint.mark_best(path)
                 except OSError as e:
                     raise UserError(
                         f"could not write checkpoint {path} ({e.strerror or e}); the "
@@ -374,12 +376,11 @@ def main(cfg: Config) -> dict:
                 history.append(row)
                 log.log(step, **{k: v for k, v in row.items() if k != "step"})
                 log.write(table_row(row, num_labels))
-                if d.is_main and (best is None or row["accuracy"] > best["accuracy"]):
-                    best = row
-                    checkpoint.save(best_path, {"model": raw_model.state_dict(), "row": row})
+                is_best = best is None or row["accuracy"] > best["accuracy"]
+                best = row if is_best else best
                 if end_of_epoch:
                     epoch, pos = epoch + 1, 0
-                save()
+                save(is_best)  # best.pt: this checkpoint, when the epoch is the best so far
             elif cfg.save_interval and step % cfg.save_interval == 0:
                 save()
 
@@ -397,7 +398,7 @@ def main(cfg: Config) -> dict:
         best_state = checkpoint.load(best_path) if best_path.is_file() else None
         if best_state is not None:
             raw_model.load_state_dict(best_state["model"])
-            best = best_state["row"]
+            best = best_state["history"][-1]  # saved right after the best epoch's row
         result = {"step": step, "history": history, "best": best}
         if d.is_main:
             final_dir = out_dir / "final"

@@ -2,9 +2,10 @@
 
 A checkpoint holds: the model (unwrapped, uncompiled), optimizer, GradScaler, step, the data
 position, RNG states, the config, and the best validation loss so far. Files are named
-`ckpt-0000200.pt` in the run folder; `best.pt` is the one with the lowest validation loss.
+`ckpt-0000200.pt` in the run folder; `best.pt` is the best of them (a hard link to it).
 """
 
+import os
 import random
 import re
 import shutil
@@ -60,6 +61,20 @@ def save(path, state: dict) -> None:
     """torch.save to a temporary file, fsync, rename: a crash never leaves a half file."""
     with atomic_write(path) as f:
         torch.save(state, f)
+
+
+def mark_best(path) -> None:
+    """Make `best.pt` (beside it) another name for the checkpoint just written at `path`: a hard
+    link, so the state is not written twice (a copy where the file system has no links). The
+    rename makes the switch atomic; pruning old step checkpoints later leaves best.pt intact."""
+    path = Path(path)
+    best, tmp = path.with_name("best.pt"), path.with_name("best.pt.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, best)
 
 
 def load(path) -> dict:
