@@ -19,18 +19,20 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
-from minitrain import UserError, checkpoint, dist, pairs
+from minitrain import UserError, checkpoint, dist, evaluate, pairs
 from minitrain.bert import BertForSequenceClassification
-from minitrain.config import run_cli
-from minitrain.ddp import wrap
+from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
+from minitrain.ddp import Kind, wrap
 from minitrain.logger import Logger
-from minitrain.metrics import classification_metrics
-from minitrain.optim import SCHEDULES, lr_at, make_optimizer
-from minitrain.precision import autocast, make_scaler, resolve_dtype
+from minitrain.optim import Schedule, lr_at, make_optimizer
+from minitrain.precision import DtypeName, autocast, make_scaler, resolve_dtype
 from minitrain.tokenizer import load_tokenizer
+
+Fraction = Annotated[float, Range(ge=0, lt=1)]
 
 
 @dataclass
@@ -40,95 +42,64 @@ class Config:
     # data and model
     model: str = "bert-base-uncased"  # a hub id or a local Hugging Face BERT folder
     data_dir: str = ""  # local MRPC/GLUE files; empty loads GLUE MRPC from the Hugging Face hub
-    val_fraction: float = 0.1  # share of train held out for validation when there is no dev file
-    max_length: int = 128  # longest pair in tokens; longer pairs are truncated longest-first
+    val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # share of train held out when there is no dev file
+    max_length: PositiveInt = 128  # longest pair in tokens; longer pairs are truncated longest-first
     group_by_length: bool = False  # batch similar lengths together to pad less
-    dropout: float | None = None  # if set: replaces the checkpoint's dropout probabilities
+    dropout: Fraction | None = None  # if set: replaces the checkpoint's dropout probabilities
     # optimisation (defaults from BERT's paper and the Hugging Face course)
-    batch_size: int = 32  # micro-batch per process, in pairs
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
-    epochs: int = 3  # passes over the training set
-    max_steps: int = 0  # if > 0: stop after this many optimizer steps (smoke runs)
-    lr: float = 2e-5  # peak learning rate
-    weight_decay: float = 0.01  # AdamW weight decay, on >= 2-D parameters only
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.999  # AdamW beta2
-    schedule: str = "linear"  # after warmup: linear, cosine or constant
-    warmup_ratio: float = 0.1  # share of all steps spent warming up
-    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 disables clipping)
-    max_bad_steps: int = 5  # stop after this many consecutive steps with a non-finite loss/grad
+    batch_size: PositiveInt = 32  # micro-batch per process, in pairs
+    grad_accum_steps: PositiveInt = 1  # micro-batches per optimizer step
+    epochs: PositiveInt = 3  # passes over the training set
+    max_steps: NonNegativeInt = 0  # if > 0: stop after this many optimizer steps (smoke runs)
+    lr: PositiveFloat = 2e-5  # peak learning rate
+    weight_decay: NonNegativeFloat = 0.01  # AdamW weight decay, on >= 2-D parameters only
+    beta1: Fraction = 0.9  # AdamW beta1
+    beta2: Fraction = 0.999  # AdamW beta2
+    schedule: Schedule = "linear"  # learning-rate schedule after warmup
+    warmup_ratio: Fraction = 0.1  # share of all steps spent warming up
+    max_grad_norm: NonNegativeFloat = 1.0  # clip the global gradient norm to this (0 disables clipping)
+    max_bad_steps: PositiveInt = 5  # stop after this many consecutive steps with a non-finite loss/grad
     # system
     device: str = "auto"  # auto, cpu or cuda
-    dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32
+    dtype: DtypeName = "auto"  # auto: bf16 on a GPU that has it, else fp32
     compile: bool = False  # torch.compile the model
-    ddp: str = "minitrain"  # data parallelism under torchrun: minitrain (hand-written) or torch
+    ddp: Kind = "minitrain"  # data parallelism under torchrun: minitrain (hand-written) or torch
     seed: int = 42  # seeds the classification head, data order and dropout
     # evaluation, logging, checkpoints
-    eval_batch_size: int = 64  # pairs per evaluation batch
-    log_interval: int = 10  # log the training loss every this many steps
+    eval_batch_size: PositiveInt = 64  # pairs per evaluation batch
+    log_interval: PositiveInt = 10  # log the training loss every this many steps
     progress: bool = True  # show a progress bar
     out_dir: str = "out/mrpc"  # everything the run writes
-    save_interval: int = 0  # also checkpoint every this many steps (0: at the end of epochs only)
-    keep_last: int = 1  # keep the newest N step checkpoints (best.pt is kept as well)
+    save_interval: NonNegativeInt = 0  # also checkpoint every this many steps (0: at the end of epochs only)
+    keep_last: NonNegativeInt = 1  # keep the newest N step checkpoints (0: all; best.pt is kept as well)
     resume: str = ""  # a checkpoint file to continue from, or 'auto' for the newest in out_dir
     overwrite: bool = False  # allow starting a new run in an out_dir that holds another run
 
 
-def check_config(cfg: Config) -> None:
-    for name in (
-        "batch_size",
-        "grad_accum_steps",
-        "epochs",
-        "eval_batch_size",
-        "log_interval",
-        "max_length",
-        "max_bad_steps",
-    ):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name}={getattr(cfg, name)} must be a positive number.")
-    for name in ("max_steps", "save_interval", "weight_decay", "max_grad_norm", "keep_last"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name}={getattr(cfg, name)} must not be negative.")
-    if cfg.lr <= 0:
-        raise UserError(f"--lr={cfg.lr} must be positive.")
-    if not 0.0 <= cfg.warmup_ratio < 1.0:
-        raise UserError(f"--warmup_ratio={cfg.warmup_ratio} must be in [0, 1).")
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"--schedule={cfg.schedule!r} is not one of {', '.join(SCHEDULES)}.")
-    if cfg.ddp not in ("minitrain", "torch"):
-        raise UserError(f"--ddp={cfg.ddp!r} is not one of minitrain, torch.")
-    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
-        raise UserError(f"--dropout={cfg.dropout} must be in [0, 1).")
+OUTPUTS = ("final", "test_predictions.tsv")  # what this script writes into out_dir
 
 
 def main(cfg: Config) -> dict:
-    check_config(cfg)
+    check(cfg)
     # ------------------------------------------------------------------------------------------
     # setup: processes, device, precision, the run folder
-    d = dist.setup(cfg.device)
-    log, cleanups, clean = None, [], False
-    try:
+    with dist.process_group(cfg.device) as d:
         dtype = resolve_dtype(cfg.dtype, d.device)
+        if d.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 on Ampere+
+            torch.backends.cudnn.allow_tf32 = True
         out_dir = Path(cfg.out_dir)
         # a checkpoint to continue from, or a run folder that is ours to fill
-        resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d)
-        if d.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
+        resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, OUTPUTS)
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
 
         # --------------------------------------------------------------------------------------
         # data: sentence pairs, checked before the model is loaded
-        splits = (
-            pairs.load_local(cfg.data_dir, cfg.val_fraction)
-            if cfg.data_dir
-            else pairs.load_hub_mrpc()
-        )
+        splits = pairs.load_local(cfg.data_dir, cfg.val_fraction) if cfg.data_dir else pairs.load_hub_mrpc()
         labels = [r[2] for r in splits["train"] + splits["validation"]]
         num_labels = max(labels) + 1
         if min(labels) < 0 or num_labels < 2:
-            raise UserError(
-                f"labels must be integers 0..N-1 with N >= 2; found {sorted(set(labels))}."
-            )
+            raise UserError(f"labels must be integers 0..N-1 with N >= 2; found {sorted(set(labels))}.")
         test_labels = [r[2] for r in splits["test"] or [] if r[2] is not None]
         if test_labels and not 0 <= min(test_labels) <= max(test_labels) < num_labels:
             raise UserError(
@@ -140,14 +111,9 @@ def main(cfg: Config) -> dict:
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
         overrides = {}
         if cfg.dropout is not None:
-            overrides = dict(
-                hidden_dropout_prob=cfg.dropout,
-                classifier_dropout=cfg.dropout,
-                attention_probs_dropout_prob=cfg.dropout,
-            )
-        raw_model = BertForSequenceClassification.from_pretrained(
-            cfg.model, num_labels=num_labels, **overrides
-        )
+            names = ("hidden_dropout_prob", "classifier_dropout", "attention_probs_dropout_prob")
+            overrides = dict.fromkeys(names, cfg.dropout)
+        raw_model = BertForSequenceClassification.from_pretrained(cfg.model, num_labels=num_labels, **overrides)
         raw_model.init_head(torch.Generator().manual_seed(cfg.seed))
         tokenizer = load_tokenizer(raw_model.source_dir)
         if tokenizer.get_vocab_size() > raw_model.config.vocab_size:
@@ -166,11 +132,7 @@ def main(cfg: Config) -> dict:
         pad_id = raw_model.config.pad_token_id
         train = pairs.tokenize_pairs(splits["train"], tokenizer, cfg.max_length)
         val = pairs.tokenize_pairs(splits["validation"], tokenizer, cfg.max_length)
-        test = (
-            pairs.tokenize_pairs(splits["test"], tokenizer, cfg.max_length)
-            if splits["test"]
-            else None
-        )
+        test = pairs.tokenize_pairs(splits["test"], tokenizer, cfg.max_length) if splits["test"] else None
         pad_to = 8 if d.device.type == "cuda" else 1  # tensor cores like multiples of 8
         dist.print0(
             f"data: {len(train['labels'])} train, {len(val['labels'])} validation, "
@@ -199,241 +161,163 @@ def main(cfg: Config) -> dict:
 
         # --------------------------------------------------------------------------------------
         # optimizer and the state to resume from
-        optimizer = make_optimizer(
-            raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), d.device
-        )
+        optimizer = make_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), d.device)
         scaler = make_scaler(d.device, dtype)
         step, epoch, pos, history, best = 0, 0, 0, [], None
-        resumed_epoch = (0.0, 0)  # (summed training loss, steps) of the current epoch so far
+        epoch_loss_sum, epoch_steps = 0.0, 0  # the training loss of the current epoch so far
         torch.manual_seed(cfg.seed + d.rank)  # dropout differs between ranks
         if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
             step, epoch, pos, history = ckpt["step"], ckpt["epoch"], ckpt["pos"], ckpt["history"]
-            resumed_epoch = (ckpt["epoch_loss_sum"], ckpt["epoch_steps"])
+            epoch_loss_sum, epoch_steps = ckpt["epoch_loss_sum"], ckpt["epoch_steps"]
             best = max(history, key=lambda r: r["accuracy"]) if history else None
-            if len(ckpt["rng"]) == W:
+            if len(ckpt["rng"]) == W:  # same world size: every rank continues its own random stream
                 checkpoint.set_rng_state(ckpt["rng"][d.rank])
-            dist.print0(
-                f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, "
-                f"{pos} pairs into it)"
-            )
-        best_path = out_dir / "best.pt"
+            dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {pos} pairs into it)")
+
+        # compile, then wrap for data parallelism; raw_model stays the one that is saved
         model = torch.compile(raw_model) if cfg.compile else raw_model
-        if d.enabled:
+        if d.multi_process:
             model = wrap(model, cfg.ddp, d.device)
 
         # --------------------------------------------------------------------------------------
-        # evaluation: each rank scores every W-th pair; loss sums and confusion matrices are reduced
-        def evaluate(examples):
-            raw_model.eval()
-            cm = torch.zeros(num_labels, num_labels, dtype=torch.long, device=d.device)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-            preds = {}
-            mine = list(range(d.rank, len(examples["labels"]), W))
-            with torch.no_grad():
-                for i in range(0, len(mine), cfg.eval_batch_size):
-                    ids = mine[i : i + cfg.eval_batch_size]
-                    batch = {
-                        k: v.to(d.device)
-                        for k, v in pairs.collate(examples, ids, pad_id, pad_to).items()
-                    }
-                    y = batch.pop("labels")
-                    with autocast(d.device, dtype):
-                        logits, _ = raw_model(**batch)
-                    p = logits.argmax(-1)
-                    for j, pred in zip(ids, p.tolist()):
-                        preds[examples["index"][j]] = pred
-                    if (y >= 0).all():  # labelled
-                        loss_sum += torch.nn.functional.cross_entropy(
-                            logits.float(), y, reduction="sum"
-                        ).double()
-                        cm.index_put_((y, p), torch.ones_like(y), accumulate=True)
-            dist.all_reduce_sum(cm, d)
-            dist.all_reduce_sum(loss_sum, d)
-            raw_model.train()
-            result = classification_metrics(cm.cpu())
-            result["loss"] = loss_sum.item() / max(1, cm.sum().item())
-            return result, preds
-
-        def save(is_best: bool = False) -> None:
-            rngs = checkpoint.gather_rng_states(d)
-            epoch_loss_sum = dist.all_reduce_sum(epoch_loss.clone(), d).item()
-            if d.is_main:
-                state = {
-                    "model": raw_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "step": step,
-                    "epoch": epoch,
-                    "pos": pos,
-                    "history": history,
-                    "epoch_loss_sum": epoch_loss_sum,
-                    "epoch_steps": epoch_steps,
-                    "rng": rngs,
-                    "config": asdict(cfg),
-                }
-                path = checkpoint.checkpoint_path(out_dir, step)
-                try:
-                    checkpoint.save(path, state)
-                    if is_best:
-                        checkpoint.mark_best(path)
-                except OSError as e:
-                    raise UserError(
-                        f"could not write checkpoint {path} ({e.strerror or e}); the "
-                        f"previous checkpoint is kept, and the run stops here."
-                    ) from None
-                checkpoint.prune(out_dir, cfg.keep_last)
-                log.write(f"step {step}: saved {path}")
-            dist.barrier(d)
-
-        # --------------------------------------------------------------------------------------
         # the training loop: epochs of shuffled pairs, one optimizer step per global batch
-        log = Logger(
-            out_dir, enabled=d.is_main, total=total_steps, initial=step, progress=cfg.progress
-        )
-        stop = dist.StopFlag()
-        cleanups.append(stop.close)
-        loss_acc = torch.zeros((), device=d.device)  # training loss since the last log line
-        # ... and since the epoch began (a resumed run continues the sums it saved)
-        epoch_loss = torch.full((), resumed_epoch[0] / W, device=d.device)
-        epoch_steps = resumed_epoch[1]
-        bad_steps, train_loss = 0, float("nan")
-        log.write(
-            "\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in history])
-        )
-        order = None
-        while step < total_steps and not stop.requested(d):
-            if order is None or pos == 0:  # a new epoch (or a resumed one): its seeded order
-                order = pairs.epoch_order(train, cfg.seed, epoch, cfg.group_by_length, B)
-            lr = lr_at(
-                step,
-                schedule=cfg.schedule,
-                lr=cfg.lr,
-                warmup_steps=warmup_steps,
-                total_steps=total_steps,
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # micro-step m of this rank takes pairs pos + (m * W + rank) * B ... + B of the order
-            batches = [
-                pairs.collate(train, order[pos + (m * W + d.rank) * B :][:B], pad_id, pad_to)
-                for m in range(cfg.grad_accum_steps)
-            ]
-            for micro_step, batch in enumerate(batches):
-                batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
-                last = micro_step == cfg.grad_accum_steps - 1
-                sync = contextlib.nullcontext() if (last or not d.enabled) else model.no_sync()
-                with sync:
-                    with autocast(d.device, dtype):
-                        _, loss_sum = model(**batch, reduction="sum")
-                    # mean over the pairs of the whole window, times W because DDP averages
-                    loss = loss_sum * W / per_step
-                    scaler.scale(loss).backward()
-                loss_acc += loss.detach() / W
-                epoch_loss += loss.detach() / W
-            scaler.unscale_(optimizer)
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
-            finite = bool(torch.isfinite(grad_norm))
-            if finite or scaler.is_enabled():
-                scaler.step(optimizer)
-            bad_steps = 0 if finite else bad_steps + 1
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            pos += per_step
-            if bad_steps >= cfg.max_bad_steps:
-                raise UserError(
-                    f"{bad_steps} consecutive steps had a non-finite loss or gradient; "
-                    f"stopping. The last good checkpoint is in {out_dir}."
-                )
-            if step % cfg.log_interval == 0 or step == total_steps:
-                dist.all_reduce_sum(loss_acc, d)
-                n = step % cfg.log_interval or cfg.log_interval
-                train_loss = loss_acc.item() / n
-                loss_acc.zero_()
-                log.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm.item())
-                log.progress(n, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+        with (
+            Logger(out_dir, enabled=d.is_main, total=total_steps, initial=step, progress=cfg.progress) as log,
+            dist.StopFlag() as stop,
+        ):
+            log.write("\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in history]))
+            train_loss, bad_steps = float("nan"), 0
+            # what the next log line reports: the loss summed over its steps; and over the epoch
+            loss_acc, loss_steps = torch.zeros((), device=d.device), 0
+            epoch_loss = torch.full((), epoch_loss_sum / W, device=d.device)  # summed over ranks when read
+            order = None
+            while step < total_steps:
+                if order is None or pos == 0:  # a new epoch (or a resumed one): its seeded order
+                    order = pairs.epoch_order(train, cfg.seed, epoch, cfg.group_by_length, B)
+                lr = lr_at(step, schedule=cfg.schedule, lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
 
-            epoch_steps += 1
-            end_of_epoch = pos + per_step > len(train["labels"])
-            if end_of_epoch or step == total_steps:
-                metrics, _ = evaluate(val)
-                dist.all_reduce_sum(epoch_loss, d)
-                epoch_train_loss = epoch_loss.item() / epoch_steps
-                epoch_loss.zero_()
-                epoch_steps = 0
-                row = {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "epoch_train_loss": epoch_train_loss,
-                    "val_loss": metrics["loss"],
-                    "accuracy": metrics["accuracy"],
-                    "f1": metrics["f1"],
-                    "macro_f1": metrics["macro_f1"],
-                }
-                history.append(row)
-                log.log(step, **{k: v for k, v in row.items() if k != "step"})
-                log.write(table_row(row, num_labels))
-                is_best = best is None or row["accuracy"] > best["accuracy"]
-                best = row if is_best else best
-                if end_of_epoch:
-                    epoch, pos = epoch + 1, 0
-                save(is_best)  # best.pt: this checkpoint, when the epoch is the best so far
-            elif cfg.save_interval and step % cfg.save_interval == 0:
-                save()
+                # micro-step m of this rank takes pairs pos + (m * W + rank) * B ... + B of the order
+                batches = [
+                    pairs.collate(train, order[pos + (m * W + d.rank) * B :][:B], pad_id, pad_to)
+                    for m in range(cfg.grad_accum_steps)
+                ]
+                # The loss is the mean over the pairs of the whole window (all micro-batches, all
+                # ranks): each rank divides its *sum* by per_step, times W because DDP averages.
+                for micro_step, batch in enumerate(batches):
+                    batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+                    last = micro_step == cfg.grad_accum_steps - 1
+                    # no gradient communication until the last micro-step of the window
+                    sync = contextlib.nullcontext() if (last or not d.multi_process) else model.no_sync()
+                    with sync:
+                        with autocast(d.device, dtype):
+                            _, loss_sum = model(**batch, reduction="sum")
+                        loss = loss_sum * W / per_step
+                        scaler.scale(loss).backward()  # fp16: scale up so small gradients survive
+                    loss_acc += loss_sum.detach() / per_step  # this rank's share of the step's mean
+                    epoch_loss += loss_sum.detach() / per_step
 
-        if stop.was_requested:
-            save()
-            dist.print0(
-                f"stopped by a signal at step {step}; resume with --resume=auto --out_dir={out_dir}"
-            )
-            clean = True
-            return {"step": step, "history": history, "stopped": True}
+                # the optimizer step: true gradients, clipped; a non-finite one skips the update
+                scaler.unscale_(optimizer)  # back to true gradients before measuring their norm
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm or math.inf)
+                finite = bool(torch.isfinite(grad_norm))  # one host sync per step, for the skip below
+                if finite or scaler.is_enabled():
+                    scaler.step(optimizer)  # fp16: the scaler itself skips steps with inf/nan gradients
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                bad_steps = 0 if finite else bad_steps + 1
+                step, pos = step + 1, pos + per_step
+                loss_steps, epoch_steps = loss_steps + 1, epoch_steps + 1
+                if bad_steps:
+                    log.write(f"step {step}: non-finite loss or gradient norm, update skipped ({bad_steps} in a row)")
+                    if bad_steps >= cfg.max_bad_steps:
+                        raise UserError(
+                            f"{bad_steps} consecutive steps had a non-finite loss or gradient; stopping. "
+                            f"The last good checkpoint is in {out_dir}."
+                        )
 
-        # --------------------------------------------------------------------------------------
-        # the end: the best epoch's model is exported, then scored on the test split
-        dist.barrier(d)
-        best_state = checkpoint.load(best_path) if best_path.is_file() else None
-        if best_state is not None:
-            raw_model.load_state_dict(best_state["model"])
-            best = best_state["history"][-1]  # saved right after the best epoch's row
-        result = {"step": step, "history": history, "best": best}
-        if d.is_main:
-            final_dir = out_dir / "final"
-            raw_model.save_pretrained(final_dir)
-            log.write(f"exported the best epoch ({best['epoch'] if best else '-'}) to {final_dir}")
-        if test is not None:
-            labelled = all(y >= 0 for y in test["labels"])
-            test_metrics, preds = evaluate(test)
-            if labelled:
-                result["test"] = {k: test_metrics[k] for k in ("accuracy", "f1", "macro_f1")}
-                log.log(step, **{f"test_{k}": v for k, v in result["test"].items()})
-                log.write(
-                    f"test: accuracy {test_metrics['accuracy']:.4f}, F1 {test_metrics['f1']:.4f}"
-                )
-            else:
-                gathered = [preds]
-                if d.enabled:
-                    gathered = [None] * W
-                    torch.distributed.all_gather_object(gathered, preds)
-                if d.is_main:
-                    merged = {k: v for part in gathered for k, v in part.items()}
-                    lines = "".join(f"{i}\t{merged[i]}\n" for i in sorted(merged))
-                    (out_dir / "test_predictions.tsv").write_text("index\tprediction\n" + lines)
-                    log.write(
-                        f"wrote {len(merged)} test predictions to "
-                        f"{out_dir / 'test_predictions.tsv'}"
+                if step % cfg.log_interval == 0 or step == total_steps:
+                    # the only other host sync: the logged loss, the mean over its steps and ranks
+                    train_loss = dist.all_reduce_sum(loss_acc, d).item() / loss_steps
+                    log.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm.item())
+                    log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+                    loss_acc.zero_()
+                    loss_steps = 0
+
+                stopping = stop.requested(d)  # every rank stops at the same step
+                end_of_epoch = pos + per_step > len(train["labels"])
+                evaluated, is_best = end_of_epoch or step == total_steps, False
+                if evaluated:
+                    metrics, _ = evaluate.classify(
+                        raw_model, val, cfg.eval_batch_size, pad_id, pad_to, num_labels, d, dtype
                     )
-        clean = True
-        return result
-    finally:
-        for cleanup in cleanups:
-            cleanup()
-        if log is not None:
-            log.close()
-        dist.teardown(clean)
+                    row = {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "epoch_train_loss": dist.all_reduce_sum(epoch_loss, d).item() / epoch_steps,
+                        "val_loss": metrics["loss"],
+                        "accuracy": metrics["accuracy"],
+                        "f1": metrics["f1"],
+                        "macro_f1": metrics["macro_f1"],
+                    }
+                    epoch_loss.zero_()
+                    epoch_steps = 0
+                    history.append(row)
+                    log.log(step, **{k: v for k, v in row.items() if k != "step"})
+                    log.write(table_row(row, num_labels))
+                    is_best = best is None or row["accuracy"] > best["accuracy"]
+                    best = row if is_best else best
+                    if end_of_epoch:
+                        epoch, pos = epoch + 1, 0
+                if evaluated or (cfg.save_interval and step % cfg.save_interval == 0) or stopping:
+                    state = {
+                        "model": raw_model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "step": step,
+                        "epoch": epoch,
+                        "pos": pos,
+                        "history": history,
+                        "epoch_loss_sum": dist.all_reduce_sum(epoch_loss.clone(), d).item(),
+                        "epoch_steps": epoch_steps,
+                        "config": asdict(cfg),
+                    }
+                    path = checkpoint.save_step(state, out_dir, step, d, keep_last=cfg.keep_last, is_best=is_best)
+                    log.write(f"step {step}: saved {path}")
+                if stopping:
+                    dist.print0(f"stopped by a signal at step {step}; resume with --resume=auto --out_dir={out_dir}")
+                    return {"step": step, "history": history, "stopped": True}
+
+            # ----------------------------------------------------------------------------------
+            # the end: the best epoch's model is exported, then scored on the test split
+            best_path = out_dir / "best.pt"
+            if best_path.is_file():
+                best_state = checkpoint.load(best_path)
+                raw_model.load_state_dict(best_state["model"])
+                best = best_state["history"][-1]  # saved right after the best epoch's row
+            result = {"step": step, "history": history, "best": best}
+            if d.is_main:
+                final_dir = out_dir / "final"
+                raw_model.save_pretrained(final_dir)
+                log.write(f"exported the best epoch ({best['epoch'] if best else '-'}) to {final_dir}")
+            if test is not None:
+                test_metrics, preds = evaluate.classify(
+                    raw_model, test, cfg.eval_batch_size, pad_id, pad_to, num_labels, d, dtype
+                )
+                if all(y >= 0 for y in test["labels"]):
+                    result["test"] = {k: test_metrics[k] for k in ("accuracy", "f1", "macro_f1")}
+                    log.log(step, **{f"test_{k}": v for k, v in result["test"].items()})
+                    log.write(f"test: accuracy {test_metrics['accuracy']:.4f}, F1 {test_metrics['f1']:.4f}")
+                else:
+                    write_predictions(preds, out_dir / "test_predictions.tsv", d, log)
+            return result
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers of the script: the epoch table, the test predictions
 
 
 def table_header(num_labels: int) -> str:
@@ -447,6 +331,18 @@ def table_row(r: dict, num_labels: int) -> str:
         f"{r['epoch']:5d} {r['step']:6d}  {r['epoch_train_loss']:10.4f}  {r['val_loss']:8.4f}  "
         f"{r['accuracy']:8.4f}  {r['f1']:8.4f}{extra}"
     )
+
+
+def write_predictions(preds: dict, path: Path, d, log) -> None:
+    """Rank 0 writes every rank's {index: predicted label} as a TSV, in index order."""
+    gathered = [preds]
+    if d.multi_process:
+        gathered = [None] * d.world_size
+        torch.distributed.all_gather_object(gathered, preds)
+    if d.is_main:
+        merged = {k: v for part in gathered for k, v in part.items()}
+        path.write_text("index\tprediction\n" + "".join(f"{i}\t{merged[i]}\n" for i in sorted(merged)))
+        log.write(f"wrote {len(merged)} test predictions to {path}")
 
 
 if __name__ == "__main__":

@@ -51,9 +51,7 @@ def run_ours(model_dir, data_dir, out_dir):
     cmd += [f"--out_dir={out_dir}", "--progress=false", "--log_interval=1000"]
     seconds = timed(cmd)
     lines = [json.loads(x) for x in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
-    history = [
-        {"epoch": r["epoch"], "accuracy": r["accuracy"], "f1": r["f1"]} for r in lines if "f1" in r
-    ]
+    history = [{"epoch": r["epoch"], "accuracy": r["accuracy"], "f1": r["f1"]} for r in lines if "f1" in r]
     return seconds, history
 
 
@@ -170,10 +168,7 @@ def main(argv=None):
     ours, theirs = runs["minitrain"][-1]["history"], runs["hf_trainer"][-1]["history"]
     print(f"{'epoch':>5} {'minitrain acc':>14} {'F1':>7} {'HF Trainer acc':>15} {'F1':>7}")
     for a, b in zip(ours, theirs):
-        print(
-            f"{a['epoch']:>5} {a['accuracy']:>14.4f} {a['f1']:>7.4f} {b['accuracy']:>15.4f} "
-            f"{b['f1']:>7.4f}"
-        )
+        print(f"{a['epoch']:>5} {a['accuracy']:>14.4f} {a['f1']:>7.4f} {b['accuracy']:>15.4f} {b['f1']:>7.4f}")
     ours_s = statistics.median(x["seconds"] for x in runs["minitrain"])
     theirs_s = statistics.median(x["seconds"] for x in runs["hf_trainer"])
     print(
@@ -183,11 +178,7 @@ def main(argv=None):
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"mrpc-vs-trainer-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(
-        json.dumps(
-            {**runs, "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2
-        )
-    )
+    path.write_text(json.dumps({**runs, "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2))
     print(f"wrote {path}")
 
 

@@ -143,11 +143,7 @@ def time_case(name, impl, args, device, dtype):
         "step_ms_median": round(1e3 * statistics.median(times), 2),
         "step_ms_max": round(1e3 * max(times), 2),
         "flops_per_token": flops,
-        "peak_mem_GiB": (
-            round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            if device.type == "cuda"
-            else None
-        ),
+        "peak_mem_GiB": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None),
     }
 
 
@@ -202,12 +198,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", nargs="*", help=f"of {', '.join(CASES)}")
     p.add_argument("--vs", choices=["hf"], help="also time transformers' model, same batches")
-    p.add_argument(
-        "--steps", type=int, default=0, help="timed steps per round (default 20 GPU, 8 CPU)"
-    )
-    p.add_argument(
-        "--warmup", type=int, default=0, help="untimed steps first (default 5 GPU, 2 CPU)"
-    )
+    p.add_argument("--steps", type=int, default=0, help="timed steps per round (default 20 GPU, 8 CPU)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed steps first (default 5 GPU, 2 CPU)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best counts")
     p.add_argument("--batch_size", type=int, default=0, help="override the case's micro-batch")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -244,8 +236,7 @@ def main(argv=None):
         "python": sys.version.split()[0],
     }
     print(
-        f"device: {device_name}{peak_note}; torch {torch.__version__}; dtype {header['dtype']}; "
-        f"compile {args.compile}"
+        f"device: {device_name}{peak_note}; torch {torch.__version__}; dtype {header['dtype']}; compile {args.compile}"
     )
     rows = []
     for name in cases:
@@ -259,11 +250,7 @@ def main(argv=None):
                     best[impl] = r
         for impl in impls:
             r = best[impl]
-            r["mfu"] = (
-                round(r["flops_per_token"] * r["tokens_per_sec"] / (peak * 1e12), 4)
-                if peak
-                else None
-            )
+            r["mfu"] = round(r["flops_per_token"] * r["tokens_per_sec"] / (peak * 1e12), 4) if peak else None
             rows.append(r)
     print(
         f"{'case':10} {'impl':9} {'B x T':>10} {'tokens/s':>11} {'ex/s':>8} {'MFU':>6} "

@@ -52,9 +52,7 @@ class BertConfig:
         if "id2label" in d and "num_labels" not in d:
             d["num_labels"] = len(d["id2label"])
         if d.get("hidden_act") not in ACTIVATIONS:
-            raise UserError(
-                f"hidden_act {d.get('hidden_act')!r} is not supported by minitrain's BERT."
-            )
+            raise UserError(f"hidden_act {d.get('hidden_act')!r} is not supported by minitrain's BERT.")
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_hf(self) -> dict:
@@ -73,9 +71,7 @@ class BertConfig:
 class BertEmbeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(
-            cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id
-        )
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
@@ -227,9 +223,7 @@ def _hf_state(model_dir, drop_prefix=None):
     """A BERT checkpoint's tensors with old LayerNorm names (gamma/beta) renamed."""
     state = {}
     for k, v in hub.load_state_dict(model_dir).items():
-        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-            "LayerNorm.beta", "LayerNorm.bias"
-        )
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         if drop_prefix and k.startswith(drop_prefix):
             k = k[len(drop_prefix) :]
         state[k] = v
@@ -276,11 +270,7 @@ class BertForSequenceClassification(nn.Module):
         super().__init__()
         self.config = cfg
         self.bert = BertModel(cfg)
-        p = (
-            cfg.classifier_dropout
-            if cfg.classifier_dropout is not None
-            else cfg.hidden_dropout_prob
-        )
+        p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
         self.init_head()
@@ -292,9 +282,7 @@ class BertForSequenceClassification(nn.Module):
             self.classifier.weight.copy_(w * self.config.initializer_range)
             self.classifier.bias.zero_()
 
-    def forward(
-        self, input_ids, attention_mask=None, token_type_ids=None, labels=None, reduction="mean"
-    ):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, reduction="mean"):
         """Returns (logits (B, num_labels), loss or None)."""
         _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(pooled))
@@ -304,9 +292,7 @@ class BertForSequenceClassification(nn.Module):
         return logits, loss
 
     @classmethod
-    def from_pretrained(
-        cls, name_or_dir, num_labels=None, **overrides
-    ) -> "BertForSequenceClassification":
+    def from_pretrained(cls, name_or_dir, num_labels=None, **overrides) -> "BertForSequenceClassification":
         """A BERT folder or hub id; the head is loaded when the checkpoint has one of this size,
         else freshly initialised (`model.head_is_new` says which). `overrides` replace config
         values that do not change the weights' shapes (e.g. hidden_dropout_prob)."""
@@ -317,17 +303,12 @@ class BertForSequenceClassification(nn.Module):
         cfg = BertConfig.from_hf(hf_config)
         model = cls(cfg)
         state = _hf_state(model_dir)
-        state = {
-            k if k.startswith(("bert.", "classifier.")) else "bert." + k: v
-            for k, v in state.items()
-        }
+        state = {k if k.startswith(("bert.", "classifier.")) else "bert." + k: v for k, v in state.items()}
         head = {k: state.pop(k) for k in ("classifier.weight", "classifier.bias") if k in state}
         own = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
         hub.load_into(own, state, model_dir, skip=NOT_ENCODER)
         own_head = {k: v for k, v in model.state_dict().items() if k.startswith("classifier.")}
-        model.head_is_new = not (
-            head and all(head[k].shape == own_head[k].shape for k in head) and len(head) == 2
-        )
+        model.head_is_new = not (head and all(head[k].shape == own_head[k].shape for k in head) and len(head) == 2)
         if not model.head_is_new:
             hub.load_into(own_head, head, model_dir)
         model.source_dir = model_dir

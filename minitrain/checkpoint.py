@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from minitrain import UserError, first_line
+from minitrain.atomic import atomic_write
 from minitrain.dist import barrier, broadcast_object
-from minitrain.hub import atomic_write
+from minitrain.logger import Logger
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 
@@ -37,7 +38,7 @@ def rng_state() -> dict:
 
 def gather_rng_states(d) -> list[dict]:
     """Every rank's RNG states (a collective: all ranks call it), for rank 0 to save."""
-    if not d.enabled:
+    if not d.multi_process:
         return [rng_state()]
     states = [None] * d.world_size
     torch.distributed.all_gather_object(states, rng_state())
@@ -63,6 +64,38 @@ def save(path, state: dict) -> None:
         torch.save(state, f)
 
 
+def save_step(state: dict, out_dir, step: int, d, *, keep_last: int, is_best: bool = False) -> Path:
+    """Write `state` (what the script chose to save) as out_dir/ckpt-STEP.pt. Every rank calls it:
+
+    - the RNG states of all ranks go into state["rng"], so that each rank continues its own random
+      stream after a resume with the same number of processes;
+    - weights that are not finite are refused: there would be nothing worth resuming;
+    - rank 0 writes atomically, makes best.pt point at the file when `is_best`, and deletes all but
+      the newest `keep_last` step checkpoints (0 keeps them all);
+    - a failed write (disk full, ...) keeps the previous checkpoint and stops the run on every rank
+      with one sentence. No rank goes on before the write is done.
+    """
+    state["rng"] = gather_rng_states(d)
+    if not all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point()):
+        raise UserError(f"the weights are not finite at step {step}; no checkpoint was written.")
+    path, error = checkpoint_path(out_dir, step), None
+    if d.is_main:
+        try:
+            save(path, state)
+            if is_best:
+                mark_best(path)
+            prune(out_dir, keep_last)
+        except OSError as e:
+            error = (
+                f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is kept, "
+                f"and the run stops here."
+            )
+    error = broadcast_object(error, d)  # also the barrier that keeps every rank behind the write
+    if error:
+        raise UserError(error)
+    return path
+
+
 def mark_best(path) -> None:
     """Make `best.pt` (beside it) another name for the checkpoint just written at `path`: a hard
     link, so the state is not written twice (a copy where the file system has no links). The
@@ -83,9 +116,7 @@ def load(path) -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist.") from None
     except Exception as e:
-        raise UserError(
-            f"checkpoint {path} could not be loaded safely ({first_line(e)})."
-        ) from None
+        raise UserError(f"checkpoint {path} could not be loaded safely ({first_line(e)}).") from None
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -141,8 +172,10 @@ def find_resume(resume: str, out_dir: Path) -> Path | None:
     return Path(resume)
 
 
-def claim_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """A new run never silently overwrites another run's folder."""
+def claim_out_dir(out_dir: Path, overwrite: bool, outputs=()) -> None:
+    """A new run never silently overwrites another run's folder. With `overwrite`, what a run
+    writes there is deleted first: step checkpoints, best.pt, the logs, and the script's own
+    `outputs` (file or folder names); anything else in the folder is left alone."""
     used = out_dir.is_dir() and (list_checkpoints(out_dir) or (out_dir / "metrics.jsonl").exists())
     if used and not overwrite:
         raise UserError(
@@ -150,14 +183,7 @@ def claim_out_dir(out_dir: Path, overwrite: bool) -> None:
             f"pick another --out_dir, or pass --overwrite to replace it."
         )
     if used:
-        for name in (
-            "metrics.jsonl",
-            "best.pt",
-            "tokenizer.json",
-            "final",
-            "tensorboard",
-            "test_predictions.tsv",
-        ):
+        for name in ("best.pt", *Logger.FILES, *outputs):
             p = out_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         for p in list_checkpoints(out_dir):
@@ -165,7 +191,7 @@ def claim_out_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def open_run(out_dir: Path, resume: str, overwrite: bool, d) -> tuple[Path | None, dict | None]:
+def open_run(out_dir: Path, resume: str, overwrite: bool, d, outputs=()) -> tuple[Path | None, dict | None]:
     """Where this run starts: (checkpoint path, its contents), or (None, None) for a new run.
 
     Rank 0 decides (and, for a new run, claims out_dir); every rank gets the same answer. With
@@ -175,6 +201,6 @@ def open_run(out_dir: Path, resume: str, overwrite: bool, d) -> tuple[Path | Non
     path = find_resume(resume, out_dir) if d.is_main else None
     path = broadcast_object(path, d)
     if d.is_main and path is None:
-        claim_out_dir(out_dir, overwrite or resume == "auto")
+        claim_out_dir(out_dir, overwrite or resume == "auto", outputs)
     barrier(d)
     return path, (load(path) if path else None)

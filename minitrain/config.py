@@ -1,19 +1,107 @@
 """One dataclass per script <-> command line: `--key=value`, `--key value`, `--config run.toml`.
 
-The `--help` text of each option is the comment after its field in the dataclass source.
+The `--help` text of each option is the comment after its field in the dataclass source. What a
+field accepts is declared in its type and checked here, for the command line, a TOML file and a
+config built in Python alike:
+    schedule: Literal["linear", "cosine", "constant"]   one of these values
+    batch_size: PositiveInt                               Annotated[int, Range(gt=0)]
+    dropout: Annotated[float, Range(ge=0, lt=1)]          any interval
+Every float must also be finite.
 """
 
 import dataclasses
 import difflib
 import inspect
+import math
 import os
 import re
 import sys
 import tomllib
 import types
 import typing
+from typing import Annotated, Literal
 
 from minitrain import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field: greater than / at least / less than / at most."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def holds(self, v) -> bool:
+        return (
+            (self.gt is None or v > self.gt)
+            and (self.ge is None or v >= self.ge)
+            and (self.lt is None or v < self.lt)
+            and (self.le is None or v <= self.le)
+        )
+
+    def describe(self) -> str:
+        if self == Range(gt=0):
+            return "a positive number"
+        if self == Range(ge=0):
+            return "not negative"
+        low = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else "(-inf"
+        high = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else "inf)"
+        return f"in {low}, {high}"
+
+
+PositiveInt = Annotated[int, Range(gt=0)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Probability = Annotated[float, Range(ge=0, lt=1)]  # dropout-like: 0 allowed, 1 not
+
+
+@dataclasses.dataclass
+class Spec:
+    """What a field's type annotation says: the Python type, None allowed, choices, bounds."""
+
+    base: type
+    optional: bool = False
+    choices: tuple = ()
+    range: Range | None = None
+
+
+def spec(tp) -> Spec:
+    """`Annotated[int, Range(gt=0)] | None` -> Spec(int, optional=True, range=Range(gt=0))."""
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional, tp = len(args) < len(typing.get_args(tp)), args[0]
+    rng = None
+    if typing.get_origin(tp) is Annotated:
+        tp, *extras = typing.get_args(tp)
+        rng = next((e for e in extras if isinstance(e, Range)), None)
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        return Spec(type(choices[0]), optional, choices, rng)
+    return Spec(tp, optional, (), rng)
+
+
+def field_specs(cls) -> dict[str, Spec]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: spec(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def check(cfg) -> None:
+    """Refuse, with one sentence, a value outside what its field declares."""
+    for name, s in field_specs(type(cfg)).items():
+        value = getattr(cfg, name)
+        if value is None and s.optional:
+            continue
+        if s.choices and value not in s.choices:
+            raise UserError(f"--{name}={value!r} is not one of {', '.join(map(str, s.choices))}.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name}={value} must be a finite number.")
+        if s.range is not None and not s.range.holds(value):
+            must = "not be negative" if s.range == Range(ge=0) else f"be {s.range.describe()}"
+            raise UserError(f"--{name}={value} must {must}.")
 
 
 def field_help(cls) -> dict[str, str]:
@@ -26,21 +114,10 @@ def field_help(cls) -> dict[str, str]:
     return helps
 
 
-def _base_type(tp):
-    """`int | None` -> (int, True); `float` -> (float, False)."""
-    if isinstance(tp, str):
-        tp = eval(tp, vars(typing), {})  # annotations as strings ("int | None")
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        return non_none[0], len(non_none) < len(args)
-    return tp, False
-
-
-def convert(name: str, raw, tp):
+def convert(name: str, raw, s: Spec):
     """A command-line string (or TOML value) as the field's type, or one sentence of error."""
-    base, optional = _base_type(tp)
-    if optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
+    base = s.base
+    if s.optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
         return None
     try:
         if base is bool:
@@ -52,15 +129,13 @@ def convert(name: str, raw, tp):
             if value in ("0", "false", "no", "off"):
                 return False
             raise ValueError
-        if base is int and isinstance(raw, float):
-            raise ValueError
+        if isinstance(raw, bool) or (base is int and isinstance(raw, float)):
+            raise ValueError  # TOML's `lr = true` is not 1.0, nor `batch_size = 2.5` 2
         if base is int:
             return int(str(raw).replace("_", ""))
         return base(raw)
     except (TypeError, ValueError):
-        raise UserError(
-            f"--{name}={raw!r} is not a valid {base.__name__}; see --help for what it takes."
-        ) from None
+        raise UserError(f"--{name}={raw!r} is not a valid {base.__name__}; see --help for what it takes.") from None
 
 
 def _unknown(cls, key):
@@ -71,28 +146,30 @@ def _unknown(cls, key):
 
 
 def format_help(cls, prog) -> str:
-    helps = field_help(cls)
+    helps, specs = field_help(cls), field_specs(cls)
     lines = [f"usage: {prog} [--config FILE.toml] [--key=value ...]", ""]
     if cls.__doc__:
         lines += [cls.__doc__.strip(), ""]
-    lines.append(
-        "  --config FILE.toml  read options from a TOML file; flags given after override it"
-    )
+    lines.append("  --config FILE.toml  read options from a TOML file; flags given after override it")
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  --{f.name} (default: {default!r})  {helps.get(f.name, '')}")
+        s = specs[f.name]
+        accepts = f"; one of {', '.join(map(str, s.choices))}" if s.choices else ""
+        accepts += f"; {s.range.describe()}" if s.range else ""
+        lines.append(f"  --{f.name} (default: {default!r}{accepts})  {helps.get(f.name, '')}")
     return "\n".join(lines)
 
 
 def parse_args(cls, argv=None):
-    """Build a `cls` from argv (defaults < TOML file < flags). `--help` prints and exits 0."""
+    """Build a checked `cls` from argv (defaults < TOML file < flags). `--help` prints and exits 0."""
+    prog = sys.argv[0] if argv is None else cls.__module__
     argv = sys.argv[1:] if argv is None else list(argv)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    specs = field_specs(cls)
     pairs, i = [], 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
-            print(format_help(cls, sys.argv[0] if argv is sys.argv[1:] else cls.__module__))
+            print(format_help(cls, prog))
             raise SystemExit(0)
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument {arg!r}; options look like --key=value.")
@@ -100,15 +177,9 @@ def parse_args(cls, argv=None):
         key = key.replace("-", "_")
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            is_bool = key in fields and _base_type(fields[key].type)[0] is bool
-            if (
-                nxt is not None
-                and not nxt.startswith("--")
-                and not (
-                    is_bool
-                    and nxt.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off")
-                )
-            ):
+            is_bool = key in specs and specs[key].base is bool
+            bool_word = nxt is not None and nxt.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off")
+            if nxt is not None and not nxt.startswith("--") and (not is_bool or bool_word):
                 value, i = nxt, i + 1
             elif is_bool:
                 value = "true"  # a bare boolean flag switches it on
@@ -123,10 +194,12 @@ def parse_args(cls, argv=None):
     for key, value in pairs:
         if key == "config":
             continue
-        if key not in fields:
+        if key not in specs:
             _unknown(cls, key)
-        values[key] = convert(key, value, fields[key].type)
-    return cls(**values)
+        values[key] = convert(key, value, specs[key])
+    cfg = cls(**values)
+    check(cfg)
+    return cfg
 
 
 def read_toml(cls, path) -> dict:
@@ -137,17 +210,13 @@ def read_toml(cls, path) -> dict:
         raise UserError(f"config file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML ({e}).") from None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    specs = field_specs(cls)
     out = {}
     for key, value in data.items():
-        if key not in fields:
+        if key not in specs:
             _unknown(cls, key)
-        out[key] = convert(key, value, fields[key].type)
+        out[key] = convert(key, value, specs[key])
     return out
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
 
 
 def run_cli(main_fn, config_cls) -> None:

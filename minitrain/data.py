@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from minitrain import UserError, first_line
-from minitrain.hub import atomic_write
+from minitrain.atomic import atomic_write
 
 DEFAULT_CORPUS = "shakespeare"
 CACHE_VERSION = 1
@@ -165,9 +165,7 @@ def tokenize(docs: list[str], tokenizer, eot: int) -> np.ndarray:
     def encode(batch):
         return {"ids": [e.ids + [eot] for e in tokenizer.encode_batch(batch["text"])]}
 
-    ds = datasets.Dataset.from_dict({"text": docs}).map(
-        encode, batched=True, batch_size=256, remove_columns=["text"]
-    )
+    ds = datasets.Dataset.from_dict({"text": docs}).map(encode, batched=True, batch_size=256, remove_columns=["text"])
     # uint16 halves the cache when every id fits (GPT-2's 50257 does), else uint32.
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 2**16 else np.uint32
     parts = [np.asarray(ids, dtype=dtype) for ids in ds["ids"]]

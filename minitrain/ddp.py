@@ -19,6 +19,7 @@ A tied parameter (GPT-2's wte / lm_head) is one tensor with one gradient, so it 
 """
 
 import contextlib
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -34,7 +35,11 @@ class Bucket:
         self.work = None
 
 
-class DataParallel(nn.Module):
+class BucketedDDP(nn.Module):
+    """Distributed data parallelism with bucketed, overlapped gradient all-reduce (the algorithm of
+    torch's DistributedDataParallel, written out; not torch.nn.DataParallel's single-process
+    scatter/gather)."""
+
     def __init__(self, module: nn.Module, bucket_cap_mb: float = 25.0):
         super().__init__()
         self.module = module
@@ -112,14 +117,15 @@ class DataParallel(nn.Module):
         self._callback_queued = False
 
 
-def wrap(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
-    """`minitrain`: the DataParallel above; `torch`: PyTorch's DistributedDataParallel."""
+Kind = Literal["minitrain", "torch"]  # the choices of the scripts' --ddp
+
+
+def wrap(model: nn.Module, kind: Kind, device: torch.device) -> nn.Module:
+    """`minitrain`: BucketedDDP above; `torch`: PyTorch's DistributedDataParallel."""
     if kind == "minitrain":
-        return DataParallel(model)
+        return BucketedDDP(model)
     if kind == "torch":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     raise ValueError(f"unknown ddp kind {kind!r}")

@@ -4,6 +4,7 @@ torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for ever
 without them we are a single process and no process group is created.
 """
 
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ class Dist:
         return self.rank == 0
 
     @property
-    def enabled(self) -> bool:
+    def multi_process(self) -> bool:
+        """More than one process: gradients, metrics and decisions must be shared."""
         return self.world_size > 1
 
 
@@ -72,6 +74,30 @@ def setup(device: str = "auto") -> Dist:
     return Dist(rank, local_rank, world_size, dev)
 
 
+@contextlib.contextmanager
+def process_group(device: str = "auto"):
+    """`with process_group(cfg.device) as d:` joins torchrun's process group (if any) and leaves
+    it at the end: after waiting for every rank when the body finished, at once after an error."""
+    d = setup(device)
+    try:
+        yield d
+    except BaseException:
+        teardown(clean=False)
+        raise
+    teardown(clean=True)
+
+
+@contextlib.contextmanager
+def main_first(d: Dist):
+    """Run the body on rank 0 first, then on the other ranks: rank 0 fills the caches (trained
+    tokenizer, token files) that the others then find, instead of every rank computing them."""
+    if not d.is_main:
+        barrier(d)
+    yield
+    if d.is_main:
+        barrier(d)
+
+
 def teardown(clean: bool = True) -> None:
     """Leave the process group. After a clean run, wait for every rank first: tearing gloo down
     while another rank still talks to it can abort the process. After an error, do not wait
@@ -88,20 +114,20 @@ def print0(*args, **kwargs) -> None:
 
 
 def barrier(d: Dist) -> None:
-    if d.enabled:
+    if d.multi_process:
         dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     """Sum a tensor over all ranks (in place; returns it). A no-op for one process."""
-    if d.enabled:
+    if d.multi_process:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def broadcast_object(obj, d: Dist):
     """Rank 0's value of a small picklable object, on every rank."""
-    if not d.enabled:
+    if not d.multi_process:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -109,7 +135,8 @@ def broadcast_object(obj, d: Dist):
 
 
 class StopFlag:
-    """SIGTERM / SIGINT ask the loop to stop after the current step (and save a checkpoint).
+    """`with StopFlag() as stop:` SIGTERM / SIGINT ask the loop to stop after the current step
+    (and save a checkpoint); the previous signal handlers are back when the block ends.
 
     Under torchrun every rank must stop at the same step, or one would wait forever in a
     collective: the flag is all-reduced (max over ranks) once per step.
@@ -119,21 +146,25 @@ class StopFlag:
         self.was_requested = False
         self._local = False
         self._previous = {}
+
+    def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (e.g. called from a test runner thread)
                 pass
+        return self
 
-    def close(self) -> None:
+    def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        return False
 
     def _handler(self, signum, frame):
         self._local = True
 
     def requested(self, d) -> bool:
-        if not d.enabled:
+        if not d.multi_process:
             self.was_requested = self._local
             return self._local
         flag = torch.tensor([1.0 if self._local else 0.0], device=d.device)

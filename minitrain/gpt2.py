@@ -196,10 +196,7 @@ class GPT2(nn.Module):
         B, T = input_ids.shape
         start = 0 if past is None else past[0][0].size(2)
         if start + T > self.config.n_positions:
-            raise ValueError(
-                f"a sequence of {start + T} tokens is longer than n_positions="
-                f"{self.config.n_positions}"
-            )
+            raise ValueError(f"a sequence of {start + T} tokens is longer than n_positions={self.config.n_positions}")
         pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
         presents = []

@@ -11,12 +11,12 @@ import json
 import mmap
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from minitrain import UserError, first_line
+from minitrain.atomic import atomic_write
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -74,9 +74,7 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
                 shape = [int(s) for s in info["shape"]]
                 begin, end = (int(o) for o in info["data_offsets"])
             except (KeyError, TypeError, ValueError):
-                raise UserError(
-                    f"{bad}: tensor {name!r} has a bad dtype/shape/offsets entry."
-                ) from None
+                raise UserError(f"{bad}: tensor {name!r} has a bad dtype/shape/offsets entry.") from None
             numel = 1
             for s in shape:
                 if s < 0:
@@ -85,8 +83,7 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
             nbytes = numel * dtype.itemsize
             if not 0 <= begin <= end <= data_len:
                 raise UserError(
-                    f"{bad}: tensor {name!r} lies outside the file (bytes {begin}..{end} of "
-                    f"{data_len}; truncated?)."
+                    f"{bad}: tensor {name!r} lies outside the file (bytes {begin}..{end} of {data_len}; truncated?)."
                 )
             if end - begin != nbytes:
                 raise UserError(f"{bad}: tensor {name!r} has {end - begin} bytes, needs {nbytes}.")
@@ -104,9 +101,7 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
         if end == begin:
             tensors[name] = torch.empty(shape, dtype=dtype)
         else:
-            flat = torch.frombuffer(
-                mm, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=data_start + begin
-            )
+            flat = torch.frombuffer(mm, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=data_start + begin)
             tensors[name] = flat.view(shape)
     return tensors
 
@@ -135,37 +130,6 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata=None) -> 
             f.write(data)
 
 
-class atomic_write:
-    """`with atomic_write(path) as f:` writes to a temporary file that replaces `path` on success.
-
-    A crash (or kill -9) at any moment leaves either the old file or the new one, never a mix.
-    """
-
-    def __init__(self, path, mode="wb"):
-        self.path, self.mode = Path(path), mode
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
-        self.f = os.fdopen(fd, self.mode)
-        return self.f
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-            self.f.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        return False
-
-
 # ----------------------------------------------------------------------------------------------
 # model folders
 
@@ -186,9 +150,7 @@ def resolve_model_dir(name_or_dir, allow_patterns=None) -> Path:
             return Path(snapshot_download(repo_id=repo, allow_patterns=list(allow_patterns)))
         # Model repos often hold the same weights in several formats: fetch safetensors, and the
         # pickle-based pytorch_model.bin only for repos that have nothing else.
-        folder = Path(
-            snapshot_download(repo_id=repo, allow_patterns=["*.json", "*.txt", "*.safetensors"])
-        )
+        folder = Path(snapshot_download(repo_id=repo, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
         if not any(folder.glob("*.safetensors")):
             folder = Path(snapshot_download(repo_id=repo, allow_patterns=["pytorch_model.bin"]))
         return folder
@@ -202,9 +164,7 @@ def resolve_model_dir(name_or_dir, allow_patterns=None) -> Path:
 def read_config(model_dir) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise UserError(
-            f"{model_dir} has no config.json, so it is not a Hugging Face model folder."
-        )
+        raise UserError(f"{model_dir} has no config.json, so it is not a Hugging Face model folder.")
     try:
         return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -214,9 +174,7 @@ def read_config(model_dir) -> dict:
 def check_model_type(config: dict, model_dir, expected: str) -> None:
     got = config.get("model_type")
     if got != expected:
-        raise UserError(
-            f"{model_dir} holds a {got!r} model, not {expected!r}; pass a {expected} checkpoint."
-        )
+        raise UserError(f"{model_dir} holds a {got!r} model, not {expected!r}; pass a {expected} checkpoint.")
 
 
 def load_state_dict(model_dir) -> dict[str, torch.Tensor]:
@@ -269,9 +227,7 @@ def load_into(own: dict, state: dict, model_dir, skip=(), transposed=()) -> None
         if missing:
             parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         if unexpected:
-            parts.append(
-                f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
-            )
+            parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
         raise UserError(f"the weights in {model_dir} do not fit this model: {'; '.join(parts)}.")
     with torch.no_grad():
         for name, src in state.items():

@@ -10,6 +10,10 @@ from pathlib import Path
 
 
 class Logger:
+    """`with Logger(out_dir, ...) as log:` closes the progress bar and the files when the block ends."""
+
+    FILES = ("metrics.jsonl", "tensorboard")  # what it writes into out_dir
+
     def __init__(self, out_dir, enabled=True, total=None, initial=0, progress=True, desc="train"):
         """`initial`: the step a resumed run starts from. Lines a crashed run logged after it are
         dropped, so metrics.jsonl holds each step once."""
@@ -21,12 +25,8 @@ class Logger:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "metrics.jsonl"
         if initial and path.exists():
-            keep = [
-                line
-                for line in path.read_text().splitlines(keepends=True)
-                if line.strip() and json.loads(line).get("step", 0) <= initial
-            ]
-            path.write_text("".join(keep))
+            keep = [line for line in path.read_text().splitlines() if _step_of(line) <= initial]
+            path.write_text("".join(line + "\n" for line in keep))
         self.jsonl = open(path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -78,6 +78,13 @@ class Logger:
         else:
             print(line, flush=True)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -85,3 +92,12 @@ class Logger:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; a blank or torn line (a crash mid-write) counts as past
+    every step, so that a resume drops it."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf

@@ -1,26 +1,8 @@
-"""Evaluation metrics and the throughput / MFU meter."""
+"""Evaluation metrics, the FLOP count for MFU, and a stopwatch for training throughput."""
 
+import contextlib
 import math
-
-
-def accuracy(preds, labels) -> float:
-    preds, labels = list(preds), list(labels)
-    return sum(int(p == y) for p, y in zip(preds, labels)) / max(1, len(labels))
-
-
-def f1(preds, labels, positive=1) -> float:
-    """F1 of the positive class: 2PR/(P+R); 0 when there are no true positives."""
-    tp = fp = fn = 0
-    for p, y in zip(preds, labels):
-        tp += int(p == positive and y == positive)
-        fp += int(p == positive and y != positive)
-        fn += int(p != positive and y == positive)
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
-
-
-def macro_f1(preds, labels, num_labels) -> float:
-    preds, labels = list(preds), list(labels)
-    return sum(f1(preds, labels, positive=c) for c in range(num_labels)) / num_labels
+import time
 
 
 def perplexity(mean_loss: float) -> float:
@@ -65,16 +47,6 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def confusion(preds, labels, num_labels: int):
-    """cm[true, predicted] counts, as a torch tensor (so ranks can all-reduce it)."""
-    import torch
-
-    cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
-    for p, y in zip(preds, labels):
-        cm[int(y), int(p)] += 1
-    return cm
-
-
 def classification_metrics(cm) -> dict:
     """Accuracy, F1 of class 1 (the positive class of binary tasks like MRPC) and macro-F1."""
     cm = cm.double()
@@ -91,3 +63,26 @@ def classification_metrics(cm) -> dict:
         "f1": f1s[1] if len(f1s) > 1 else f1s[0],
         "macro_f1": sum(f1s) / len(f1s),
     }
+
+
+class Stopwatch:
+    """Seconds spent training: `lap()` returns the time since the previous lap, leaving out what
+    ran inside `with watch.paused():` (evaluation, checkpoints), so tokens/s measures training
+    steps only."""
+
+    def __init__(self):
+        self.start, self.excluded = time.perf_counter(), 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - t0
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds = now - self.start - self.excluded
+        self.start, self.excluded = now, 0.0
+        return seconds

@@ -1,8 +1,12 @@
 """AdamW parameter groups and learning-rate schedules as pure functions of the step."""
 
 import math
+from typing import Literal, get_args
 
 import torch
+
+Schedule = Literal["linear", "cosine", "constant"]  # the choices of the scripts' --schedule
+SCHEDULES = get_args(Schedule)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -26,9 +30,7 @@ def make_optimizer(model, lr, weight_decay, betas, device) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
 
 
-def lr_at(
-    step: int, *, schedule: str, lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0
-) -> float:
+def lr_at(step: int, *, schedule: str, lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
     """The learning rate for optimizer step `step` (0-based).
 
     Linear warmup from lr/warmup to lr over `warmup_steps`, then
@@ -48,6 +50,3 @@ def lr_at(
     if schedule == "cosine":
         return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {schedule!r}")
-
-
-SCHEDULES = ("linear", "cosine", "constant")

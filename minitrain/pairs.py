@@ -41,9 +41,7 @@ def _read_mrpc_tsv(path: Path, labelled: bool | None = None):
             continue
         cols = line.split("\t")
         if len(cols) != MRPC_COLUMNS:
-            raise UserError(
-                f"{path}:{n}: expected {MRPC_COLUMNS} tab-separated columns, found {len(cols)}."
-            )
+            raise UserError(f"{path}:{n}: expected {MRPC_COLUMNS} tab-separated columns, found {len(cols)}.")
         first = cols[0].strip()
         if not first.lstrip("-").isdigit():
             what = "label" if labelled else "index"
@@ -74,9 +72,7 @@ def _read_table(path: Path):
             reader = csv.DictReader(f)
             for n, rec in enumerate(reader, start=2):
                 if None in rec or None in rec.values():
-                    raise UserError(
-                        f"{path}:{n}: the row has a different number of columns than the header."
-                    )
+                    raise UserError(f"{path}:{n}: the row has a different number of columns than the header.")
                 records.append((n, rec))
     rows = []
     for n, rec in records:
@@ -224,9 +220,7 @@ def collate(examples: dict, ids, pad_id: int, multiple_of: int = 1) -> dict:
     }
 
 
-def epoch_order(
-    examples: dict, seed: int, epoch: int, group_by_length: bool, batch_size: int
-) -> list[int]:
+def epoch_order(examples: dict, seed: int, epoch: int, group_by_length: bool, batch_size: int) -> list[int]:
     """A seeded permutation of the examples. With group_by_length, the permutation is cut into
     chunks of 50 batches and each chunk sorted by length (longest first), so a batch holds
     similar lengths and pads little, while the order of chunks stays random."""
@@ -236,8 +230,6 @@ def epoch_order(
         chunk = 50 * batch_size
         lengths = examples["input_ids"]
         order = [
-            i
-            for s in range(0, len(order), chunk)
-            for i in sorted(order[s : s + chunk], key=lambda i: -len(lengths[i]))
+            i for s in range(0, len(order), chunk) for i in sorted(order[s : s + chunk], key=lambda i: -len(lengths[i]))
         ]
     return order

@@ -5,12 +5,14 @@ does (Micikevicius et al. 2018, "Mixed Precision Training").
 """
 
 import contextlib
+from typing import Literal
 
 import torch
 
 from minitrain import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DtypeName = Literal["auto", "bf16", "fp16", "fp32"]  # the choices of the scripts' --dtype
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -24,9 +26,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise UserError("--dtype=bf16 was asked for, but this GPU cannot do bf16; use fp16.")
     if dtype == torch.float16 and device.type == "cpu" and not cpu_supports_fp16():
-        raise UserError(
-            "--dtype=fp16 was asked for, but this CPU cannot run fp16; use bf16 or fp32."
-        )
+        raise UserError("--dtype=fp16 was asked for, but this CPU cannot run fp16; use bf16 or fp32.")
     return dtype
 
 

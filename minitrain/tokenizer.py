@@ -9,6 +9,7 @@
 """
 
 import json
+import os
 from pathlib import Path
 
 from tokenizers import (
@@ -22,28 +23,23 @@ from tokenizers import (
 )
 
 from minitrain import UserError, hub
+from minitrain.atomic import atomic_write
 
 EOT = "<|endoftext|>"  # GPT-2's end-of-text token, placed between documents
 
 
 def load_tokenizer(name_or_dir) -> Tokenizer:
-    folder = hub.resolve_model_dir(
-        name_or_dir, allow_patterns=list(hub.TOKENIZER_FILES) + ["config.json"]
-    )
+    folder = hub.resolve_model_dir(name_or_dir, allow_patterns=list(hub.TOKENIZER_FILES) + ["config.json"])
     if (folder / "tokenizer.json").is_file():
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        tok = Tokenizer(
-            models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
-        )
+        tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
     elif (folder / "vocab.txt").is_file():
         tok = _wordpiece(folder)
     else:
-        raise UserError(
-            f"{folder} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt)."
-        )
+        raise UserError(f"{folder} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt).")
     tok.no_padding()
     tok.no_truncation()
     return tok
@@ -87,9 +83,39 @@ def train_bpe(texts, vocab_size: int, path=None) -> Tokenizer:
     )
     tok.train_from_iterator(texts, trainer=trainer)
     if path is not None:
-        with hub.atomic_write(path, "w") as f:
+        with atomic_write(path, "w") as f:
             f.write(tok.to_str())
     return tok
+
+
+def cached_bpe(texts: list[str], vocab_size: int, cache_dir) -> Tokenizer:
+    """`train_bpe` once per (texts, vocab_size): the result is cached under `cache_dir`, keyed by a
+    hash of both, so a second run, or another rank, loads it instead of training again."""
+    from minitrain.data import fingerprint
+
+    path = Path(os.path.expanduser(str(cache_dir))) / f"bpe-{vocab_size}-{fingerprint(texts, vocab_size)}.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    print(f"training a byte-level BPE with {vocab_size} tokens on the training text", flush=True)
+    return train_bpe(texts, vocab_size, path)
+
+
+def save_for_transformers(tok: Tokenizer, folder, max_len: int) -> None:
+    """tokenizer.json plus the tokenizer_config.json that lets transformers' AutoTokenizer load a
+    GPT-2-style tokenizer (as GPT2TokenizerFast, end-of-text as bos/eos/unk)."""
+    folder = Path(folder)
+    with atomic_write(folder / "tokenizer.json", "w") as f:
+        f.write(tok.to_str())
+    config = {
+        "tokenizer_class": "GPT2TokenizerFast",
+        "bos_token": EOT,
+        "eos_token": EOT,
+        "unk_token": EOT,
+        "model_max_length": max_len,
+        "add_prefix_space": False,
+    }
+    with atomic_write(folder / "tokenizer_config.json", "w") as f:
+        json.dump(config, f, indent=2)
 
 
 def eot_id(tok: Tokenizer) -> int:

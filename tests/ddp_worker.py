@@ -1,5 +1,5 @@
 """Run under torchrun by test_ddp.py: each rank trains on different data with minitrain's
-DataParallel (small buckets, so there are several) and checks after every step that all ranks hold
+BucketedDDP (small buckets, so there are several) and checks after every step that all ranks hold
 identical parameters and the gradient equals the all-rank average computed directly."""
 
 import os
@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from minitrain import dist as mdist
-from minitrain.ddp import DataParallel
+from minitrain.ddp import BucketedDDP
 from minitrain.gpt2 import GPT2, GPT2Config
 
 
@@ -16,7 +16,7 @@ def main():
     d = mdist.setup("cpu")
     torch.manual_seed(100 + d.rank)  # different initial weights: the broadcast must fix that
     model = GPT2(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2))
-    ddp = DataParallel(model, bucket_cap_mb=0.01)
+    ddp = BucketedDDP(model, bucket_cap_mb=0.01)
     assert len(ddp.buckets) > 3, len(ddp.buckets)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(d.rank)

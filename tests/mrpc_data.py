@@ -100,8 +100,6 @@ def write_jsonl(folder, train, dev):
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train.jsonl", train), ("validation.jsonl", dev)):
         (folder / name).write_text(
-            "".join(
-                json.dumps({"sentence1": a, "sentence2": b, "label": y}) + "\n" for a, b, y in rows
-            )
+            "".join(json.dumps({"sentence1": a, "sentence2": b, "label": y}) + "\n" for a, b, y in rows)
         )
     return folder

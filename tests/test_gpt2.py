@@ -83,9 +83,7 @@ def test_sampling_is_reproducible_with_a_seed(tiny_gpt2_dir):
     prompt = _ids(101, B=2, T=4)
 
     def run(seed, **kw):
-        return ours.generate(
-            prompt, 12, temperature=0.9, generator=torch.Generator().manual_seed(seed), **kw
-        )
+        return ours.generate(prompt, 12, temperature=0.9, generator=torch.Generator().manual_seed(seed), **kw)
 
     assert torch.equal(run(3, top_k=5), run(3, top_k=5))
     assert torch.equal(run(3, top_p=0.8), run(3, top_p=0.8))

@@ -164,9 +164,7 @@ def test_safetensors_rejects_absurd_header_length(tmp_path):
         read_safetensors(p)
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blob=st.binary(max_size=300), header_len=st.integers(0, 400))
 def test_safetensors_fuzz_never_crashes_or_reads_past_the_end(tmp_path, blob, header_len):
     p = tmp_path / "fuzz.safetensors"
@@ -179,9 +177,7 @@ def test_safetensors_fuzz_never_crashes_or_reads_past_the_end(tmp_path, blob, he
         assert t.numel() * t.element_size() <= len(blob)
 
 
-@settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     entries=st.dictionaries(
         st.text(min_size=1, max_size=5),

@@ -1,19 +1,13 @@
 """train_gpt2.py: accumulation, exact resume, schedules, parameter groups, precision, CLI, e2e."""
 
-import subprocess
-
 import pytest
 import torch
 import transformers
 
 import train_gpt2
-from minitrain.config import parse_args
 from minitrain.gpt2 import GPT2, GPT2Config
-from minitrain.optim import lr_at, param_groups
 from minitrain.precision import cpu_supports_fp16
 from tests.helpers import (
-    PY,
-    ROOT,
     final_params,
     max_param_diff,
     metrics,
@@ -38,12 +32,8 @@ def test_accumulated_micro_batches_with_unequal_targets_equal_one_big_batch():
         _, loss_sum = acc(x[i : i + 2], y[i : i + 2], reduction="sum")
         (loss_sum / window_tokens).backward()
         (naive(x[i : i + 2], y[i : i + 2])[1] / 4).backward()  # mean of means: the old HF bug
-    grad_diff = max(
-        (a.grad - b.grad).abs().max().item() for a, b in zip(big.parameters(), acc.parameters())
-    )
-    naive_diff = max(
-        (a.grad - b.grad).abs().max().item() for a, b in zip(big.parameters(), naive.parameters())
-    )
+    grad_diff = max((a.grad - b.grad).abs().max().item() for a, b in zip(big.parameters(), acc.parameters()))
+    naive_diff = max((a.grad - b.grad).abs().max().item() for a, b in zip(big.parameters(), naive.parameters()))
     assert grad_diff <= 1e-7 and naive_diff > 1e-4  # the test can tell the two apart
     for model in (big, acc):
         torch.optim.AdamW(model.parameters(), lr=1e-3).step()
@@ -62,9 +52,7 @@ def test_script_accumulation_equals_big_batch(corpus, cache, tmp_path):
 def test_resume_is_exact(corpus, cache, tmp_path):
     kw = dict(max_steps=8, save_interval=4, dropout=0.1)
     run_main(corpus, tmp_path / "full", cache, **kw)
-    run_main(
-        corpus, tmp_path / "resumed", cache, resume=str(tmp_path / "full/ckpt-0000004.pt"), **kw
-    )
+    run_main(corpus, tmp_path / "resumed", cache, resume=str(tmp_path / "full/ckpt-0000004.pt"), **kw)
     full, resumed = (
         metrics(tmp_path / "full", "train_loss"),
         metrics(tmp_path / "resumed", "train_loss"),
@@ -83,39 +71,10 @@ def test_resume_auto_continues_in_out_dir(corpus, cache, tmp_path):
     assert sorted(metrics(out, "train_loss")) == [1, 2, 3, 4, 5, 6]
 
 
-def test_schedules():
-    kw = dict(lr=1.0, warmup_steps=10, total_steps=110, min_lr=0.1)
-    for s in ("linear", "cosine", "constant"):
-        assert lr_at(0, schedule=s, **kw) == pytest.approx(0.1)  # warmup starts at lr / warmup
-        assert lr_at(9, schedule=s, **kw) == pytest.approx(1.0)  # end of warmup: the peak
-        assert lr_at(10, schedule=s, **kw) == pytest.approx(1.0)
-    assert lr_at(60, schedule="linear", **kw) == pytest.approx(0.55)  # halfway down
-    assert lr_at(60, schedule="cosine", **kw) == pytest.approx(0.55)  # cos(pi/2) = 0
-    assert lr_at(35, schedule="cosine", **kw) == pytest.approx(0.1 + 0.45 * (1 + 2**-0.5))
-    for s in ("linear", "cosine"):
-        assert lr_at(110, schedule=s, **kw) == pytest.approx(0.1)  # the end
-        assert lr_at(500, schedule=s, **kw) == pytest.approx(0.1)  # past the end: stays there
-    assert lr_at(500, schedule="constant", **kw) == 1.0
-
-
-def test_param_groups_decay_matrices_only_and_count_tied_weight_once():
-    model = GPT2(GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=2, n_head=2))
-    decay, no_decay = param_groups(model, 0.1)
-    named = dict(model.named_parameters())
-    assert "lm_head.weight" not in named  # tied: named_parameters yields it as transformer.wte
-    assert {id(p) for p in decay["params"]} == {id(p) for p in named.values() if p.dim() >= 2}
-    assert {id(p) for p in no_decay["params"]} == {id(p) for p in named.values() if p.dim() < 2}
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    assert sum(1 for p in decay["params"] if p is model.transformer.wte.weight) == 1
-    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
-
-
 def test_bf16_autocast_runs_and_stays_finite(corpus, cache, tmp_path):
     result = run_main(corpus, tmp_path / "bf16", cache, dtype="bf16", max_steps=4)
     assert torch.isfinite(torch.tensor(result["val_loss"]))
-    assert all(
-        torch.isfinite(torch.tensor(v)) for v in metrics(tmp_path / "bf16", "train_loss").values()
-    )
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics(tmp_path / "bf16", "train_loss").values())
 
 
 @pytest.mark.skipif(not cpu_supports_fp16(), reason="this CPU cannot run fp16 autocast")
@@ -180,35 +139,9 @@ def test_fine_tune_from_local_hf_folder(corpus, cache, tmp_path):
     model.save_pretrained(folder)
     result = run_main(corpus, tmp_path / "ft", cache, init_from=str(folder), max_steps=4)
     assert result["step"] == 4
-    assert (tmp_path / "ft/final/tokenizer.json").read_text() == (
-        folder / "tokenizer.json"
-    ).read_text()
+    assert (tmp_path / "ft/final/tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
     with pytest.raises(train_gpt2.UserError, match="larger than the model's 64 positions"):
         run_main(corpus, tmp_path / "ft2", cache, init_from=str(folder), block_size=65)
-
-
-def test_cli_help_toml_and_unknown_key(tmp_path):
-    out = subprocess.run(
-        [PY, str(ROOT / "train_gpt2.py"), "--help"], capture_output=True, text=True
-    )
-    assert out.returncode == 0
-    assert "--grad_accum_steps (default: 1)  micro-batches per optimizer step" in out.stdout
-    toml = tmp_path / "run.toml"
-    toml.write_text('lr = 0.01\nbatch_size = 3\nschedule = "linear"\ncompile = true\n')
-    cfg = parse_args(
-        train_gpt2.Config, ["--config", str(toml), "--batch_size", "5", "--compile=false"]
-    )
-    assert (cfg.lr, cfg.batch_size, cfg.schedule, cfg.compile) == (0.01, 5, "linear", False)
-    out = subprocess.run(
-        [PY, str(ROOT / "train_gpt2.py"), "--batch_sise=4"], capture_output=True, text=True
-    )
-    assert out.returncode == 2
-    assert "unknown option --batch_sise (did you mean --batch_size?)" in out.stderr
-    assert "Traceback" not in out.stderr
-    out = subprocess.run(
-        [PY, str(ROOT / "train_gpt2.py"), "--lr=fast"], capture_output=True, text=True
-    )
-    assert out.returncode == 2 and "--lr='fast' is not a valid float" in out.stderr
 
 
 def test_epochs_and_tokens_per_step_set_the_run_length(corpus, cache, tmp_path):
@@ -238,45 +171,6 @@ def test_epochs_and_tokens_per_step_set_the_run_length(corpus, cache, tmp_path):
     assert result["step"] == math.ceil(0.01 * (n_blocks // 8))
 
 
-def test_data_folder_glob_and_local_hf_dataset(tmp_path):
-    from minitrain import data
-
-    folder = tmp_path / "texts"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "a.txt").write_text("first document\n" * 50)
-    (folder / "sub" / "b.txt").write_text("second document\n" * 50)
-    (folder / "ignored.md").write_text("not text data")
-    train, val = data.read_documents(str(folder), 0.1)
-    assert len(train) == len(val) == 2  # < 10 documents: each one's tail is validation
-    assert train[0].startswith("first") and val[1].startswith("second")
-    g_train, g_val = data.read_documents(str(folder / "**" / "*.txt"), 0.1)
-    assert (g_train, g_val) == (train, val)
-    # hf:PATH goes through datasets.load_dataset, which also reads a local data set folder
-    hf = tmp_path / "hfdata"
-    hf.mkdir()
-    (hf / "train.txt").write_text("".join(f"line {i} of the training text\n" for i in range(40)))
-    (hf / "validation.txt").write_text("a validation line\n" * 5)
-    h_train, h_val = data.read_documents(f"hf:{hf}", 0.1)
-    assert len(h_train) == 40 and h_val == ["a validation line"] * 5
-
-
-def test_token_cache_is_reused(corpus, cache, tmp_path, monkeypatch):
-    from minitrain import data
-    from minitrain.tokenizer import train_bpe
-
-    docs = [corpus.read_text()[:20000]]
-    tok = train_bpe(docs, 300)
-    first = data.tokenize_cached(docs, tok, 0, tmp_path, "train")
-    assert first.dtype == "uint16"
-
-    def boom(*a, **k):
-        raise AssertionError("tokenized again")
-
-    monkeypatch.setattr(data, "tokenize", boom)
-    again = data.tokenize_cached(docs, tok, 0, tmp_path, "train")
-    assert (first == again).all()
-
-
 def test_keep_last_prunes_and_best_is_kept(corpus, cache, tmp_path):
     out = tmp_path / "k"
     run_main(corpus, out, cache, max_steps=12, save_interval=3, eval_interval=3, keep_last=2)
@@ -286,3 +180,55 @@ def test_keep_last_prunes_and_best_is_kept(corpus, cache, tmp_path):
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["val_loss"] == best["best_val_loss"]
     assert any((out / "tensorboard").iterdir())  # TensorBoard event files
+
+
+def test_first_logged_loss_after_resume_is_the_mean_of_the_steps_summed(corpus, cache, tmp_path):
+    """Resumed at step 6 with --log_interval 10: step 10 logs the mean of steps 7-10 (4 steps), not
+    their sum / 10."""
+    kw = dict(max_steps=10, save_interval=6)
+    run_main(corpus, tmp_path / "full", cache, log_interval=1, **kw)
+    resume = str(tmp_path / "full/ckpt-0000006.pt")
+    run_main(corpus, tmp_path / "resumed", cache, log_interval=10, resume=resume, **kw)
+    per_step, resumed = metrics(tmp_path / "full", "train_loss"), metrics(tmp_path / "resumed", "train_loss")
+    assert sorted(resumed) == [10]
+    assert resumed[10] == pytest.approx(sum(per_step[s] for s in (7, 8, 9, 10)) / 4, rel=1e-6)
+
+
+def test_tokens_per_sec_counts_training_steps_only(corpus, cache, tmp_path, monkeypatch):
+    """A clock that jumps 1000 s in every evaluation, every checkpoint write and the first training
+    step (where torch.compile compiles): no logged throughput may include any of those jumps, and
+    the first step's time is logged apart as warmup_s."""
+    import time
+
+    from minitrain import checkpoint, evaluate
+
+    real, offset = time.perf_counter, [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
+
+    def slowed(fn):
+        def run(*args, **kwargs):
+            offset[0] += 1000.0
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(evaluate, "lm_loss", slowed(evaluate.lm_loss))
+    monkeypatch.setattr(checkpoint, "save_step", slowed(checkpoint.save_step))
+    first_training_forward = slowed(GPT2.forward)
+    seen = []
+
+    def forward(self, *args, **kwargs):
+        if self.training and torch.is_grad_enabled() and not seen:
+            seen.append(1)
+            return first_training_forward(self, *args, **kwargs)
+        return GPT2.forward.__wrapped__(self, *args, **kwargs)
+
+    forward.__wrapped__ = GPT2.forward
+    monkeypatch.setattr(GPT2, "forward", forward)
+    out = tmp_path / "t"
+    run_main(corpus, out, cache, max_steps=8, log_interval=2, eval_interval=3, save_interval=3)
+    tokens_per_sec = metrics(out, "tokens_per_sec")
+    assert sorted(tokens_per_sec) == [2, 4, 6, 8] and seen
+    window_tokens = 2 * 4 * 32  # 2 steps of 4 sequences x 32 tokens
+    assert all(window_tokens / v < 100 for v in tokens_per_sec.values()), tokens_per_sec
+    assert metrics(out, "warmup_s")[1] >= 1000
