@@ -33,7 +33,7 @@ from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.logger import Logger
 from minitrain.metrics import Stopwatch, flops_per_token, peak_tflops, perplexity
 from minitrain.optim import Schedule, lr_at, make_optimizer
-from minitrain.precision import DtypeName, autocast, make_scaler, resolve_dtype
+from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
 from minitrain.tokenizer import EOT, cached_bpe, eot_id, load_tokenizer, save_for_transformers
 
 Fraction = Annotated[float, Range(ge=0, lt=1)]
@@ -108,9 +108,7 @@ def main(cfg: Config) -> dict:
     # setup: processes, device, precision, the run folder
     with dist.process_group(cfg.device) as d:
         dtype = resolve_dtype(cfg.dtype, d.device)
-        if d.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 on Ampere+
-            torch.backends.cudnn.allow_tf32 = True
+        allow_tf32(d.device)  # on CUDA: TF32 matmuls, ~8x fp32 on Ampere and later
         out_dir = Path(cfg.out_dir)
         # a checkpoint to continue from, or a run folder that is ours to fill
         resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, OUTPUTS)
@@ -128,17 +126,6 @@ def main(cfg: Config) -> dict:
         # --------------------------------------------------------------------------------------
         # model
         raw_model = build_model(cfg, tokenizer, ckpt)
-        T = cfg.block_size
-        if T > raw_model.config.n_positions:
-            raise UserError(
-                f"--block_size={T} is larger than the model's {raw_model.config.n_positions} "
-                f"positions; use --block_size={raw_model.config.n_positions} or less."
-            )
-        if tokenizer.get_vocab_size() > raw_model.config.vocab_size:
-            raise UserError(
-                f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only "
-                f"{raw_model.config.vocab_size}: they do not belong together."
-            )
         if d.is_main:  # the run's tokenizer, for a resume and for the export
             save_for_transformers(tokenizer, out_dir, raw_model.config.n_positions)
         raw_model.activation_checkpointing = cfg.activation_checkpointing
@@ -151,7 +138,7 @@ def main(cfg: Config) -> dict:
 
         # --------------------------------------------------------------------------------------
         # batch arithmetic: values that depend on the world size are computed here and printed
-        W, B = d.world_size, cfg.batch_size
+        W, B, T = d.world_size, cfg.batch_size, cfg.block_size
         if cfg.tokens_per_step > 0:
             per_micro_step = W * B * T
             if cfg.tokens_per_step % per_micro_step:
@@ -337,18 +324,7 @@ def main(cfg: Config) -> dict:
                 final_dir = out_dir / "final"
                 raw_model.save_pretrained(final_dir, tokenizer_dir=out_dir)
                 log.write(f"exported the final model to {final_dir}")
-                texts = sample_texts(
-                    raw_model,
-                    tokenizer,
-                    cfg.prompt,
-                    cfg.num_samples,
-                    cfg.max_new_tokens,
-                    temperature=cfg.temperature,
-                    top_k=cfg.top_k,
-                    top_p=cfg.top_p,
-                    seed=cfg.seed,
-                    empty_prompt_id=eot,
-                )
+                texts = sample_texts(raw_model, tokenizer, cfg, empty_prompt_id=eot)
                 for i, text in enumerate(texts, 1):
                     log.write(f"--- sample {i} ---\n{text}")
                     log.text(step, f"sample_{i}", text)
@@ -380,6 +356,8 @@ def run_tokenizer(cfg: Config, train_docs: list[str], resume_path: Path | None):
 
 
 def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
+    """The model to train: new from --init_from, checked against the tokenizer and --block_size,
+    with a checkpoint's weights when resuming."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     drop = dict(embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
     if cfg.init_from == "scratch":
@@ -389,6 +367,17 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
         model = GPT2(config)
     else:
         model = GPT2.from_pretrained(cfg.init_from, **drop)
+    n_positions, vocab_size = model.config.n_positions, model.config.vocab_size
+    if cfg.block_size > n_positions:
+        raise UserError(
+            f"--block_size={cfg.block_size} is larger than the model's {n_positions} positions; "
+            f"use --block_size={n_positions} or less."
+        )
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise UserError(
+            f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only {vocab_size}: "
+            f"they do not belong together."
+        )
     if ckpt is not None:
         saved, mine = GPT2Config(**ckpt["model_config"]), model.config
         shape = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")

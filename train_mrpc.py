@@ -29,7 +29,7 @@ from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, Po
 from minitrain.ddp import Kind, wrap
 from minitrain.logger import Logger
 from minitrain.optim import Schedule, lr_at, make_optimizer
-from minitrain.precision import DtypeName, autocast, make_scaler, resolve_dtype
+from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
 from minitrain.tokenizer import load_tokenizer
 
 Fraction = Annotated[float, Range(ge=0, lt=1)]
@@ -85,9 +85,7 @@ def main(cfg: Config) -> dict:
     # setup: processes, device, precision, the run folder
     with dist.process_group(cfg.device) as d:
         dtype = resolve_dtype(cfg.dtype, d.device)
-        if d.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 on Ampere+
-            torch.backends.cudnn.allow_tf32 = True
+        allow_tf32(d.device)  # on CUDA: TF32 matmuls, ~8x fp32 on Ampere and later
         out_dir = Path(cfg.out_dir)
         # a checkpoint to continue from, or a run folder that is ours to fill
         resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, OUTPUTS)
@@ -96,16 +94,7 @@ def main(cfg: Config) -> dict:
         # --------------------------------------------------------------------------------------
         # data: sentence pairs, checked before the model is loaded
         splits = pairs.load_local(cfg.data_dir, cfg.val_fraction) if cfg.data_dir else pairs.load_hub_mrpc()
-        labels = [r[2] for r in splits["train"] + splits["validation"]]
-        num_labels = max(labels) + 1
-        if min(labels) < 0 or num_labels < 2:
-            raise UserError(f"labels must be integers 0..N-1 with N >= 2; found {sorted(set(labels))}.")
-        test_labels = [r[2] for r in splits["test"] or [] if r[2] is not None]
-        if test_labels and not 0 <= min(test_labels) <= max(test_labels) < num_labels:
-            raise UserError(
-                f"the test split has labels {sorted(set(test_labels))}, outside the "
-                f"0..{num_labels - 1} that train and validation define."
-            )
+        num_labels = pairs.count_labels(splits)
 
         # --------------------------------------------------------------------------------------
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed

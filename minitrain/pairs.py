@@ -176,6 +176,21 @@ def load_hub_mrpc() -> dict:
     return {"train": rows("train"), "validation": rows("validation"), "test": rows("test")}
 
 
+def count_labels(splits: dict) -> int:
+    """N, for labels 0..N-1 as train and validation define them; refuses other labels in test."""
+    labels = [r[2] for r in splits["train"] + splits["validation"]]
+    num_labels = max(labels) + 1
+    if min(labels) < 0 or num_labels < 2:
+        raise UserError(f"labels must be integers 0..N-1 with N >= 2; found {sorted(set(labels))}.")
+    test_labels = [r[2] for r in splits["test"] or [] if r[2] is not None]
+    if test_labels and not 0 <= min(test_labels) <= max(test_labels) < num_labels:
+        raise UserError(
+            f"the test split has labels {sorted(set(test_labels))}, outside the "
+            f"0..{num_labels - 1} that train and validation define."
+        )
+    return num_labels
+
+
 def tokenize_pairs(rows, tokenizer, max_length: int) -> dict:
     """Pair-encode with the model's tokenizer ([CLS] a [SEP] b [SEP], longest-first truncation),
     through datasets.map(batched=True). Returns lists of ids/type ids, labels and indices."""

@@ -48,3 +48,11 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 def make_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def allow_tf32(device: torch.device) -> None:
+    """On CUDA, let fp32 matmuls and convolutions use TF32 tensor cores (~8x fp32 on Ampere and
+    later, with a 10-bit mantissa: enough for training, as PyTorch's own docs discuss)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

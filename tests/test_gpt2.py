@@ -1,5 +1,6 @@
 """GPT-2: parity with transformers' GPT2LMHeadModel, export round-trip, generation."""
 
+import pytest
 import torch
 import transformers
 
@@ -121,3 +122,14 @@ def test_activation_checkpointing_gives_the_same_gradients():
     b(x, x)[1].backward()
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-7)
+
+
+def test_generate_entry_point_checks_its_options_before_loading(tmp_path):
+    from minitrain import UserError, generate
+
+    for bad, message in (
+        (dict(top_p=1.5), r"--top_p=1.5 must be in \(0, 1\]"),
+        (dict(top_k=-1), "--top_k=-1 must not"),
+    ):
+        with pytest.raises(UserError, match=message):
+            generate.main(generate.GenerateConfig(model=str(tmp_path / "nothing"), **bad))
