@@ -289,7 +289,7 @@ def main(cfg: Config) -> dict:
                     loss_acc.zero_()
                     loss_steps, timed_tokens = 0, 0
 
-                stopping = stop.requested(d)  # every rank stops at the same step
+                stopping = step < max_steps and stop.requested(d)  # every rank stops at the same step
                 with watch.paused():  # evaluation and checkpoints are not training time
                     if step % cfg.eval_interval == 0 or step == max_steps:
                         val_loss = evaluate.lm_loss(raw_model, val_tokens, n_eval_blocks, T, B, d, dtype)

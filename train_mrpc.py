@@ -236,7 +236,7 @@ def main(cfg: Config) -> dict:
                     loss_acc.zero_()
                     loss_steps = 0
 
-                stopping = stop.requested(d)  # every rank stops at the same step
+                stopping = step < total_steps and stop.requested(d)  # every rank stops at the same step
                 end_of_epoch = pos + per_step > len(train["labels"])
                 evaluated, is_best = end_of_epoch or step == total_steps, False
                 if evaluated:
