@@ -21,20 +21,27 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 
-from minitrain import UserError, checkpoint, data, dist, evaluate
+from minitrain import UserError, checkpoint, data, dist, evaluate, report
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
 from minitrain.ddp import Kind, wrap
 from minitrain.generate import sample_texts
 from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.logger import Logger
-from minitrain.metrics import Stopwatch, flops_per_token, peak_tflops, perplexity
+from minitrain.metrics import (
+    Stopwatch,
+    bits_per_byte,
+    evaluations_without_improvement,
+    flops_per_token,
+    peak_tflops,
+    perplexity,
+)
 from minitrain.optim import Schedule, lr_at, make_optimizer
 from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
-from minitrain.tokenizer import EOT, cached_bpe, eot_id, load_tokenizer, save_for_transformers
+from minitrain.tokenizer import EOT, cached_bpe, eot_id, load_tokenizer, save_for_transformers, token_bytes
 
 Fraction = Annotated[float, Range(ge=0, lt=1)]
 
@@ -85,6 +92,9 @@ class Config:
     progress: bool = True  # show a progress bar
     out_dir: str = "out/gpt2"  # everything the run writes: checkpoints, logs, the exported model
     save_interval: PositiveInt = 250  # write a checkpoint every this many steps (and at the end)
+    export: Literal["best", "final"] = "best"  # what final/ holds: the saved step with the lowest val loss, or the last
+    patience: NonNegativeInt = 0  # stop after this many evaluations without an improvement > min_delta (0: never)
+    min_delta: NonNegativeFloat = 0.0  # how much lower the validation loss must get to count as an improvement
     keep_last: NonNegativeInt = 2  # keep the newest N step checkpoints (0: all; best.pt is kept as well)
     resume: str = ""  # a checkpoint file to continue from, or 'auto' for the newest in out_dir
     overwrite: bool = False  # allow starting a new run in an out_dir that holds another run
@@ -97,7 +107,13 @@ class Config:
     top_p: Annotated[float, Range(gt=0, le=1)] = 1.0  # nucleus sampling: the smallest set with this much probability
 
 
-OUTPUTS = ("tokenizer.json", "tokenizer_config.json", "final")  # what this script writes into out_dir
+OUTPUTS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "final",
+    "report.png",
+    "report.md",
+)  # what this script writes into out_dir
 
 
 def main(cfg: Config) -> dict:
@@ -113,6 +129,10 @@ def main(cfg: Config) -> dict:
         # a checkpoint to continue from, or a run folder that is ours to fill
         resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, OUTPUTS)
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
+        stale = evaluations_without_improvement([-v for v in ckpt["val_history"]], cfg.min_delta) if ckpt else 0
+        if cfg.patience and stale >= cfg.patience:
+            dist.print0(f"{resume_path}: the run stopped early (--patience={cfg.patience}); nothing left to do.")
+            return {"step": ckpt["step"], "val_loss": ckpt["val_loss"], "stopped_early": True, "out_dir": str(out_dir)}
 
         # --------------------------------------------------------------------------------------
         # data: documents -> tokenizer -> token ids (rank 0 fills the caches, the others reuse them)
@@ -128,7 +148,6 @@ def main(cfg: Config) -> dict:
         raw_model = build_model(cfg, tokenizer, ckpt)
         if d.is_main:  # the run's tokenizer, for a resume and for the export
             save_for_transformers(tokenizer, out_dir, raw_model.config.n_positions)
-        raw_model.activation_checkpointing = cfg.activation_checkpointing
         raw_model.to(d.device)
         n_params = raw_model.num_params()
         dist.print0(
@@ -161,6 +180,8 @@ def main(cfg: Config) -> dict:
         if n_val_blocks == 0:
             raise UserError(f"the validation split is shorter than one block of {T} tokens.")
         n_eval_blocks = min(n_val_blocks, cfg.eval_batches * B * W) if cfg.eval_batches else n_val_blocks
+        n_eval_tokens = n_eval_blocks * T  # bits per byte: their loss over the bytes of text they stand for
+        n_eval_bytes = int(token_bytes(tokenizer)[val_tokens[1 : n_eval_tokens + 1]].sum())
         steps_per_epoch = n_train_blocks // blocks_per_step
         max_steps = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs > 0 else cfg.max_steps
         dist.print0(
@@ -173,12 +194,13 @@ def main(cfg: Config) -> dict:
         # optimizer, precision, and the training state to resume from
         optimizer = make_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), d.device)
         scaler = make_scaler(d.device, dtype)
-        step, epoch, pos, best_val = 0, 0, 0, float("inf")
+        step, epoch, pos, best_val, val_history = 0, 0, 0, float("inf"), []
         torch.manual_seed(cfg.seed + d.rank)  # dropout differs between ranks, as their data does
         if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
             step, epoch, pos, best_val = ckpt["step"], ckpt["epoch"], ckpt["pos"], ckpt["best_val_loss"]
+            val_history = ckpt["val_history"]
             if len(ckpt["rng"]) == W:  # same world size: every rank continues its own random stream
                 checkpoint.set_rng_state(ckpt["rng"][d.rank])
             else:
@@ -201,11 +223,12 @@ def main(cfg: Config) -> dict:
         ):
             if ckpt is None:
                 val_loss = evaluate.lm_loss(raw_model, val_tokens, n_eval_blocks, T, B, d, dtype)
-                log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss))
-                log.write(f"step 0: val loss {val_loss:.4f}, perplexity {perplexity(val_loss):.1f}")
+                val_bpb, val_history = bits_per_byte(val_loss, n_eval_tokens, n_eval_bytes), [val_loss]
+                log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss), val_bpb=val_bpb)
+                log.write(f"step 0: {validation_line(val_loss, val_bpb)}")
             else:
                 val_loss = ckpt["val_loss"]
-            first_val_loss, train_loss, bad_steps = val_loss, float("nan"), 0
+            first_val_loss, train_loss, bad_steps, stop_early = val_loss, float("nan"), 0, False
             # what the next log line reports: the loss summed over its steps, and the tokens timed
             loss_acc, loss_steps, timed_tokens = torch.zeros((), device=d.device), 0, 0
             watch, first_step = Stopwatch(), step + 1
@@ -277,7 +300,7 @@ def main(cfg: Config) -> dict:
                 if step % cfg.log_interval == 0 or step == max_steps:
                     # the only other host sync: the logged loss, the mean over its steps and ranks
                     train_loss = dist.all_reduce_sum(loss_acc, d).item() / loss_steps
-                    row = dict(train_loss=train_loss, lr=lr, grad_norm=grad_norm.item())
+                    row = dict(train_loss=train_loss, lr=lr, grad_norm=grad_norm.item(), tokens=step * window_tokens)
                     seconds = watch.lap()
                     if timed_tokens:
                         row["tokens_per_sec"] = timed_tokens / seconds
@@ -293,12 +316,14 @@ def main(cfg: Config) -> dict:
                 with watch.paused():  # evaluation and checkpoints are not training time
                     if step % cfg.eval_interval == 0 or step == max_steps:
                         val_loss = evaluate.lm_loss(raw_model, val_tokens, n_eval_blocks, T, B, d, dtype)
-                        log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss))
-                        log.write(
-                            f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                            f"perplexity {perplexity(val_loss):.1f}"
-                        )
-                    if step % cfg.save_interval == 0 or step == max_steps or stopping:
+                        val_bpb = bits_per_byte(val_loss, n_eval_tokens, n_eval_bytes)
+                        val_history.append(val_loss)
+                        log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss), val_bpb=val_bpb)
+                        log.write(f"step {step}: train loss {train_loss:.4f}, {validation_line(val_loss, val_bpb)}")
+                        # early stopping: the same decision on every rank, as val_loss is all-reduced
+                        stale = evaluations_without_improvement([-v for v in val_history], cfg.min_delta)
+                        stop_early = cfg.patience > 0 and stale >= cfg.patience
+                    if step % cfg.save_interval == 0 or step == max_steps or stopping or stop_early:
                         is_best, best_val = val_loss < best_val, min(best_val, val_loss)
                         state = {
                             "model": raw_model.state_dict(),
@@ -310,6 +335,7 @@ def main(cfg: Config) -> dict:
                             "pos": pos,
                             "best_val_loss": best_val,
                             "val_loss": val_loss,
+                            "val_history": val_history,
                             "config": asdict(cfg),
                         }
                         path = checkpoint.save_step(state, out_dir, step, d, keep_last=cfg.keep_last, is_best=is_best)
@@ -317,17 +343,23 @@ def main(cfg: Config) -> dict:
                 if stopping:
                     dist.print0(f"stopped by a signal at step {step}; resume with --resume=auto --out_dir={out_dir}")
                     break
+                if stop_early:
+                    log.write(
+                        f"step {step}: the validation loss has not improved by more than {cfg.min_delta} in "
+                        f"{cfg.patience} evaluations (best {min(val_history):.4f}); stopping early."
+                    )
+                    break
 
             # ----------------------------------------------------------------------------------
             # the end: export in the Hugging Face format, then sample
             if d.is_main and not stop.was_requested:
-                final_dir = out_dir / "final"
-                raw_model.save_pretrained(final_dir, tokenizer_dir=out_dir)
-                log.write(f"exported the final model to {final_dir}")
+                what = export(raw_model, cfg.export, out_dir, step)
+                log.write(f"exported {what} to {out_dir / 'final'}")
                 texts = sample_texts(raw_model, tokenizer, cfg, empty_prompt_id=eot)
                 for i, text in enumerate(texts, 1):
                     log.write(f"--- sample {i} ---\n{text}")
                     log.text(step, f"sample_{i}", text)
+                report.report_run(out_dir, log.write)
         return {
             "step": step,
             "first_val_loss": first_val_loss,
@@ -336,6 +368,7 @@ def main(cfg: Config) -> dict:
             "train_loss": train_loss,
             "out_dir": str(out_dir),
             "stopped": stop.was_requested,
+            "stopped_early": stop_early,
         }
 
 
@@ -388,7 +421,25 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
                 f"the run's own settings."
             )
         model.load_state_dict(ckpt["model"])
+    model.activation_checkpointing = cfg.activation_checkpointing
     return model
+
+
+def validation_line(val_loss: float, val_bpb: float) -> str:
+    return f"val loss {val_loss:.4f}, perplexity {perplexity(val_loss):.1f}, {val_bpb:.3f} bits/byte"
+
+
+def export(raw_model: GPT2, which: str, out_dir: Path, step: int) -> str:
+    """Write out_dir/final, a Hugging Face folder, with --export's weights: the best checkpoint's
+    (best.pt) or the model as it is at the end; final/README.md says which step it is."""
+    what = f"step {step} (the last)"
+    if which == "best" and (out_dir / "best.pt").is_file():
+        best = checkpoint.load(out_dir / "best.pt")
+        raw_model.load_state_dict(best["model"])
+        what = f"step {best['step']} (the lowest validation loss, {best['val_loss']:.4f})"
+    raw_model.save_pretrained(out_dir / "final", tokenizer_dir=out_dir)
+    (out_dir / "final/README.md").write_text(f"GPT-2 trained by minitrain's train_gpt2.py: {what} of {out_dir}.\n")
+    return what
 
 
 if __name__ == "__main__":

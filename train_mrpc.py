@@ -19,15 +19,16 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 
-from minitrain import UserError, checkpoint, dist, evaluate, pairs
+from minitrain import UserError, checkpoint, dist, evaluate, pairs, report
 from minitrain.bert import BertForSequenceClassification
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
 from minitrain.ddp import Kind, wrap
 from minitrain.logger import Logger
+from minitrain.metrics import evaluations_without_improvement
 from minitrain.optim import Schedule, lr_at, make_optimizer
 from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
 from minitrain.tokenizer import load_tokenizer
@@ -71,12 +72,15 @@ class Config:
     progress: bool = True  # show a progress bar
     out_dir: str = "out/mrpc"  # everything the run writes
     save_interval: NonNegativeInt = 0  # also checkpoint every this many steps (0: at the end of epochs only)
+    metric: Literal["accuracy", "f1", "loss"] = "accuracy"  # what makes an epoch the best (the export), and patience
+    patience: NonNegativeInt = 0  # stop after this many evaluations without an improvement > min_delta (0: never)
+    min_delta: NonNegativeFloat = 0.0  # how much the --metric must improve to count as an improvement
     keep_last: NonNegativeInt = 1  # keep the newest N step checkpoints (0: all; best.pt is kept as well)
     resume: str = ""  # a checkpoint file to continue from, or 'auto' for the newest in out_dir
     overwrite: bool = False  # allow starting a new run in an out_dir that holds another run
 
 
-OUTPUTS = ("final", "test_predictions.tsv")  # what this script writes into out_dir
+OUTPUTS = ("final", "test_predictions.tsv", "report.png", "report.md")  # what this script writes into out_dir
 
 
 def main(cfg: Config) -> dict:
@@ -90,6 +94,11 @@ def main(cfg: Config) -> dict:
         # a checkpoint to continue from, or a run folder that is ours to fill
         resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, OUTPUTS)
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
+        if ckpt and cfg.patience and stale_evaluations(ckpt["history"], cfg) >= cfg.patience:
+            dist.print0(
+                f"{resume_path} is where the run stopped early (--patience={cfg.patience}); nothing left to do."
+            )
+            return {"step": ckpt["step"], "history": ckpt["history"], "stopped_early": True}
 
         # --------------------------------------------------------------------------------------
         # data: sentence pairs, checked before the model is loaded
@@ -160,7 +169,7 @@ def main(cfg: Config) -> dict:
             scaler.load_state_dict(ckpt["scaler"])
             step, epoch, pos, history = ckpt["step"], ckpt["epoch"], ckpt["pos"], ckpt["history"]
             epoch_loss_sum, epoch_steps = ckpt["epoch_loss_sum"], ckpt["epoch_steps"]
-            best = max(history, key=lambda r: r["accuracy"]) if history else None
+            best = max(history, key=lambda r: score(r, cfg.metric)) if history else None
             if len(ckpt["rng"]) == W:  # same world size: every rank continues its own random stream
                 checkpoint.set_rng_state(ckpt["rng"][d.rank])
             dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {pos} pairs into it)")
@@ -177,7 +186,7 @@ def main(cfg: Config) -> dict:
             dist.StopFlag() as stop,
         ):
             log.write("\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in history]))
-            train_loss, bad_steps = float("nan"), 0
+            train_loss, bad_steps, stop_early = float("nan"), 0, False
             # what the next log line reports: the loss summed over its steps; and over the epoch
             loss_acc, loss_steps = torch.zeros((), device=d.device), 0
             epoch_loss = torch.full((), epoch_loss_sum / W, device=d.device)  # summed over ranks when read
@@ -257,8 +266,9 @@ def main(cfg: Config) -> dict:
                     history.append(row)
                     log.log(step, **{k: v for k, v in row.items() if k != "step"})
                     log.write(table_row(row, num_labels))
-                    is_best = best is None or row["accuracy"] > best["accuracy"]
+                    is_best = best is None or score(row, cfg.metric) > score(best, cfg.metric)
                     best = row if is_best else best
+                    stop_early = cfg.patience > 0 and stale_evaluations(history, cfg) >= cfg.patience
                     if end_of_epoch:
                         epoch, pos = epoch + 1, 0
                 if evaluated or (cfg.save_interval and step % cfg.save_interval == 0) or stopping:
@@ -279,6 +289,12 @@ def main(cfg: Config) -> dict:
                 if stopping:
                     dist.print0(f"stopped by a signal at step {step}; resume with --resume=auto --out_dir={out_dir}")
                     return {"step": step, "history": history, "stopped": True}
+                if stop_early:
+                    log.write(
+                        f"step {step}: the validation {cfg.metric} has not improved by more than {cfg.min_delta} in "
+                        f"{cfg.patience} evaluations; stopping early."
+                    )
+                    break
 
             # ----------------------------------------------------------------------------------
             # the end: the best epoch's model is exported, then scored on the test split
@@ -287,11 +303,11 @@ def main(cfg: Config) -> dict:
                 best_state = checkpoint.load(best_path)
                 raw_model.load_state_dict(best_state["model"])
                 best = best_state["history"][-1]  # saved right after the best epoch's row
-            result = {"step": step, "history": history, "best": best}
+            result = {"step": step, "history": history, "best": best, "stopped_early": stop_early}
             if d.is_main:
                 final_dir = out_dir / "final"
                 raw_model.save_pretrained(final_dir)
-                log.write(f"exported the best epoch ({best['epoch'] if best else '-'}) to {final_dir}")
+                log.write(f"exported the best epoch by {cfg.metric} ({best['epoch'] if best else '-'}) to {final_dir}")
             if test is not None:
                 test_metrics, preds = evaluate.classify(
                     raw_model, test, cfg.eval_batch_size, pad_id, pad_to, num_labels, d, dtype
@@ -301,12 +317,25 @@ def main(cfg: Config) -> dict:
                     log.log(step, **{f"test_{k}": v for k, v in result["test"].items()})
                     log.write(f"test: accuracy {test_metrics['accuracy']:.4f}, F1 {test_metrics['f1']:.4f}")
                 else:
-                    write_predictions(preds, out_dir / "test_predictions.tsv", d, log)
+                    n = evaluate.write_predictions(preds, out_dir / "test_predictions.tsv", d)
+                    log.write(f"wrote {n} test predictions to {out_dir / 'test_predictions.tsv'}")
+            if d.is_main:
+                report.report_run(out_dir, log.write)
             return result
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers of the script: the epoch table, the test predictions
+# helpers of the script: what "better" means, the epoch table
+
+
+def score(row: dict, metric: str) -> float:
+    """An evaluation row's --metric as a number where higher is better."""
+    return -row["val_loss"] if metric == "loss" else row[metric]
+
+
+def stale_evaluations(history: list[dict], cfg: Config) -> int:
+    """Evaluations since the --metric last improved by more than --min_delta (for --patience)."""
+    return evaluations_without_improvement([score(r, cfg.metric) for r in history], cfg.min_delta)
 
 
 def table_header(num_labels: int) -> str:
@@ -320,18 +349,6 @@ def table_row(r: dict, num_labels: int) -> str:
         f"{r['epoch']:5d} {r['step']:6d}  {r['epoch_train_loss']:10.4f}  {r['val_loss']:8.4f}  "
         f"{r['accuracy']:8.4f}  {r['f1']:8.4f}{extra}"
     )
-
-
-def write_predictions(preds: dict, path: Path, d, log) -> None:
-    """Rank 0 writes every rank's {index: predicted label} as a TSV, in index order."""
-    gathered = [preds]
-    if d.multi_process:
-        gathered = [None] * d.world_size
-        torch.distributed.all_gather_object(gathered, preds)
-    if d.is_main:
-        merged = {k: v for part in gathered for k, v in part.items()}
-        path.write_text("index\tprediction\n" + "".join(f"{i}\t{merged[i]}\n" for i in sorted(merged)))
-        log.write(f"wrote {len(merged)} test predictions to {path}")
 
 
 if __name__ == "__main__":

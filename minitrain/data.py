@@ -80,11 +80,24 @@ def read_documents(spec: str, val_fraction: float) -> tuple[list[str], list[str]
         raise UserError(f"--val_fraction={val_fraction} must be between 0 and 1.")
     if spec.startswith("hf:"):
         return _hf_documents(spec, val_fraction)
+    return split_documents(read_text_documents(spec), val_fraction)
+
+
+def read_all_documents(spec: str) -> list[str]:
+    """Every document of a --data value, unsplit (a data set's train and validation splits)."""
+    if spec.startswith("hf:"):
+        train, val = _hf_documents(spec, 0.1)
+        return train + val
+    return read_text_documents(spec)
+
+
+def read_text_documents(spec: str) -> list[str]:
+    """The non-empty documents (one per file) of 'shakespeare', a .txt file, a folder or a glob."""
     files = shakespeare_files() if spec == DEFAULT_CORPUS else _text_files(spec)
     docs = [read_text_file(f) for f in files]
     if not any(d.strip() for d in docs):
         raise UserError(f"--data {spec!r} is empty: there is no text to train on.")
-    return split_documents([d for d in docs if d.strip()], val_fraction)
+    return [d for d in docs if d.strip()]
 
 
 def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:

@@ -9,6 +9,25 @@ def perplexity(mean_loss: float) -> float:
     return math.exp(min(mean_loss, 700.0))  # exp overflows past ~709
 
 
+def evaluations_without_improvement(scores: list[float], min_delta: float) -> int:
+    """How many evaluations have passed since the last one that beat the best score so far by
+    more than `min_delta` (higher scores are better: pass -loss for a loss). The best moves only on
+    such an improvement, as in Keras' and Lightning's EarlyStopping."""
+    best, stale = -math.inf, 0
+    for score in scores:
+        if score > best + min_delta:
+            best, stale = score, 0
+        else:
+            stale += 1
+    return stale
+
+
+def bits_per_byte(mean_loss: float, n_tokens: int, n_bytes: int) -> float:
+    """A mean next-token loss (nats per token) as bits per byte of the text predicted: the total
+    nats / ln 2 over the UTF-8 bytes those tokens stand for. Independent of the tokenizer."""
+    return mean_loss * n_tokens / math.log(2) / max(1, n_bytes)
+
+
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
     """Training FLOPs per token: 6N for the matmuls (forward 2N, backward 4N) plus attention's
     6 * 2 * n_layer * seq_len * n_embd (PaLM, Chowdhery et al. 2022, appendix B).

@@ -103,7 +103,8 @@ def _find(data_dir: Path, *names):
     return None
 
 
-def _read_any(path: Path):
+def read_pairs_file(path: Path):
+    """Rows (sentence1, sentence2, label or None, index) of one TSV, MSR .txt, CSV or JSONL file."""
     if path.suffix in (".tsv", ".txt"):
         return _read_mrpc_tsv(path)
     return _read_table(path)
@@ -122,12 +123,12 @@ def load_local(data_dir, val_fraction: float) -> dict:
             f"--data_dir={data_dir} has no training file (train.tsv, "
             f"msr_paraphrase_train.txt, train.csv or train.jsonl)."
         )
-    splits = {"train": _read_any(train)}
+    splits = {"train": read_pairs_file(train)}
     dev = _find(data_dir, "dev", "validation", "valid")
     test = _find(data_dir, "test", "msr_paraphrase_test")
-    splits["test"] = _read_any(test) if test else None
+    splits["test"] = read_pairs_file(test) if test else None
     if dev is not None:
-        splits["validation"] = _read_any(dev)
+        splits["validation"] = read_pairs_file(dev)
     else:
         splits["train"], splits["validation"] = carve_validation(splits["train"], val_fraction)
     for name in ("train", "validation"):

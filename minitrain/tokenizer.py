@@ -118,6 +118,23 @@ def save_for_transformers(tok: Tokenizer, folder, max_len: int) -> None:
         json.dump(config, f, indent=2)
 
 
+def token_bytes(tok: Tokenizer):
+    """How many bytes of UTF-8 text each token id stands for (0 for special tokens such as the
+    end-of-text separator), as a numpy array: bits per byte divides a loss by these counts, which
+    makes models with different vocabularies comparable. Byte-level BPE tokens (GPT-2's) map each
+    character of their string to one byte; other vocabularies are measured by decoding."""
+    import numpy as np
+
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    special = set(tok.get_added_tokens_decoder())
+    counts = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for token, i in tok.get_vocab().items():
+        if i in special:
+            continue
+        counts[i] = len(token) if set(token) <= alphabet else len(tok.decode([i]).encode("utf-8"))
+    return counts
+
+
 def eot_id(tok: Tokenizer) -> int:
     """The end-of-text id of a GPT-2-style tokenizer."""
     i = tok.token_to_id(EOT)

@@ -184,3 +184,14 @@ def test_ddp_with_mixed_precision(corpus, cache, tmp_path, dtype):
         assert scaler["scale"] > 0  # loss scaling on, and its state saved for the resume
     else:
         assert scaler == {}  # bf16 has fp32's exponent range: no loss scaling
+
+
+def test_patience_stops_every_rank_at_the_same_step(corpus, cache, tmp_path):
+    kw = dict(max_steps=20, batch_size=2, eval_interval=2, save_interval=10, patience=2, min_delta=100.0)
+    out = tmp_path / "early"
+    proc = run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **kw), nproc=2)
+    assert "step 4: the validation loss has not improved by more than 100.0 in 2 evaluations" in proc.stdout
+    assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-0000004.pt"]
+    assert (out / "final/model.safetensors").is_file() and (out / "report.png").is_file()
+    proc = run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, resume="auto", **kw), nproc=2)
+    assert "stopped early (--patience=2); nothing left to do" in proc.stdout

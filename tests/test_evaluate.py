@@ -1,5 +1,8 @@
 """minitrain/evaluate.py: the validation loss and the classifier metrics, against direct computation."""
 
+import math
+
+import pytest
 import torch
 
 from minitrain import data, evaluate, pairs
@@ -53,3 +56,123 @@ def test_classify_equals_the_metrics_of_the_models_own_predictions(tiny_bert_dir
     want = classification_metrics(cm)
     assert {k: metrics[k] for k in want} == want
     assert abs(metrics["loss"] - loss_sum / (n - 1)) <= 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# python -m minitrain.evaluate
+
+
+def _exported_gpt2(folder, corpus):
+    """A small random GPT-2 with its own BPE, exported as a Hugging Face folder."""
+    from minitrain.tokenizer import save_for_transformers, train_bpe
+
+    tok = train_bpe([corpus.read_text()[:40000]], 300)
+    torch.manual_seed(0)
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=eot, eos_token_id=eot)
+    GPT2(cfg).save_pretrained(folder)
+    save_for_transformers(tok, folder, 64)
+    return tok
+
+
+def test_lm_on_an_exported_model_equals_transformers(corpus, cache, tmp_path):
+    import numpy as np
+    import transformers
+
+    folder = tmp_path / "model"
+    tok = _exported_gpt2(folder, corpus)
+    text = tmp_path / "held_out.txt"
+    text.write_text(corpus.read_text()[50000:56000])
+    cfg = evaluate.EvalConfig(model=str(folder), data=str(text), block_size=16, cache_dir=str(cache), progress=False)
+    got = evaluate.main(cfg)
+    # transformers on the same folder: the tokens of the text and an end-of-text, blocks of 16 + 1
+    ids = np.array(tok.encode(text.read_text()).ids + [tok.token_to_id("<|endoftext|>")])
+    n = (len(ids) - 1) // 16
+    x = torch.tensor(np.stack([ids[i * 16 : i * 16 + 16] for i in range(n)]))
+    y = torch.tensor(np.stack([ids[i * 16 + 1 : i * 16 + 17] for i in range(n)]))
+    ref = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(ref(x).logits.reshape(-1, 300), y.reshape(-1)).item()
+    assert got["tokens"] == n * 16 and abs(got["loss"] - want) <= 1e-5
+    n_bytes = len(tok.decode(y.reshape(-1).tolist()).encode("utf-8"))  # the text the targets stand for
+    assert got["bytes"] == n_bytes
+    assert got["bits_per_byte"] == pytest.approx(want * n * 16 / math.log(2) / n_bytes, rel=1e-5)
+
+
+def test_lm_on_a_runs_validation_text_reproduces_its_final_val_loss(corpus, cache, tmp_path):
+    from tests.helpers import metrics, run_main
+
+    out = tmp_path / "run"
+    run_main(corpus, out, cache, max_steps=6, eval_batches=0, export="final")
+    val_loss, val_bpb = metrics(out, "val_loss")[6], metrics(out, "val_bpb")[6]
+    for model in (out / "final", out / "ckpt-0000006.pt"):
+        cfg = evaluate.EvalConfig(
+            model=str(model), data=str(corpus), split="validation", block_size=32, cache_dir=str(cache), progress=False
+        )
+        got = evaluate.main(cfg)
+        assert abs(got["loss"] - val_loss) <= 1e-6 and abs(got["bits_per_byte"] - val_bpb) <= 1e-6, (got, val_loss)
+
+
+def test_hellaswag_scores_equal_a_hand_computation(corpus, tmp_path):
+    import json
+
+    folder = tmp_path / "model"
+    tok = _exported_gpt2(folder, corpus)
+    examples = [
+        ("The king walked into the hall and", ["sat upon his throne.", "ate the moon", "is a fish", "no."], 0),
+        ("Romeo looked at Juliet,", ["and smiled.", "then the sea went dry and the stars", "x", "and he"], 3),
+        ("To be, or not to be:", ["that is the question.", "quite", "an apple a day keeps", "sing!"], 1),
+    ]
+    path = tmp_path / "hellaswag_val.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"ctx": c, "endings": e, "label": y, "ind": i}) + "\n" for i, (c, e, y) in enumerate(examples)
+        )
+    )
+    got = evaluate.main(
+        evaluate.EvalConfig(task="hellaswag", model=str(folder), data=str(path), batch_size=2, progress=False)
+    )
+    model = GPT2.from_pretrained(folder).eval()
+    correct = correct_norm = 0
+    for context, endings, label in examples:
+        sums, means = [], []
+        for ending in endings:  # one sequence at a time, no padding
+            ctx, end = tok.encode(context).ids, tok.encode(" " + ending).ids
+            row = torch.tensor([ctx + end])
+            with torch.no_grad():
+                logp = model(row)[0][0, :, :300].log_softmax(-1)
+            nll = [-logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(end)]
+            sums.append(sum(nll))
+            means.append(sum(nll) / len(nll))
+        correct += min(range(4), key=sums.__getitem__) == label
+        correct_norm += min(range(4), key=means.__getitem__) == label
+    assert got["examples"] == 3
+    assert got["acc"] == pytest.approx(correct / 3) and got["acc_norm"] == pytest.approx(correct_norm / 3)
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("{not json", "hellaswag_val.jsonl:2: not a JSON object"),
+        ('{"ctx": "a", "endings": ["b", "c"]}', "hellaswag_val.jsonl:2: needs ctx \\(text\\), endings"),
+        ('{"ctx": "a", "endings": ["b", "c"], "label": 5}', "hellaswag_val.jsonl:2: needs ctx \\(text\\), endings"),
+    ],
+)
+def test_bad_hellaswag_lines_name_file_and_line(tmp_path, line, message):
+    from minitrain import UserError
+
+    path = tmp_path / "hellaswag_val.jsonl"
+    path.write_text('{"ctx": "a", "endings": ["b", "c"], "label": 1}\n' + line + "\n")
+    with pytest.raises(UserError, match=message):
+        evaluate.read_hellaswag(path)
+
+
+def test_a_checkpoint_of_the_other_script_is_refused(tmp_path):
+    from minitrain import UserError
+
+    torch.save({"model": {"classifier.weight": torch.zeros(2, 4)}, "history": []}, tmp_path / "ckpt-0000001.pt")
+    with pytest.raises(UserError, match="is not a train_gpt2.py checkpoint"):
+        evaluate.load_gpt2(str(tmp_path / "ckpt-0000001.pt"))
+    torch.save({"model": {}, "model_config": {}}, tmp_path / "ckpt-0000002.pt")
+    with pytest.raises(UserError, match="is not a train_mrpc.py checkpoint"):
+        evaluate.load_classifier(str(tmp_path / "ckpt-0000002.pt"))

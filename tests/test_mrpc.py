@@ -140,3 +140,24 @@ def test_bad_mrpc_input_exits_2_with_one_sentence(minilm_dir, tmp_path, break_it
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_metric_patience_and_evaluate_cli_on_the_export(minilm_dir, tmp_path):
+    """--metric loss picks the epoch with the lowest validation loss; --patience stops after the
+    epochs without improvement; python -m minitrain.evaluate on the export (and on best.pt) gives
+    the test scores the run printed."""
+    from minitrain import evaluate
+
+    data = write_msr(tmp_path / "msr", TRAIN[:128], TEST)
+    kw = dict(epochs=4, metric="loss", patience=1, min_delta=10.0, keep_last=0)
+    result = train_mrpc.main(args(minilm_dir, data, tmp_path / "run", **kw))
+    assert [r["epoch"] for r in result["history"]] == [1, 2] and result["stopped_early"]
+    assert result["best"] == min(result["history"], key=lambda r: r["val_loss"])
+    for model in ("final", "best.pt"):
+        cfg = evaluate.EvalConfig(task="mrpc", model=str(tmp_path / "run" / model), data_dir=str(data), split="test")
+        got = evaluate.main(cfg)
+        assert got["pairs"] == len(TEST)
+        assert got["accuracy"] == result["test"]["accuracy"] and got["f1"] == result["test"]["f1"], (got, result)
+    again = train_mrpc.main(args(minilm_dir, data, tmp_path / "run", resume="auto", **kw))
+    assert again["stopped_early"] and again["step"] == result["step"]
+    assert (tmp_path / "run/report.png").is_file()

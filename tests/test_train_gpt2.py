@@ -232,3 +232,52 @@ def test_tokens_per_sec_counts_training_steps_only(corpus, cache, tmp_path, monk
     window_tokens = 2 * 4 * 32  # 2 steps of 4 sequences x 32 tokens
     assert all(window_tokens / v < 100 for v in tokens_per_sec.values()), tokens_per_sec
     assert metrics(out, "warmup_s")[1] >= 1000
+
+
+def test_export_best_holds_the_step_with_the_lowest_validation_loss(corpus, cache, tmp_path, monkeypatch):
+    """Validation losses made up so that step 6 is the best of 3, 6, 9 and 12: final/ must hold step
+    6's weights (not the last step's), say so, and load in transformers with the same logits."""
+    from minitrain import evaluate
+
+    fake = iter([5.0, 4.0, 3.0, 3.5, 3.8])  # steps 0, 3, 6, 9, 12
+    monkeypatch.setattr(evaluate, "lm_loss", lambda *a, **k: next(fake))
+    out = tmp_path / "best"
+    result = run_main(corpus, out, cache, max_steps=12, eval_interval=3, save_interval=3)
+    assert "step 6 (the lowest validation loss, 3.0000)" in (out / "final/README.md").read_text()
+    ckpt6 = torch.load(out / "ckpt-0000006.pt", weights_only=True)
+    ours = GPT2(GPT2Config(**ckpt6["model_config"]))
+    ours.load_state_dict(ckpt6["model"])
+    ref = transformers.GPT2LMHeadModel.from_pretrained(out / "final").eval()
+    ids = torch.tensor([[1, 5, 9, 200, 17]])
+    with torch.no_grad():
+        assert (ours.eval()(ids)[0][..., :384] - ref(ids).logits).abs().max().item() <= 1e-5
+    last = GPT2.from_pretrained(out / "final").state_dict()
+    assert not torch.equal(
+        last["transformer.h.0.mlp.c_fc.weight"], final_params(out)["transformer.h.0.mlp.c_fc.weight"]
+    )
+    assert result["step"] == 12
+    # --export final: the last step
+    fake = iter([5.0, 4.0, 3.0, 3.5, 3.8])
+    run_main(corpus, tmp_path / "last", cache, max_steps=12, eval_interval=3, save_interval=3, export="final")
+    assert "step 12 (the last)" in (tmp_path / "last/final/README.md").read_text()
+
+
+def test_patience_stops_early_and_a_resume_has_nothing_left_to_do(corpus, cache, tmp_path):
+    # min_delta 100: no evaluation after step 0 counts as an improvement, whatever the losses
+    kw = dict(max_steps=20, eval_interval=2, save_interval=10, patience=2, min_delta=100.0)
+    out = tmp_path / "early"
+    result = run_main(corpus, out, cache, **kw)
+    assert result["step"] == 4 and result["stopped_early"]
+    assert checkpoint_names(out) == ["ckpt-0000004.pt"] and (out / "final/model.safetensors").is_file()
+    before = (out / "metrics.jsonl").read_text()
+    again = run_main(corpus, out, cache, resume="auto", **kw)
+    assert again["stopped_early"] and again["step"] == 4 and (out / "metrics.jsonl").read_text() == before
+    # more patience: the run goes on from step 4 and stops again two evaluations later
+    more = run_main(corpus, out, cache, resume="auto", **dict(kw, patience=3))
+    assert more["step"] == 6 and more["stopped_early"]
+
+
+def checkpoint_names(out):
+    from minitrain.checkpoint import list_checkpoints
+
+    return [p.name for p in list_checkpoints(out)]
