@@ -195,3 +195,24 @@ def test_patience_stops_every_rank_at_the_same_step(corpus, cache, tmp_path):
     assert (out / "final/model.safetensors").is_file() and (out / "report.png").is_file()
     proc = run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, resume="auto", **kw), nproc=2)
     assert "stopped early (--patience=2); nothing left to do" in proc.stdout
+
+
+def test_evaluate_on_two_ranks_equals_one(corpus, cache, tmp_path):
+    import json
+    import subprocess
+
+    from tests.helpers import PY, ROOT, script_env
+
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "run", cache, max_steps=2))
+    results = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"scores{nproc}.json"
+        launcher = [PY] if nproc == 1 else [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        args = [f"--model={tmp_path / 'run/final'}", f"--data={corpus}", "--block_size=32", f"--cache_dir={cache}"]
+        cmd = launcher + ["-m", "minitrain.evaluate", *args, "--progress=false", f"--out={out}"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[nproc] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert (one["tokens"], one["bytes"]) == (two["tokens"], two["bytes"]) and one["tokens"] > 100_000
+    assert abs(one["loss"] - two["loss"]) <= 1e-6 and abs(one["bits_per_byte"] - two["bits_per_byte"]) <= 1e-6
