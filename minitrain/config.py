@@ -219,10 +219,12 @@ def read_toml(cls, path) -> dict:
     return out
 
 
-def run_cli(main_fn, config_cls) -> None:
-    """Parse the command line, run, and turn a UserError into one sentence and exit code 2."""
+def run_cli(main_fn, config_cls=None) -> None:
+    """Parse the command line into `config_cls` and run `main_fn` with it (or, without a config
+    class, run `main_fn()`, which reads sys.argv itself); a UserError becomes one sentence on stderr
+    and exit code 2."""
     try:
-        main_fn(parse_args(config_cls))
+        main_fn(parse_args(config_cls)) if config_cls is not None else main_fn()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from minitrain import UserError
 from minitrain.atomic import atomic_write
+from minitrain.config import run_cli
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -244,8 +245,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_cli(main)

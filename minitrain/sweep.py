@@ -20,6 +20,7 @@ from pathlib import Path
 
 from minitrain import UserError
 from minitrain.atomic import atomic_write
+from minitrain.config import run_cli
 from minitrain.report import read_metrics, series, write_report
 
 USAGE = (
@@ -164,8 +165,4 @@ def plot(done: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_cli(main)
