@@ -25,7 +25,8 @@ from typing import Annotated, Literal
 
 import torch
 
-from minitrain import UserError, checkpoint, data, dist, evaluate, report
+from minitrain import UserError, checkpoint, data, dist, evaluate, hub, report
+from minitrain.atomic import check_writable_folder
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
 from minitrain.ddp import Kind, wrap
 from minitrain.generate import sample_texts
@@ -120,14 +121,21 @@ def main(cfg: Config) -> dict:
     check(cfg)
     if cfg.max_steps == 0 and cfg.epochs == 0:
         raise UserError("nothing to train: set --max_steps or --epochs to a positive number.")
+    if cfg.init_from == "scratch" and cfg.n_embd % cfg.n_head:
+        raise UserError(
+            f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head} (each head gets n_embd / n_head)."
+        )
+    check_writable_folder(cfg.cache_dir, "--cache_dir")
+    if cfg.init_from != "scratch":
+        hub.check_local_model(cfg.init_from, "gpt2")
     # ------------------------------------------------------------------------------------------
-    # setup: processes, device, precision, the run folder
-    with dist.process_group(cfg.device) as d:
+    # setup: processes, device, precision, the run folder (locked: one run at a time)
+    with dist.process_group(cfg.device) as d, checkpoint.locked(cfg.out_dir, d) as out_dir:
         dtype = resolve_dtype(cfg.dtype, d.device)
         allow_tf32(d.device)  # on CUDA: TF32 matmuls, ~8x fp32 on Ampere and later
-        out_dir = Path(cfg.out_dir)
-        # a checkpoint to continue from, or a run folder that is ours to fill
-        resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, OUTPUTS)
+        # a checkpoint to continue from, or None for a new run; every rank must have the same options
+        resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, "train_gpt2")
+        dist.same_everywhere(d, "options", asdict(cfg))
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
         stale = evaluations_without_improvement([-v for v in ckpt["val_history"]], cfg.min_delta) if ckpt else 0
         if cfg.patience and stale >= cfg.patience:
@@ -142,12 +150,11 @@ def main(cfg: Config) -> dict:
             eot = eot_id(tokenizer)
             train_tokens = data.tokenize_cached(train_docs, tokenizer, eot, cfg.cache_dir, "train")
             val_tokens = data.tokenize_cached(val_docs, tokenizer, eot, cfg.cache_dir, "val")
+        dist.same_everywhere(d, "data", data.fingerprint(tokenizer.to_str(), len(train_tokens), len(val_tokens)))
 
         # --------------------------------------------------------------------------------------
         # model
         raw_model = build_model(cfg, tokenizer, ckpt)
-        if d.is_main:  # the run's tokenizer, for a resume and for the export
-            save_for_transformers(tokenizer, out_dir, raw_model.config.n_positions)
         raw_model.to(d.device)
         n_params = raw_model.num_params()
         dist.print0(
@@ -214,7 +221,10 @@ def main(cfg: Config) -> dict:
             model = wrap(model, cfg.ddp, d.device)
 
         # --------------------------------------------------------------------------------------
-        # the training loop
+        # the training loop, in a run folder that is ours (a new run replaces what an earlier one left)
+        checkpoint.start_run(out_dir, ckpt is None, OUTPUTS, d)
+        if d.is_main:  # the run's tokenizer, for a resume and for the export
+            save_for_transformers(tokenizer, out_dir, raw_model.config.n_positions)
         flops_token = flops_per_token(n_params, raw_model.config.n_layer, raw_model.config.n_embd, T)
         peak = peak_tflops(torch.cuda.get_device_name(d.device)) if d.device.type == "cuda" else None
         with (
@@ -326,6 +336,7 @@ def main(cfg: Config) -> dict:
                     if step % cfg.save_interval == 0 or step == max_steps or stopping or stop_early:
                         is_best, best_val = val_loss < best_val, min(best_val, val_loss)
                         state = {
+                            "script": "train_gpt2",
                             "model": raw_model.state_dict(),
                             "model_config": asdict(raw_model.config),
                             "optimizer": optimizer.state_dict(),

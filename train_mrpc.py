@@ -18,14 +18,14 @@ import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 
-from minitrain import UserError, checkpoint, dist, evaluate, pairs, report
+from minitrain import UserError, checkpoint, dist, evaluate, hub, pairs, report
 from minitrain.bert import BertForSequenceClassification
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
+from minitrain.data import fingerprint
 from minitrain.ddp import Kind, wrap
 from minitrain.logger import Logger
 from minitrain.metrics import evaluations_without_improvement
@@ -44,7 +44,7 @@ class Config:
     model: str = "bert-base-uncased"  # a hub id or a local Hugging Face BERT folder
     data_dir: str = ""  # local MRPC/GLUE files; empty loads GLUE MRPC from the Hugging Face hub
     val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # share of train held out when there is no dev file
-    max_length: PositiveInt = 128  # longest pair in tokens; longer pairs are truncated longest-first
+    max_length: Annotated[int, Range(ge=5)] = 128  # longest pair in tokens ([CLS] a [SEP] b [SEP]); longest-first cut
     group_by_length: bool = False  # batch similar lengths together to pad less
     dropout: Fraction | None = None  # if set: replaces the checkpoint's dropout probabilities
     # optimisation (defaults from BERT's paper and the Hugging Face course)
@@ -85,14 +85,15 @@ OUTPUTS = ("final", "test_predictions.tsv", "report.png", "report.md")  # what t
 
 def main(cfg: Config) -> dict:
     check(cfg)
+    hub.check_local_model(cfg.model, "bert")
     # ------------------------------------------------------------------------------------------
-    # setup: processes, device, precision, the run folder
-    with dist.process_group(cfg.device) as d:
+    # setup: processes, device, precision, the run folder (locked: one run at a time)
+    with dist.process_group(cfg.device) as d, checkpoint.locked(cfg.out_dir, d) as out_dir:
         dtype = resolve_dtype(cfg.dtype, d.device)
         allow_tf32(d.device)  # on CUDA: TF32 matmuls, ~8x fp32 on Ampere and later
-        out_dir = Path(cfg.out_dir)
-        # a checkpoint to continue from, or a run folder that is ours to fill
-        resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, OUTPUTS)
+        # a checkpoint to continue from, or None for a new run; every rank must have the same options
+        resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, "train_mrpc")
+        dist.same_everywhere(d, "options", asdict(cfg))
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
         if ckpt and cfg.patience and stale_evaluations(ckpt["history"], cfg) >= cfg.patience:
             dist.print0(
@@ -104,6 +105,7 @@ def main(cfg: Config) -> dict:
         # data: sentence pairs, checked before the model is loaded
         splits = pairs.load_local(cfg.data_dir, cfg.val_fraction) if cfg.data_dir else pairs.load_hub_mrpc()
         num_labels = pairs.count_labels(splits)
+        dist.same_everywhere(d, "data", data_fingerprint(splits))
 
         # --------------------------------------------------------------------------------------
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
@@ -180,7 +182,9 @@ def main(cfg: Config) -> dict:
             model = wrap(model, cfg.ddp, d.device)
 
         # --------------------------------------------------------------------------------------
-        # the training loop: epochs of shuffled pairs, one optimizer step per global batch
+        # the training loop: epochs of shuffled pairs, one optimizer step per global batch, in a
+        # run folder that is ours (a new run replaces what an earlier one left)
+        checkpoint.start_run(out_dir, ckpt is None, OUTPUTS, d)
         with (
             Logger(out_dir, enabled=d.is_main, total=total_steps, initial=step, progress=cfg.progress) as log,
             dist.StopFlag() as stop,
@@ -273,6 +277,7 @@ def main(cfg: Config) -> dict:
                         epoch, pos = epoch + 1, 0
                 if evaluated or (cfg.save_interval and step % cfg.save_interval == 0) or stopping:
                     state = {
+                        "script": "train_mrpc",
                         "model": raw_model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(),
@@ -326,6 +331,10 @@ def main(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # helpers of the script: what "better" means, the epoch table
+
+
+def data_fingerprint(splits: dict) -> str:
+    return fingerprint(*(repr(rows) for rows in splits.values()))
 
 
 def score(row: dict, metric: str) -> float:

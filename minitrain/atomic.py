@@ -4,6 +4,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from minitrain import UserError
+
 
 class atomic_write:
     """`with atomic_write(path) as f:` writes to a temporary file beside `path` that replaces it on
@@ -31,3 +33,32 @@ class atomic_write:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
         return False
+
+
+def file_digest(path) -> str:
+    """A content checksum of a file (BLAKE2b, 128 bits), read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_writable_folder(path, option: str) -> Path:
+    """Refuse, before any work, a folder option that names a file, lies inside a file, or where
+    nothing can be written; returns the path. Creates nothing."""
+    if not str(path).strip():
+        raise UserError(f"{option} is empty; name the folder to write to.")
+    path = Path(os.path.expanduser(str(path)))
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option}={path} is a file, not a folder.")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{option}={path} lies inside {ancestor}, which is a file, not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):  # also false on a read-only file system, for root too
+        raise UserError(f"{option}={path} cannot be written: {ancestor} does not accept new files.")
+    return path

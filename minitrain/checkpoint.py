@@ -5,10 +5,14 @@ position, RNG states, the config, and the best validation loss so far. Files are
 `ckpt-0000200.pt` in the run folder; `best.pt` is the best of them (a hard link to it).
 """
 
+import contextlib
+import fcntl
 import os
+import pickle
 import random
 import re
 import shutil
+import socket
 import zipfile
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 
 from minitrain import UserError, first_line
-from minitrain.atomic import atomic_write
+from minitrain.atomic import atomic_write, check_writable_folder
 from minitrain.dist import barrier, broadcast_object
 from minitrain.logger import Logger
 
@@ -110,13 +114,32 @@ def mark_best(path) -> None:
     os.replace(tmp, best)
 
 
-def load(path) -> dict:
+def load(path, script: str | None = None) -> dict:
+    """A checkpoint's contents, read with weights_only=True (plain data only: loading never runs
+    code). With `script`, refuse one that is not a minitrain checkpoint of that script."""
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not a checkpoint file (torch.save writes a zip archive; this is none).")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist.") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a folder; pass a ckpt-*.pt file in it.") from None
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{path} is not a minitrain checkpoint: it holds Python objects that are not plain data, and "
+            f"loading those could run code, so it is refused."
+        ) from None
     except Exception as e:
-        raise UserError(f"checkpoint {path} could not be loaded safely ({first_line(e)}).") from None
+        raise UserError(f"{path} is not a checkpoint file ({first_line(e)}).") from None
+    if script is not None:
+        if not isinstance(state, dict) or "model" not in state or "step" not in state:
+            raise UserError(f"{path} is not a minitrain checkpoint (it has no model and step).")
+        found = state.get("script") or ("train_gpt2" if "model_config" in state else "train_mrpc")
+        if found != script:
+            raise UserError(f"{path} is a {found}.py checkpoint; {script}.py cannot resume from it.")
+    return state
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -158,49 +181,118 @@ def checkpoint_path(out_dir, step: int) -> Path:
     return Path(out_dir) / f"ckpt-{step:07d}.pt"
 
 
-def find_resume(resume: str, out_dir: Path) -> Path | None:
-    """The checkpoint to continue from: --resume=auto picks the newest complete one in out_dir."""
-    if not resume:
-        return None
+def holds_run(out_dir: Path) -> bool:
+    """Whether a folder holds (part of) a run: step checkpoints, best.pt, final/ or a metrics log."""
+    names = ("best.pt", "final", "metrics.jsonl")
+    return out_dir.is_dir() and (bool(list_checkpoints(out_dir)) or any((out_dir / n).exists() for n in names))
+
+
+def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
+    """The checkpoint this run continues from (None: a new run), refusing whatever would mix two
+    runs in one folder or replace a run that was not asked to be replaced."""
+    if resume and resume != "auto":
+        path = Path(resume)
+        if path.is_dir():
+            raise UserError(f"--resume={resume} is a folder; pass a checkpoint file in it, or use --resume=auto.")
+        if not path.is_file():
+            raise UserError(f"--resume={resume} is not a checkpoint file (or use --resume=auto).")
+        if holds_run(out_dir) and path.resolve().parent != out_dir.resolve() and not overwrite:
+            raise UserError(
+                f"--out_dir={out_dir} holds another run; continuing {path}'s run there would mix the two. "
+                f"Resume into {path.parent} or an empty folder, or pass --overwrite."
+            )
+        return path
     if resume == "auto":
         path = latest(out_dir)
-        if path is None:
-            print(f"--resume=auto: no checkpoint in {out_dir}, starting a new run", flush=True)
-        return path
-    if not Path(resume).is_file():
-        raise UserError(f"--resume={resume} is not a checkpoint file (or use --resume=auto).")
-    return Path(resume)
-
-
-def claim_out_dir(out_dir: Path, overwrite: bool, outputs=()) -> None:
-    """A new run never silently overwrites another run's folder. With `overwrite`, what a run
-    writes there is deleted first: step checkpoints, best.pt, the logs, and the script's own
-    `outputs` (file or folder names); anything else in the folder is left alone."""
-    used = out_dir.is_dir() and (list_checkpoints(out_dir) or (out_dir / "metrics.jsonl").exists())
-    if used and not overwrite:
+        if path is not None:
+            return path
+        left = [p.name for p in list_checkpoints(out_dir)] + [n for n in ("best.pt", "final") if (out_dir / n).exists()]
+        if left and not overwrite:
+            raise UserError(
+                f"--resume=auto found no readable step checkpoint in {out_dir}, but it holds {', '.join(left)}; "
+                f"resume one of them with --resume=FILE, pick another --out_dir, or pass --overwrite."
+            )
+        # a folder with logs only may be replaced: what a torchrun restart after an early crash needs
+        print(f"--resume=auto: no checkpoint in {out_dir}, starting a new run", flush=True)
+        return None
+    if holds_run(out_dir) and not overwrite:
         raise UserError(
             f"--out_dir={out_dir} already holds a run; continue it with --resume=auto, "
             f"pick another --out_dir, or pass --overwrite to replace it."
         )
-    if used:
+    return None
+
+
+def open_run(out_dir: Path, resume: str, overwrite: bool, d, script: str) -> tuple[Path | None, dict | None]:
+    """Where this run starts: (checkpoint path, its contents), or (None, None) for a new run. Rank 0
+    decides and every rank gets the same answer, or the same one-sentence refusal. Nothing on disk
+    changes here: `start_run` prepares the folder once every check has passed."""
+    decision = None
+    if d.is_main:
+        try:
+            decision = ("ok", find_resume(resume, out_dir, overwrite))
+        except UserError as e:
+            decision = ("error", str(e))
+    status, value = broadcast_object(decision, d)
+    if status == "error":
+        raise UserError(value)
+    return value, (load(value, script) if value else None)
+
+
+def start_run(out_dir: Path, new: bool, outputs, d) -> None:
+    """Right before training: a new run deletes what an earlier run wrote into out_dir (the run
+    was allowed to replace it: --overwrite, or --resume=auto over logs only): step checkpoints,
+    best.pt, the logs and the script's `outputs`; anything else in the folder is left alone."""
+    if d.is_main and new:
         for name in ("best.pt", *Logger.FILES, *outputs):
             p = out_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         for p in list_checkpoints(out_dir):
             p.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def open_run(out_dir: Path, resume: str, overwrite: bool, d, outputs=()) -> tuple[Path | None, dict | None]:
-    """Where this run starts: (checkpoint path, its contents), or (None, None) for a new run.
-
-    Rank 0 decides (and, for a new run, claims out_dir); every rank gets the same answer. With
-    --resume=auto and nothing to resume, a folder holding only logs may be replaced: that is what
-    a torchrun restart after a crash before the first checkpoint needs.
-    """
-    path = find_resume(resume, out_dir) if d.is_main else None
-    path = broadcast_object(path, d)
-    if d.is_main and path is None:
-        claim_out_dir(out_dir, overwrite or resume == "auto", outputs)
+    if d.is_main:  # who holds the lock (see `locked`), for the message a second run gets
+        (out_dir / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}")
     barrier(d)
-    return path, (load(path) if path else None)
+
+
+@contextlib.contextmanager
+def locked(out_dir: str, d):
+    """`with locked(cfg.out_dir, d) as out_dir:` holds an exclusive lock on the run folder (rank 0,
+    an flock on the folder itself), so a second run started on the same folder is refused; the
+    kernel drops the lock when a process dies, so a crash leaves no stale lock. Once training
+    starts, out_dir/.lock names the process (see start_run). A folder this creates and a refused
+    run leaves empty is removed again: a refused run leaves the file system as it found it."""
+    error, path, created, fd = None, Path(os.path.expanduser(str(out_dir))), False, None
+    if d.is_main:
+        try:
+            path = check_writable_folder(out_dir, "--out_dir")
+            created = not path.exists()
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise UserError(f"--out_dir={path} cannot be created or opened ({e.strerror}).") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                fd = None
+                who = (path / ".lock").read_text().strip() if (path / ".lock").is_file() else "starting up"
+                raise UserError(
+                    f"--out_dir={path} is in use by another run ({who}); wait for it to end or pick another --out_dir."
+                ) from None
+        except UserError as e:
+            error = str(e)
+            if created and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    error = broadcast_object(error, d)
+    if error:
+        raise UserError(error)
+    try:
+        yield path
+    finally:
+        if fd is not None:
+            (path / ".lock").unlink(missing_ok=True)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            if created and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()

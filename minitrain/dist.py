@@ -8,11 +8,14 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from minitrain import UserError
+
+_STORE = None  # torchrun's key-value store, which outlives a failed collective (see say_once)
 
 
 @dataclass
@@ -64,6 +67,8 @@ def setup(device: str = "auto") -> Dist:
         store, _, _ = next(dist.rendezvous("env://"))
         round_ = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"minitrain/round{round_}", store)
+        global _STORE
+        _STORE = store
         dist.init_process_group(
             backend,
             store=store,
@@ -106,6 +111,42 @@ def teardown(clean: bool = True) -> None:
         if clean:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def say_once(message: str, wait_s: float = 3.0) -> bool:
+    """Whether this rank should print an error `message`. Rank 0 always does; another rank does
+    unless rank 0 posts the same message within `wait_s` (every rank hit the same mistake). Goes
+    through torchrun's store, not a collective: the process group may be broken by then."""
+    rank = int(os.environ.get("RANK", "0"))
+    if _STORE is None or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return True
+    try:
+        _STORE.set(f"error/{rank}", message)
+        if rank == 0:
+            return True
+        _STORE.wait(["error/0"], timedelta(seconds=wait_s))
+        return _STORE.get("error/0").decode() != message
+    except Exception:  # rank 0 never failed, or the store is gone: say it here
+        return True
+
+
+def same_everywhere(d: Dist, what: str, value) -> None:
+    """Refuse, naming the first rank that differs, when `value` (a config, a data fingerprint) is
+    not the same on every rank: ranks that train on different data or options silently diverge."""
+    if not d.multi_process:
+        return
+    values = [None] * d.world_size
+    dist.all_gather_object(values, value)
+    for rank, other in enumerate(values):
+        if other != values[0]:
+            detail = ""
+            if isinstance(other, dict) and isinstance(values[0], dict):
+                keys = sorted(k for k in set(other) | set(values[0]) if other.get(k) != values[0].get(k))
+                detail = f" ({', '.join(keys[:5])})"
+            raise UserError(
+                f"rank {rank} has other {what} than rank 0{detail}; every rank must be started with the same "
+                f"options and see the same files."
+            )
 
 
 def print0(*args, **kwargs) -> None:
@@ -156,6 +197,8 @@ class StopFlag:
         return self
 
     def __exit__(self, *exc):
+        if self._local:
+            return False  # stopping already: a second signal is noted and ignored until the clean exit
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False

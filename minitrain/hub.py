@@ -161,6 +161,15 @@ def resolve_model_dir(name_or_dir, allow_patterns=None) -> Path:
         ) from None
 
 
+def check_local_model(name_or_dir, model_type: str) -> None:
+    """Before any heavy work: a local model folder must exist and hold a config.json of
+    `model_type` (a hub id is checked when it is downloaded)."""
+    path = Path(os.path.expanduser(str(name_or_dir)))
+    if str(name_or_dir).startswith((".", "/", "~")) or path.exists():
+        folder = resolve_model_dir(name_or_dir)
+        check_model_type(read_config(folder), folder, model_type)
+
+
 def read_config(model_dir) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():

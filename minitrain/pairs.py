@@ -183,6 +183,14 @@ def count_labels(splits: dict) -> int:
     num_labels = max(labels) + 1
     if min(labels) < 0 or num_labels < 2:
         raise UserError(f"labels must be integers 0..N-1 with N >= 2; found {sorted(set(labels))}.")
+    trained = {r[2] for r in splits["train"]}
+    for name in ("validation", "test"):
+        unseen = sorted({r[2] for r in splits[name] or [] if r[2] is not None} - trained)
+        if unseen and (name == "validation" or max(unseen) < num_labels):
+            raise UserError(
+                f"the {name} split has label(s) {unseen} that the training split never has; "
+                f"a classifier cannot learn them."
+            )
     test_labels = [r[2] for r in splits["test"] or [] if r[2] is not None]
     if test_labels and not 0 <= min(test_labels) <= max(test_labels) < num_labels:
         raise UserError(

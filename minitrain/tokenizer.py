@@ -23,7 +23,7 @@ from tokenizers import (
 )
 
 from minitrain import UserError, hub
-from minitrain.atomic import atomic_write
+from minitrain.atomic import atomic_write, file_digest
 
 EOT = "<|endoftext|>"  # GPT-2's end-of-text token, placed between documents
 
@@ -94,10 +94,16 @@ def cached_bpe(texts: list[str], vocab_size: int, cache_dir) -> Tokenizer:
     from minitrain.data import fingerprint
 
     path = Path(os.path.expanduser(str(cache_dir))) / f"bpe-{vocab_size}-{fingerprint(texts, vocab_size)}.json"
+    digest = path.with_suffix(".blake2b")  # the checksum recorded when it was written
     if path.is_file():
-        return Tokenizer.from_file(str(path))
+        if digest.is_file() and digest.read_text().strip() == file_digest(path):
+            return Tokenizer.from_file(str(path))
+        print(f"warning: the tokenizer cache {path} does not match its checksum; training again", flush=True)
     print(f"training a byte-level BPE with {vocab_size} tokens on the training text", flush=True)
-    return train_bpe(texts, vocab_size, path)
+    tok = train_bpe(texts, vocab_size, path)
+    with atomic_write(digest, "w") as f:
+        f.write(file_digest(path))
+    return tok
 
 
 def save_for_transformers(tok: Tokenizer, folder, max_len: int) -> None:

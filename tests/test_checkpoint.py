@@ -16,7 +16,9 @@ def test_crafted_checkpoint_is_refused(tmp_path):
 
     path = tmp_path / "ckpt-0000001.pt"
     torch.save({"model": Evil()}, path)
-    with pytest.raises(UserError, match=r"could not be loaded safely"):
+    with pytest.raises(
+        UserError, match=r"is not a minitrain checkpoint: it holds Python objects that are not plain data"
+    ):
         checkpoint.load(path)
     assert not (tmp_path / "pwned").exists()
 
@@ -48,7 +50,8 @@ def test_overwrite_deletes_what_runs_write_and_nothing_else(tmp_path):
         (tmp_path / name).write_text("x")
     (tmp_path / "final").mkdir()
     with pytest.raises(UserError, match="already holds a run; continue it with --resume=auto"):
-        checkpoint.claim_out_dir(tmp_path, overwrite=False, outputs=("final", "mine.txt"))
-    assert len(list(tmp_path.iterdir())) == 6
-    checkpoint.claim_out_dir(tmp_path, overwrite=True, outputs=("final", "mine.txt"))
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]
+        checkpoint.open_run(tmp_path, "", False, Dist(), "train_gpt2")
+    assert checkpoint.open_run(tmp_path, "", True, Dist(), "train_gpt2") == (None, None)
+    assert len(list(tmp_path.iterdir())) == 6  # deciding changes nothing on disk
+    checkpoint.start_run(tmp_path, True, ("final", "mine.txt"), Dist())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "notes.md"]  # .lock: who runs here
