@@ -115,3 +115,16 @@ def run_main(corpus, out_dir, cache, **kw):
     import train_gpt2
 
     return train_gpt2.main(train_gpt2.Config(**tiny_gpt2_args(corpus, out_dir, cache, **kw)))
+
+
+def start_script(script, args: dict, nproc=1, env=None, stderr=subprocess.PIPE):
+    """A training script started in the background (under torchrun when nproc > 1), its output
+    piped as text, for tests that signal or kill it while it runs."""
+    return subprocess.Popen(
+        script_cmd(script, args, nproc),
+        cwd=ROOT,
+        env=script_env(**(env or {})),
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )

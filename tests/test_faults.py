@@ -15,7 +15,7 @@ import train_gpt2
 import train_mrpc
 from minitrain import checkpoint, data
 from minitrain.config import run_cli
-from tests.helpers import ROOT, metrics, run_main, script_cmd, script_env, tiny_gpt2_args
+from tests.helpers import ROOT, metrics, run_main, script_cmd, script_env, start_script, tiny_gpt2_args
 
 
 def snapshot(root) -> dict:
@@ -226,9 +226,7 @@ def test_no_run_is_replaced_silently(corpus, cache, tmp_path, capsys):
 def test_a_second_run_on_the_same_folder_is_refused_and_a_crash_leaves_no_stale_lock(corpus, cache, tmp_path, capsys):
     out = tmp_path / "run"
     args = tiny_gpt2_args(corpus, out, cache, max_steps=100000, eval_interval=100000, save_interval=50)
-    proc = subprocess.Popen(
-        script_cmd("train_gpt2.py", args), cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, text=True
-    )
+    proc = start_script("train_gpt2.py", args, stderr=None)
     try:
         t0 = time.time()
         while not checkpoint.list_checkpoints(out):
@@ -305,14 +303,7 @@ def test_a_symlink_loop_reads_each_file_once(tmp_path):
 def test_two_sigterms_during_the_checkpoint_write_exit_cleanly(corpus, cache, tmp_path):
     out = tmp_path / "run"
     args = tiny_gpt2_args(corpus, out, cache, max_steps=100000, eval_interval=100000, save_interval=100000)
-    proc = subprocess.Popen(
-        script_cmd("tests/slow_write.py", args),
-        cwd=ROOT,
-        env=script_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script("tests/slow_write.py", args)
     while len(metrics(out, "train_loss") if (out / "metrics.jsonl").exists() else {}) < 3:
         assert proc.poll() is None
         time.sleep(0.05)
@@ -332,14 +323,7 @@ def test_two_sigterms_during_the_checkpoint_write_exit_cleanly(corpus, cache, tm
 def test_ctrl_c_while_preparing_data_exits_130_in_one_sentence(tmp_path):
     out = tmp_path / "run"
     args = dict(out_dir=out, cache_dir=tmp_path / "cache", vocab_size=4096, max_steps=5, progress=False)
-    proc = subprocess.Popen(
-        script_cmd("train_gpt2.py", args),
-        cwd=ROOT,
-        env=script_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script("train_gpt2.py", args)
     while not proc.stdout.readline().startswith("config:"):
         assert proc.poll() is None
     time.sleep(0.5)  # reading Shakespeare, training a BPE of 4096 tokens

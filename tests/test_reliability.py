@@ -9,13 +9,11 @@ import torch
 
 from minitrain import UserError, checkpoint
 from tests.helpers import (
-    ROOT,
     final_params,
     metrics,
     run_main,
     run_script,
-    script_cmd,
-    script_env,
+    start_script,
     tiny_gpt2_args,
 )
 
@@ -34,14 +32,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(corpus, cache, tmp_path)
     kw = dict(max_steps=40, save_interval=100, eval_interval=100, dropout=0.1)
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "full", cache, **kw))
     out = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        script_cmd("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **kw)),
-        cwd=ROOT,
-        env=script_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **kw))
     jsonl = out / "metrics.jsonl"
     wait_for(lambda: jsonl.exists() and len(metrics(out, "train_loss")) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
@@ -61,14 +52,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(corpus, cache, tmp_path)
 def test_sigkill_during_checkpoint_write_keeps_previous(corpus, cache, tmp_path):
     out = tmp_path / "killed"
     args = tiny_gpt2_args(corpus, out, cache, max_steps=12, save_interval=3)
-    proc = subprocess.Popen(
-        script_cmd("tests/slow_save.py", args),
-        cwd=ROOT,
-        env=script_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script("tests/slow_save.py", args)
     wait_for(lambda: any(p.name.endswith(".tmp") for p in out.glob(".*")), proc)
     time.sleep(0.2)
     proc.kill()
@@ -196,10 +180,7 @@ def test_sigterm_under_torchrun_every_rank_stops_at_the_same_step(corpus, cache,
     kw = dict(max_steps=60, batch_size=2, save_interval=100, eval_interval=100, dropout=0.1)
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "full", cache, **kw), nproc=2)
     out = tmp_path / "stopped"
-    cmd = script_cmd("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **kw), nproc=2)
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = start_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **kw), nproc=2, stderr=subprocess.STDOUT)
     wait_for(lambda: (out / "metrics.jsonl").exists() and len(metrics(out, "train_loss")) >= 5, proc)
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
     output, _ = proc.communicate(timeout=120)
