@@ -173,26 +173,33 @@ class GPT2(nn.Module):
         Returns (logits, loss). With `reduction="sum"` the loss is summed over target tokens, so
         that the training loop can divide by the target tokens of a whole accumulation window.
         """
-        padded_logits, _ = self.decode(input_ids, padded=True)  # (B, T, padded_vocab_size)
-        logits = padded_logits[..., : self.config.vocab_size]  # a view: no copy
-        loss = None
-        if labels is not None:
-            # The padded columns hold -inf, so the softmax over all of them equals the softmax
-            # over the real vocabulary, and the loss needs no copy of the sliced logits.
-            Vp = padded_logits.size(-1)
-            loss = F.cross_entropy(
-                padded_logits.float().view(-1, Vp),
-                labels.reshape(-1),
-                ignore_index=-100,
-                reduction=reduction,
-            )
-        return logits, loss
+        if labels is None:
+            return self.decode(input_ids)[0], None
+        # With targets, the (B, T, V) logits are never materialised: the loss is computed from
+        # the final hidden states over chunks of rows (see chunked_cross_entropy), and no logits
+        # are returned. Call the model without labels for logits.
+        h = self.hidden_states(input_ids)  # (B, T, C)
+        loss = chunked_cross_entropy(h.flatten(0, 1), self.lm_head.weight, self.pad_logit_bias, labels.flatten())
+        if reduction == "mean":
+            loss = loss / (labels != -100).sum().clamp(min=1)
+        return None, loss
+
+    def hidden_states(self, input_ids):
+        """The final hidden states (B, T, C), after ln_f: what the LM head multiplies."""
+        return self._trunk(input_ids, None)[0]
 
     def decode(self, input_ids, past=None, padded=False):
         """Logits (B, T, vocab_size) for input_ids that follow the cached keys/values `past`.
 
         Returns the logits and the new cache: one (k, v) pair per layer, each (B, nh, T_total, hs).
         """
+        x, presents = self._trunk(input_ids, past)
+        # The padded vocabulary rows are never predicted: the bias gives them -inf logits inside
+        # the matmul itself (no extra pass over the logits, forward or backward).
+        logits = F.linear(x, self.lm_head.weight, self.pad_logit_bias)  # (B, T, padded_vocab)
+        return (logits if padded else logits[..., : self.config.vocab_size]), presents
+
+    def _trunk(self, input_ids, past):
         B, T = input_ids.shape
         start = 0 if past is None else past[0][0].size(2)
         if start + T > self.config.n_positions:
@@ -207,11 +214,7 @@ class GPT2(nn.Module):
             else:
                 x, present = block(x, None if past is None else past[i])
             presents.append(present)
-        x = self.transformer.ln_f(x)
-        # The padded vocabulary rows are never predicted: the bias gives them -inf logits inside
-        # the matmul itself (no extra pass over the logits, forward or backward).
-        logits = F.linear(x, self.lm_head.weight, self.pad_logit_bias)  # (B, T, padded_vocab)
-        return (logits if padded else logits[..., : self.config.vocab_size]), presents
+        return self.transformer.ln_f(x), presents
 
     # ------------------------------------------------------------------------------------------
     # generation
@@ -297,6 +300,57 @@ class GPT2(nn.Module):
         hub.write_safetensors(state, out_dir / "model.safetensors", {"format": "pt"})
         hub.write_config(self.config.to_hf(), out_dir)
         hub.copy_tokenizer_files(tokenizer_dir or getattr(self, "source_dir", None), out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss without the logits
+
+
+def chunked_cross_entropy(h, weight, bias, targets, chunk_elements: int = 2**26):
+    """sum over rows of cross_entropy(h @ weight.T + bias, targets), -100 skipped, without the (N, V)
+    logits: rows go `chunk_elements // V` at a time, the matmul in the autocast dtype, log-sum-exp
+    in fp32. For GPT-2 124M that is ~1,300 rows (~0.5 GB of fp32 logits at a time) instead of
+    16 x 1024 rows (~6.6 GB with its fp32 copy and log-probs). With autograd, the gradients are
+    computed in the same pass (softmax minus one-hot), so no chunk is kept for backward: the idea
+    of Liger-Kernel's fused linear cross-entropy, in plain PyTorch."""
+    rows = max(1, chunk_elements // weight.size(0))
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(h, weight, bias, targets, rows)
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    for s in range(0, h.size(0), rows):
+        logits = F.linear(h[s : s + rows], weight, bias).float()
+        loss = loss + F.cross_entropy(logits, targets[s : s + rows], ignore_index=-100, reduction="sum")
+    return loss
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, rows):
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for s in range(0, h.size(0), rows):
+            hc, t = h[s : s + rows], targets[s : s + rows]
+            logits = F.linear(hc, weight, bias).float()  # (n, V), fp32 for the softmax
+            valid = t != -100
+            t = t.clamp(min=0)
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += ((lse - logits.gather(1, t[:, None])[:, 0]) * valid).sum()
+            # d(sum of losses) / d logits = softmax - one-hot, on the rows with a target
+            g = torch.exp(logits - lse[:, None])
+            g[torch.arange(len(t), device=g.device), t] -= 1
+            g *= valid[:, None]
+            g = g.to(hc.dtype)
+            grad_h[s : s + rows] = g @ weight.to(hc.dtype)
+            grad_w += (g.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss.to(grad_h.dtype), (grad_w * grad_loss).to(ctx.weight_dtype), None, None, None
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

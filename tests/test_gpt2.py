@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 from minitrain.gpt2 import GPT2, GPT2Config
@@ -20,7 +21,8 @@ def test_logits_and_loss_match_transformers(tiny_gpt2_dir):
         r = ref(x, labels=x)
         # our labels are the next-token targets: x shifted left, the last position ignored
         targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)
-        logits, loss = ours(x, targets)
+        logits, (no_logits, loss) = ours(x)[0], ours(x, targets)
+    assert no_logits is None  # with targets, the loss is computed without materialising logits
     diff = (logits - r.logits).abs().max().item()
     print(f"GPT-2 parity: max |logits diff| = {diff:.2e}, loss diff = {abs(loss - r.loss):.2e}")
     assert diff <= 1e-5
@@ -133,3 +135,41 @@ def test_generate_entry_point_checks_its_options_before_loading(tmp_path):
     ):
         with pytest.raises(UserError, match=message):
             generate.main(generate.GenerateConfig(model=str(tmp_path / "nothing"), **bad))
+
+
+@pytest.mark.parametrize("padded_vocab", [False, True])
+def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients(padded_vocab):
+    """The loss over chunks of rows, gradients computed in the forward pass, equals
+    F.cross_entropy on the full logits (fp32): value and the gradients of the hidden states and
+    of the (tied) weight, with ignored targets, in chunks that do not divide the rows."""
+    from minitrain.gpt2 import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    N, C, V = 37, 16, 50
+    h = torch.randn(N, C, requires_grad=True)
+    w = torch.randn(V + 14 if padded_vocab else V, C, requires_grad=True)
+    bias = torch.cat([torch.zeros(V), torch.full((14,), float("-inf"))]) if padded_vocab else None
+    t = torch.randint(0, V, (N,))
+    t[::5] = -100
+    want = F.cross_entropy(F.linear(h, w, bias), t, ignore_index=-100, reduction="sum")
+    gh, gw = torch.autograd.grad(want * 0.7, (h, w))
+    got = chunked_cross_entropy(h, w, bias, t, chunk_elements=8 * w.size(0))  # 8 rows a chunk
+    h2, w2 = torch.autograd.grad(got * 0.7, (h, w))
+    assert abs(got.item() - want.item()) <= 1e-6 * abs(want.item())
+    for a, b in ((h2, gh), (w2, gw)):  # fp32 rounding: within 1e-6 of the largest entry (~5 here)
+        assert (a - b).abs().max().item() <= 1e-6 * max(1.0, b.abs().max().item())
+    with torch.no_grad():  # evaluation: the loss alone, chunked
+        assert abs(chunked_cross_entropy(h, w, bias, t, chunk_elements=8 * w.size(0)).item() - want.item()) <= 1e-4
+
+
+def test_model_loss_and_gradients_equal_the_logits_path(tiny_gpt2_dir):
+    ours = GPT2.from_pretrained(tiny_gpt2_dir).eval()  # no dropout: two passes, the same function
+    x = _ids(101)
+    y = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)
+    logits, _ = ours.decode(x, padded=True)
+    want = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+    want_grads = torch.autograd.grad(want, list(ours.parameters()))
+    got = ours(x, y)[1]
+    got_grads = torch.autograd.grad(got, list(ours.parameters()))
+    assert abs(got.item() - want.item()) <= 1e-6
+    assert max((a - b).abs().max().item() for a, b in zip(got_grads, want_grads)) <= 1e-6
