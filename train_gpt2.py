@@ -40,7 +40,7 @@ from minitrain.metrics import (
     peak_tflops,
     perplexity,
 )
-from minitrain.optim import Schedule, lr_at, make_optimizer
+from minitrain.optim import Schedule, lr_at, make_optimizer, step_unless
 from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
 from minitrain.tokenizer import EOT, cached_bpe, eot_id, load_tokenizer, save_for_transformers, token_bytes
 
@@ -82,7 +82,8 @@ class Config:
     # system
     device: str = "auto"  # auto, cpu or cuda
     dtype: DtypeName = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    compile: bool = False  # torch.compile the model
+    compile: bool | None = None  # torch.compile: true, false, or auto (on for CUDA, off for CPU)
+    compile_scope: Literal["blocks", "model"] = "blocks"  # compile each block apart (regional) or the whole model
     activation_checkpointing: bool = False  # recompute activations in backward to save memory
     ddp: Kind = "minitrain"  # data parallelism under torchrun: minitrain (hand-written) or torch
     seed: int = 1337  # seeds initialisation, data order and dropout
@@ -215,8 +216,12 @@ def main(cfg: Config) -> dict:
             dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch}, {pos} sequences into it)")
         order = data.epoch_order(n_train_blocks, cfg.seed, epoch)
 
-        # compile, then wrap for data parallelism; raw_model stays the one that is saved
-        model = torch.compile(raw_model) if cfg.compile else raw_model
+        # compile (blocks in place, or the whole model), then wrap for data parallelism; raw_model
+        # stays the one that is saved. Compiling helps on CUDA and rarely on CPU: hence auto.
+        compiled = cfg.compile if cfg.compile is not None else d.device.type == "cuda"
+        if compiled and cfg.compile_scope == "blocks":
+            raw_model.compile_blocks()
+        model = torch.compile(raw_model) if compiled and cfg.compile_scope == "model" else raw_model
         if d.multi_process:
             model = wrap(model, cfg.ddp, d.device)
 
@@ -238,9 +243,11 @@ def main(cfg: Config) -> dict:
                 log.write(f"step 0: {validation_line(val_loss, val_bpb)}")
             else:
                 val_loss = ckpt["val_loss"]
-            first_val_loss, train_loss, bad_steps, stop_early = val_loss, float("nan"), 0, False
+            first_val_loss, train_loss, stop_early = val_loss, float("nan"), False
             # what the next log line reports: the loss summed over its steps, and the tokens timed
             loss_acc, loss_steps, timed_tokens = torch.zeros((), device=d.device), 0, 0
+            # skipped updates since the last log line, and in a row: device tensors, read when logging
+            skipped, bad_steps = torch.zeros((), dtype=torch.long, device=d.device), torch.zeros((), device=d.device)
             watch, first_step = Stopwatch(), step + 1
             while step < max_steps:
                 # a new epoch when the rest of this one is less than a global batch (the remainder
@@ -262,10 +269,10 @@ def main(cfg: Config) -> dict:
                 # This rank's micro-batches: in micro-step m it takes sequences
                 # pos + (m * W + rank) * B ... + B of the epoch's order, so the global batch is the
                 # same set of sequences whatever the number of processes.
-                batches = []
+                batches = []  # on a GPU, copied now (pinned, asynchronously) while the last step still computes
                 for m in range(grad_accum):
                     start = pos + (m * W + d.rank) * B
-                    batches.append(data.get_batch(train_tokens, order[start : start + B].tolist(), T))
+                    batches.append(data.get_batch(train_tokens, order[start : start + B].tolist(), T, d.device))
                 # The loss is a mean over every target token of the whole window (all micro-batches,
                 # all ranks), not a mean of per-micro-batch means: then N accumulated micro-batches
                 # give exactly the update of one N-times-larger batch, even when micro-batches hold
@@ -273,8 +280,6 @@ def main(cfg: Config) -> dict:
                 # block is full, so it is window_tokens, fixed above); because gradient averaging
                 # divides by W, the sum is multiplied by W first.
                 for micro_step, (x, y) in enumerate(batches):
-                    x = x.to(d.device, non_blocking=True)
-                    y = y.to(d.device, non_blocking=True)
                     last = micro_step == grad_accum - 1
                     # no gradient communication until the last micro-step of the window
                     sync = contextlib.nullcontext() if (last or not d.multi_process) else model.no_sync()
@@ -288,29 +293,36 @@ def main(cfg: Config) -> dict:
                 # the optimizer step: true gradients, clipped; a non-finite one skips the update
                 scaler.unscale_(optimizer)  # back to true gradients before measuring their norm
                 grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm or math.inf)
-                finite = bool(torch.isfinite(grad_norm))  # one host sync per step, for the skip below
-                if finite or scaler.is_enabled():
+                skip = ~torch.isfinite(grad_norm)  # stays on the device: no host sync in the step
+                if scaler.is_enabled():
                     scaler.step(optimizer)  # fp16: the scaler itself skips steps with inf/nan gradients
+                else:
+                    step_unless(optimizer, skip)  # bf16/fp32: the fused kernel skips on the device
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                bad_steps = 0 if finite else bad_steps + 1
+                bad_steps = torch.where(skip, bad_steps + 1, 0)  # consecutive skipped updates
+                skipped += skip
                 step, pos = step + 1, pos + blocks_per_step
                 loss_steps, timed_tokens = loss_steps + 1, timed_tokens + window_tokens
-                if bad_steps:
-                    log.write(f"step {step}: non-finite loss or gradient norm, update skipped ({bad_steps} in a row)")
-                    if bad_steps >= cfg.max_bad_steps:
-                        raise UserError(
-                            f"{bad_steps} consecutive steps had a non-finite loss or gradient; stopping. "
-                            f"The last good checkpoint is in {out_dir}."
-                        )
                 if step == first_step:  # torch.compile compiles here: timed apart, not in tokens/s
+                    if d.device.type == "cuda":
+                        torch.cuda.synchronize()
                     warmup_s, timed_tokens = watch.lap(), 0
                     log.log(step, warmup_s=warmup_s)
 
                 if step % cfg.log_interval == 0 or step == max_steps:
-                    # the only other host sync: the logged loss, the mean over its steps and ranks
-                    train_loss = dist.all_reduce_sum(loss_acc, d).item() / loss_steps
-                    row = dict(train_loss=train_loss, lr=lr, grad_norm=grad_norm.item(), tokens=step * window_tokens)
+                    # the host sync of the loop: the loss (mean over its steps and ranks), norm, skips
+                    dist.all_reduce_sum(loss_acc, d)
+                    loss_sum, norm, n_skipped, n_bad = torch.stack([loss_acc, grad_norm, skipped, bad_steps]).tolist()
+                    train_loss = loss_sum / loss_steps
+                    if n_skipped:
+                        log.write(f"step {step}: {n_skipped:.0f} of the last {loss_steps} updates skipped (non-finite)")
+                    if n_bad >= cfg.max_bad_steps:
+                        raise UserError(
+                            f"{n_bad:.0f} consecutive steps had a non-finite loss or gradient; stopping. "
+                            f"The last good checkpoint is in {out_dir}."
+                        )
+                    row = dict(train_loss=train_loss, lr=lr, grad_norm=norm, tokens=step * window_tokens)
                     seconds = watch.lap()
                     if timed_tokens:
                         row["tokens_per_sec"] = timed_tokens / seconds
@@ -320,9 +332,14 @@ def main(cfg: Config) -> dict:
                     tok_s = f"{row.get('tokens_per_sec', 0):,.0f}"
                     log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=tok_s)
                     loss_acc.zero_()
+                    skipped.zero_()
                     loss_steps, timed_tokens = 0, 0
 
-                stopping = step < max_steps and stop.requested(d)  # every rank stops at the same step
+                # every rank stops at the same step; under torchrun the flag is all-reduced, a collective
+                # (a host sync), so only at log steps
+                stopping = (
+                    step < max_steps and (not d.multi_process or step % cfg.log_interval == 0) and stop.requested(d)
+                )
                 with watch.paused():  # evaluation and checkpoints are not training time
                     if step % cfg.eval_interval == 0 or step == max_steps:
                         val_loss = evaluate.lm_loss(raw_model, val_tokens, n_eval_blocks, T, B, d, dtype)

@@ -29,7 +29,7 @@ from minitrain.data import fingerprint
 from minitrain.ddp import Kind, wrap
 from minitrain.logger import Logger
 from minitrain.metrics import evaluations_without_improvement
-from minitrain.optim import Schedule, lr_at, make_optimizer
+from minitrain.optim import Schedule, lr_at, make_optimizer, step_unless
 from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
 from minitrain.tokenizer import load_tokenizer
 
@@ -63,7 +63,8 @@ class Config:
     # system
     device: str = "auto"  # auto, cpu or cuda
     dtype: DtypeName = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    compile: bool = False  # torch.compile the model
+    compile: bool | None = None  # torch.compile: true, false, or auto (on for CUDA, off for CPU)
+    compile_scope: Literal["blocks", "model"] = "blocks"  # compile each block apart (regional) or the whole model
     ddp: Kind = "minitrain"  # data parallelism under torchrun: minitrain (hand-written) or torch
     seed: int = 42  # seeds the classification head, data order and dropout
     # evaluation, logging, checkpoints
@@ -176,8 +177,12 @@ def main(cfg: Config) -> dict:
                 checkpoint.set_rng_state(ckpt["rng"][d.rank])
             dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {pos} pairs into it)")
 
-        # compile, then wrap for data parallelism; raw_model stays the one that is saved
-        model = torch.compile(raw_model) if cfg.compile else raw_model
+        # compile (blocks in place, or the whole model), then wrap for data parallelism; raw_model
+        # stays the one that is saved. Compiling helps on CUDA and rarely on CPU: hence auto.
+        compiled = cfg.compile if cfg.compile is not None else d.device.type == "cuda"
+        if compiled and cfg.compile_scope == "blocks":
+            raw_model.compile_blocks()
+        model = torch.compile(raw_model) if compiled and cfg.compile_scope == "model" else raw_model
         if d.multi_process:
             model = wrap(model, cfg.ddp, d.device)
 
@@ -190,9 +195,11 @@ def main(cfg: Config) -> dict:
             dist.StopFlag() as stop,
         ):
             log.write("\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in history]))
-            train_loss, bad_steps, stop_early = float("nan"), 0, False
+            train_loss, stop_early = float("nan"), False
             # what the next log line reports: the loss summed over its steps; and over the epoch
             loss_acc, loss_steps = torch.zeros((), device=d.device), 0
+            # skipped updates since the last log line, and in a row: device tensors, read when logging
+            skipped, bad_steps = torch.zeros((), dtype=torch.long, device=d.device), torch.zeros((), device=d.device)
             epoch_loss = torch.full((), epoch_loss_sum / W, device=d.device)  # summed over ranks when read
             order = None
             while step < total_steps:
@@ -225,31 +232,41 @@ def main(cfg: Config) -> dict:
                 # the optimizer step: true gradients, clipped; a non-finite one skips the update
                 scaler.unscale_(optimizer)  # back to true gradients before measuring their norm
                 grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm or math.inf)
-                finite = bool(torch.isfinite(grad_norm))  # one host sync per step, for the skip below
-                if finite or scaler.is_enabled():
+                skip = ~torch.isfinite(grad_norm)  # stays on the device: no host sync in the step
+                if scaler.is_enabled():
                     scaler.step(optimizer)  # fp16: the scaler itself skips steps with inf/nan gradients
+                else:
+                    step_unless(optimizer, skip)  # bf16/fp32: the fused kernel skips on the device
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                bad_steps = 0 if finite else bad_steps + 1
+                bad_steps = torch.where(skip, bad_steps + 1, 0)  # consecutive skipped updates
+                skipped += skip
                 step, pos = step + 1, pos + per_step
                 loss_steps, epoch_steps = loss_steps + 1, epoch_steps + 1
-                if bad_steps:
-                    log.write(f"step {step}: non-finite loss or gradient norm, update skipped ({bad_steps} in a row)")
-                    if bad_steps >= cfg.max_bad_steps:
-                        raise UserError(
-                            f"{bad_steps} consecutive steps had a non-finite loss or gradient; stopping. "
-                            f"The last good checkpoint is in {out_dir}."
-                        )
 
                 if step % cfg.log_interval == 0 or step == total_steps:
-                    # the only other host sync: the logged loss, the mean over its steps and ranks
-                    train_loss = dist.all_reduce_sum(loss_acc, d).item() / loss_steps
-                    log.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm.item())
+                    # the host sync of the loop: the loss (mean over its steps and ranks), norm, skips
+                    dist.all_reduce_sum(loss_acc, d)
+                    loss_sum, norm, n_skipped, n_bad = torch.stack([loss_acc, grad_norm, skipped, bad_steps]).tolist()
+                    train_loss = loss_sum / loss_steps
+                    if n_skipped:
+                        log.write(f"step {step}: {n_skipped:.0f} of the last {loss_steps} updates skipped (non-finite)")
+                    if n_bad >= cfg.max_bad_steps:
+                        raise UserError(
+                            f"{n_bad:.0f} consecutive steps had a non-finite loss or gradient; stopping. "
+                            f"The last good checkpoint is in {out_dir}."
+                        )
+                    log.log(step, train_loss=train_loss, lr=lr, grad_norm=norm)
                     log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
                     loss_acc.zero_()
+                    skipped.zero_()
                     loss_steps = 0
 
-                stopping = step < total_steps and stop.requested(d)  # every rank stops at the same step
+                # every rank stops at the same step; under torchrun the flag is all-reduced, a collective
+                # (a host sync), so only at log steps
+                stopping = (
+                    step < total_steps and (not d.multi_process or step % cfg.log_interval == 0) and stop.requested(d)
+                )
                 end_of_epoch = pos + per_step > len(train["labels"])
                 evaluated, is_best = end_of_epoch or step == total_steps, False
                 if evaluated:

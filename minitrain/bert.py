@@ -275,6 +275,11 @@ class BertForSequenceClassification(nn.Module):
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
         self.init_head()
 
+    def compile_blocks(self) -> None:
+        """Regional compilation: each encoder layer compiled in place (see GPT2.compile_blocks)."""
+        for layer in self.bert.encoder.layer:
+            layer.compile()
+
     def init_head(self, generator=None):
         """A fresh classification head: normal(0, initializer_range) weights, zero bias."""
         with torch.no_grad():

@@ -129,7 +129,7 @@ def field_help(cls) -> dict[str, str]:
 def convert(name: str, raw, s: Spec):
     """A command-line string (or TOML value) as the field's type, or one sentence of error."""
     base = s.base
-    if s.optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
+    if s.optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "auto", ""))):
         return None
     try:
         if base is bool:
@@ -190,7 +190,8 @@ def parse_args(cls, argv=None):
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             is_bool = key in specs and specs[key].base is bool
-            bool_word = nxt is not None and nxt.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off")
+            words = ("true", "false", "1", "0", "yes", "no", "on", "off", "auto", "none")
+            bool_word = nxt is not None and nxt.lower() in words[: 10 if key in specs and specs[key].optional else 8]
             if nxt is not None and not nxt.startswith("--") and (not is_bool or bool_word):
                 value, i = nxt, i + 1
             elif is_bool:

@@ -222,11 +222,15 @@ def num_blocks(tokens: np.ndarray, block_size: int) -> int:
     return max(0, (len(tokens) - 1) // block_size)
 
 
-def get_batch(tokens: np.ndarray, block_ids, block_size: int):
-    """Inputs and next-token targets (B, T) int64 for the given block indices."""
+def get_batch(tokens: np.ndarray, block_ids, block_size: int, device=None):
+    """Inputs and next-token targets (B, T) int64 for the given block indices. On a CUDA `device`
+    the rows go through page-locked memory and are copied asynchronously: a step's batches are
+    made at its start, and their copy runs while the GPU still computes the previous step."""
     T = block_size
     rows = np.stack([tokens[i * T : i * T + T + 1] for i in block_ids]).astype(np.int64)
     t = torch.from_numpy(rows)  # (B, T + 1)
+    if device is not None and torch.device(device).type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
     return t[:, :-1], t[:, 1:]
 
 

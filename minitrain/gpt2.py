@@ -160,6 +160,13 @@ class GPT2(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
+    def compile_blocks(self) -> None:
+        """Regional compilation (as torchtitan does): each transformer block is compiled in place,
+        so the graph is compiled once and reused by every block, state_dict keys do not change,
+        and data parallelism still reduces each block's gradients while backward goes on."""
+        for block in self.transformer.h:
+            block.compile()
+
     def num_params(self, non_embedding=True) -> int:
         """Parameters counted once (the tied head shares wte); without the position embeddings."""
         n = sum(p.numel() for p in self.parameters())

@@ -50,3 +50,18 @@ def lr_at(step: int, *, schedule: str, lr: float, warmup_steps: int, total_steps
     if schedule == "cosine":
         return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def step_unless(optimizer, skip: torch.Tensor) -> None:
+    """optimizer.step(), except when the 0-dim bool tensor `skip` is true (a non-finite gradient):
+    the fused AdamW kernel reads the flag on the device, as GradScaler's inf check does, so the
+    step needs no host sync; it then leaves weights, moments and step count as they were. Other
+    optimizers check the flag on the host."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip.float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not skip.item():
+        optimizer.step()

@@ -128,3 +128,19 @@ def start_script(script, args: dict, nproc=1, env=None, stderr=subprocess.PIPE):
         stderr=stderr,
         text=True,
     )
+
+
+def split_key_bias(params: dict) -> tuple[dict, dict]:
+    """(every parameter but GPT-2's attention key biases, the key biases). A key bias has an exactly
+    zero true gradient (softmax ignores a shift shared by all keys), so what Adam sees there is
+    float rounding noise, normalised up to ~lr-sized moves: equivalence tests bound it by the
+    learning rate and hold everything else to 1e-6. c_attn.bias is [query | key | value]."""
+    rest, keys = {}, {}
+    for name, t in params.items():
+        if name.endswith("attn.c_attn.bias"):
+            C = t.numel() // 3
+            rest[name] = torch.cat([t[:C], t[2 * C :]])
+            keys[name] = t[C : 2 * C]
+        else:
+            rest[name] = t
+    return rest, keys

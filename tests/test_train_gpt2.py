@@ -12,6 +12,7 @@ from tests.helpers import (
     max_param_diff,
     metrics,
     run_main,
+    split_key_bias,
 )
 
 
@@ -44,7 +45,9 @@ def test_accumulated_micro_batches_with_unequal_targets_equal_one_big_batch():
 def test_script_accumulation_equals_big_batch(corpus, cache, tmp_path):
     run_main(corpus, tmp_path / "acc", cache, batch_size=2, grad_accum_steps=4, max_steps=3)
     run_main(corpus, tmp_path / "big", cache, batch_size=8, grad_accum_steps=1, max_steps=3)
-    assert max_param_diff(final_params(tmp_path / "acc"), final_params(tmp_path / "big")) <= 1e-6
+    (acc, acc_keys), (big, big_keys) = (split_key_bias(final_params(tmp_path / n)) for n in ("acc", "big"))
+    assert max_param_diff(acc, big) <= 1e-6
+    assert max_param_diff(acc_keys, big_keys) <= 3 * 3e-3  # rounding noise that Adam scales up to ~lr
     a, b = metrics(tmp_path / "acc", "train_loss"), metrics(tmp_path / "big", "train_loss")
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
 
