@@ -41,7 +41,15 @@ from minitrain.metrics import (
     perplexity,
 )
 from minitrain.optim import Schedule, lr_at, make_optimizer, step_unless
-from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
+from minitrain.precision import (
+    DtypeName,
+    allow_tf32,
+    autocast,
+    make_scaler,
+    oom_sentence,
+    probe_batch_size,
+    resolve_dtype,
+)
 from minitrain.tokenizer import EOT, cached_bpe, eot_id, load_tokenizer, save_for_transformers, token_bytes
 
 Fraction = Annotated[float, Range(ge=0, lt=1)]
@@ -65,7 +73,7 @@ class Config:
     block_size: PositiveInt = 128  # context length in tokens (at most the model's n_positions)
     dropout: Fraction = 0.0  # dropout on embeddings, attention and residual branches
     # optimisation
-    batch_size: PositiveInt = 16  # micro-batch per process, in sequences
+    batch_size: PositiveInt | Literal["auto"] = 16  # micro-batch per process, in sequences (auto: the most that fit)
     grad_accum_steps: PositiveInt = 1  # micro-batches per optimizer step (ignored if tokens_per_step > 0)
     tokens_per_step: NonNegativeInt = 0  # if > 0: tokens per optimizer step; accumulation is derived from it
     max_steps: NonNegativeInt = 1000  # optimizer steps to train for (when epochs is 0)
@@ -166,6 +174,13 @@ def main(cfg: Config) -> dict:
         # --------------------------------------------------------------------------------------
         # batch arithmetic: values that depend on the world size are computed here and printed
         W, B, T = d.world_size, cfg.batch_size, cfg.block_size
+        if B == "auto":  # the largest micro-batch that fits, the same on every rank; accumulation follows
+            if d.device.type != "cuda":
+                raise UserError("--batch_size=auto measures GPU memory; on a CPU give a number.")
+            per_rank = cfg.tokens_per_step // (W * T) if cfg.tokens_per_step else 1024
+            B = int(dist.all_reduce_min(probe_batch_size(raw_model, T, d.device, dtype, per_rank), d))
+            if B == 0:
+                raise UserError(oom_sentence())
         if cfg.tokens_per_step > 0:
             per_micro_step = W * B * T
             if cfg.tokens_per_step % per_micro_step:

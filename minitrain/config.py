@@ -68,14 +68,16 @@ class Spec:
     optional: bool = False
     choices: tuple = ()
     range: Range | None = None
+    words: tuple = ()  # named values besides the type's (`int | Literal["auto"]`)
 
 
 def spec(tp) -> Spec:
     """`Annotated[int, Range(gt=0)] | None` -> Spec(int, optional=True, range=Range(gt=0))."""
-    optional = False
+    optional, words = False, ()
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         optional, tp = len(args) < len(typing.get_args(tp)), args[0]
+        words = tuple(w for a in args[1:] if typing.get_origin(a) is Literal for w in typing.get_args(a))
     rng = None
     if typing.get_origin(tp) is Annotated:
         tp, *extras = typing.get_args(tp)
@@ -83,7 +85,7 @@ def spec(tp) -> Spec:
     if typing.get_origin(tp) is Literal:
         choices = typing.get_args(tp)
         return Spec(type(choices[0]), optional, choices, rng)
-    return Spec(tp, optional, (), rng)
+    return Spec(tp, optional, (), rng, words)
 
 
 def field_specs(cls) -> dict[str, Spec]:
@@ -95,7 +97,7 @@ def check(cfg) -> None:
     """Refuse, with one sentence, a value outside what its field declares."""
     for name, s in field_specs(type(cfg)).items():
         value = getattr(cfg, name)
-        if value is None and s.optional:
+        if (value is None and s.optional) or value in s.words:
             continue
         if isinstance(value, str) and not _is_text(value):
             raise UserError(f"--{name} is not valid text (it holds bytes that are not UTF-8).")
@@ -131,6 +133,8 @@ def convert(name: str, raw, s: Spec):
     base = s.base
     if s.optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "auto", ""))):
         return None
+    if raw in s.words:
+        return raw
     try:
         if base is bool:
             if isinstance(raw, bool):
@@ -168,6 +172,7 @@ def format_help(cls, prog) -> str:
         s = specs[f.name]
         accepts = f"; one of {', '.join(map(str, s.choices))}" if s.choices else ""
         accepts += f"; {s.range.describe()}" if s.range else ""
+        accepts += f" or {' or '.join(s.words)}" if s.words else ""
         lines.append(f"  --{f.name} (default: {default!r}{accepts})  {helps.get(f.name, '')}")
     return "\n".join(lines)
 
@@ -263,6 +268,12 @@ def run_cli(main_fn, config_cls=None) -> None:
     except OSError as e:  # a file-system fault no check could foresee: disk full, a path removed mid-run
         where = f" ({e.filename})" if e.filename else ""
         _fail(f"{e.strerror or e}{where}; the files written so far are complete, and the run stops here.", 2)
+    except RuntimeError as e:  # torch.OutOfMemoryError (CUDA): the peak and what to lower
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        from minitrain.precision import oom_sentence
+
+        _fail(oom_sentence(), 2)
     except KeyboardInterrupt:  # Ctrl-C before training started (the loop itself stops cleanly)
         _fail("interrupted (Ctrl-C); nothing was trained, and no file was left half-written.", 130)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -166,6 +166,15 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def all_reduce_min(value: float, d: Dist) -> float:
+    """The smallest of every rank's `value`."""
+    if not d.multi_process:
+        return value
+    t = torch.tensor([float(value)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.item()
+
+
 def broadcast_object(obj, d: Dist):
     """Rank 0's value of a small picklable object, on every rank."""
     if not d.multi_process:

@@ -56,3 +56,55 @@ def allow_tf32(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def oom_sentence() -> str:
+    """What to say when CUDA runs out of memory: the peak and the levers, not a traceback."""
+    peak = total = 0.0
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    return (
+        f"the GPU ran out of memory (peak {peak:.1f} GiB allocated of {total:.1f} GiB); lower --batch_size "
+        f"(or --batch_size=auto; accumulation keeps the tokens per step), --block_size, or turn on "
+        f"--activation_checkpointing."
+    )
+
+
+def largest_batch(fits, limit: int = 1024, multiple_of: int | None = None) -> int:
+    """The largest power-of-two micro-batch up to `limit` for which `fits(batch)` (a trial forward
+    and backward) returns True, among those that divide `multiple_of`; 0 if none fits. Doubling
+    stops at the first failure, as memory use grows with the batch."""
+    best, b = 0, 1
+    while b <= limit and (multiple_of is None or multiple_of % b == 0):
+        if not fits(b):
+            break
+        best, b = b, b * 2
+    return best
+
+
+def probe_batch_size(model, block_size: int, device, dtype, multiple_of: int = 1024) -> int:
+    """--batch_size=auto: the largest power-of-two micro-batch (dividing `multiple_of`) whose
+    forward and backward fit on this GPU, with the memory of AdamW's two moments held aside. The
+    trial batches are random tokens; the gradients they leave are cleared."""
+    reserve = [torch.empty_like(p) for p in model.parameters() for _ in range(2)]
+
+    def fits(b: int) -> bool:
+        try:
+            x = torch.randint(0, model.config.vocab_size, (b, block_size + 1), device=device)
+            with autocast(device, dtype):
+                _, loss = model(x[:, :-1], x[:, 1:], reduction="sum")
+            loss.backward()
+            torch.cuda.synchronize(device)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+
+    try:
+        return largest_batch(fits, limit=multiple_of, multiple_of=multiple_of)
+    finally:
+        del reserve
+        torch.cuda.reset_peak_memory_stats(device)

@@ -25,3 +25,55 @@ def test_autocast_runs_matmuls_in_bf16_and_fp32_is_untouched():
         assert (a @ b).dtype == torch.bfloat16
     with autocast(CPU, torch.float32):
         assert (a @ b).dtype == torch.float32
+
+
+def test_largest_batch_doubles_until_the_first_failure():
+    from minitrain.precision import largest_batch
+
+    tried = []
+
+    def fits_up_to(n):
+        def fits(b):
+            tried.append(b)
+            return b <= n
+
+        return fits
+
+    assert largest_batch(fits_up_to(40), limit=1024) == 32 and tried == [1, 2, 4, 8, 16, 32, 64]
+    assert largest_batch(fits_up_to(1000), limit=1024, multiple_of=24) == 8  # must divide 24 sequences
+    assert largest_batch(fits_up_to(0)) == 0
+
+
+def test_out_of_memory_is_one_sentence(corpus, cache, tmp_path, capsys, monkeypatch):
+    import sys
+
+    import train_gpt2
+    from minitrain.config import run_cli
+    from minitrain.gpt2 import GPT2
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(GPT2, "forward", oom)
+    monkeypatch.setattr(
+        sys, "argv", ["train_gpt2.py", f"--data={corpus}", f"--out_dir={tmp_path / 'o'}", f"--cache_dir={cache}"]
+    )
+    with pytest.raises(SystemExit) as e:
+        run_cli(train_gpt2.main, train_gpt2.Config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("error: the GPU ran out of memory (peak") and "lower --batch_size" in err[0]
+
+
+def test_batch_size_auto_is_parsed_and_needs_a_gpu(corpus, cache, tmp_path):
+    import train_gpt2
+    from minitrain.config import parse_args
+
+    assert parse_args(train_gpt2.Config, ["--batch_size", "auto"]).batch_size == "auto"
+    with pytest.raises(UserError, match="--batch_size=0 must be a positive number"):
+        parse_args(train_gpt2.Config, ["--batch_size=0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--batch_size=auto measures GPU memory; on a CPU give a number"):
+            from tests.helpers import run_main
+
+            run_main(corpus, tmp_path / "a", cache, batch_size="auto")

@@ -284,3 +284,43 @@ def checkpoint_names(out):
     from minitrain.checkpoint import list_checkpoints
 
     return [p.name for p in list_checkpoints(out)]
+
+
+def test_a_non_finite_step_is_skipped_exactly(corpus, cache, tmp_path, monkeypatch):
+    """The skip happens on the device (no host sync): the weights and AdamW's state after the bad
+    step 2 are those after step 1, and step 3 trains again."""
+    calls = []
+    real = GPT2.forward
+
+    def nan_on_second_step(self, input_ids, labels=None, reduction="mean"):
+        logits, loss = real(self, input_ids, labels, reduction)
+        if self.training and labels is not None:
+            calls.append(1)
+            if len(calls) == 2:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT2, "forward", nan_on_second_step)
+    out = tmp_path / "skip"
+    run_main(corpus, out, cache, max_steps=3, save_interval=1, eval_interval=100)
+    c1, c2, c3 = (torch.load(out / f"ckpt-000000{i}.pt", weights_only=True) for i in (1, 2, 3))
+    assert all(torch.equal(c1["model"][k], c2["model"][k]) for k in c1["model"])
+    assert not torch.equal(
+        c2["model"]["transformer.h.0.mlp.c_fc.weight"], c3["model"]["transformer.h.0.mlp.c_fc.weight"]
+    )
+    steps = [next(iter(c["optimizer"]["state"].values()))["step"].item() for c in (c1, c2, c3)]
+    assert steps == [1.0, 1.0, 2.0]  # the skipped update did not count
+    assert metrics(out, "train_loss")[3] == metrics(out, "train_loss")[3]  # finite again
+
+
+def test_batches_made_for_a_device_are_the_same_batches(corpus):
+    import numpy as np
+
+    from minitrain import data
+
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = data.get_batch(tokens, [3, 7], 16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    xd, yd = data.get_batch(tokens, [3, 7], 16, torch.device(device))
+    assert torch.equal(x, xd.cpu()) and torch.equal(y, yd.cpu()) and xd.device.type == device
+    assert torch.equal(x[0], torch.arange(48, 64)) and torch.equal(y[1], torch.arange(113, 129))
