@@ -16,12 +16,12 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench.train_step import environment
 from minitrain.bert import BertConfig, BertForSequenceClassification
 from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.metrics import flops_per_token, peak_tflops
@@ -165,10 +165,12 @@ def measured_peak_tflops(device, dtype):
 def pipeline_throughput():
     """The input pipeline: batches/s of the memory-mapped block loader (and tokens/s of
     tokenization when the tokenizers package is present)."""
-    import numpy as np
+    try:
+        import numpy as np
 
-    from minitrain import data
-
+        from minitrain import data
+    except ImportError as e:  # a bare GPU image with torch only
+        return {"loader": f"not measured ({e.name} is not installed)"}
     out = {}
     tokens = np.random.default_rng(0).integers(0, 50257, 20_000_000, dtype=np.uint16)
     n_blocks = data.num_blocks(tokens, 1024)
@@ -228,12 +230,12 @@ def main(argv=None):
     cases = args.cases or (GPU_CASES if cuda else CPU_CASES)
     impls = ["minitrain"] + (["hf"] if args.vs else [])
     header = {
+        **environment(),
         "device": device_name,
-        "torch": torch.__version__,
         "dtype": str(dtype).split(".")[-1],
         "compile": args.compile,
         "peak_tflops": peak,
-        "python": sys.version.split()[0],
+        "config": vars(args),
     }
     print(
         f"device: {device_name}{peak_note}; torch {torch.__version__}; dtype {header['dtype']}; compile {args.compile}"
@@ -276,7 +278,9 @@ def main(argv=None):
     pipe = pipeline_throughput()
     print(f"input pipeline: {pipe}")
     result = {**header, "rows": rows, "vs_hf": ratios, "pipeline": pipe}
-    if args.ddp:
+    if args.ddp and cuda and torch.cuda.device_count() < 2:
+        print("ddp: not run (one GPU; the comparison needs two processes on two devices)")
+    elif args.ddp:
         from bench.ddp import compare
 
         result["ddp"] = compare(device)

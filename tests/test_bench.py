@@ -19,3 +19,32 @@ def test_bench_runs_and_counts_real_tokens(tmp_path):
     assert set(result["vs_hf"]) == {"gpt2-cpu", "bert-cpu"}
     (saved,) = tmp_path.glob("bench-*.json")
     assert json.loads(saved.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+
+def test_bench_runs_on_a_bare_interpreter_with_torch_only(tmp_path):
+    """What a bare GPU image has: torch and the project, no numpy/tokenizers/datasets/tqdm
+    (tests/bare/sitecustomize.py hides them)."""
+    import subprocess
+
+    from tests.helpers import PY, ROOT, script_env
+
+    cmd = [PY, "-m", "bench.run", "--cases", "gpt2-cpu", "--steps", "1", "--warmup", "1", "--rounds", "1"]
+    env = script_env(PYTHONPATH=f"{ROOT / 'tests' / 'bare'}:{ROOT}")
+    proc = subprocess.run(
+        cmd + ["--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
+    assert result["rows"][0]["tokens_per_sec"] > 0 and "numpy is not installed" in result["pipeline"]["loader"]
+    assert {"device", "torch", "cuda", "cudnn", "commit", "config"} <= result.keys()
+
+
+def test_train_step_case_and_profile_run_the_real_script(tmp_path):
+    from bench import profile, train_step
+
+    r = train_step.main(["--preset", "cpu", "--steps", "3", "--skip", "1", "--out", str(tmp_path / "step.json")])
+    assert r["timed_steps"] == 3 and r["tokens_per_sec_min"] <= r["tokens_per_sec_median"] <= r["tokens_per_sec_max"]
+    assert r["accumulation"] == 4 and r["warmup_s"] > 0 and json.loads((tmp_path / "step.json").read_text()) == r
+    p = profile.main(["--preset", "cpu", "--warmup", "2", "--active", "1", "--out", str(tmp_path / "prof.json")])
+    assert p["ms_by_category"]["matmul"] > 0 and abs(sum(p["share_by_category"].values()) - 1) < 0.01
+    assert any("attention" in k for k in p["attention_kernels"])

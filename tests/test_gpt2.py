@@ -173,3 +173,28 @@ def test_model_loss_and_gradients_equal_the_logits_path(tiny_gpt2_dir):
     got_grads = torch.autograd.grad(got, list(ours.parameters()))
     assert abs(got.item() - want.item()) <= 1e-6
     assert max((a - b).abs().max().item() for a, b in zip(got_grads, want_grads)) <= 1e-6
+
+
+def test_compiled_blocks_and_compiled_model_equal_eager():
+    """--compile_scope blocks (each block compiled in place, state_dict keys unchanged) and model
+    (torch.compile of the whole module) give eager's loss and gradients, chunked loss included."""
+    import copy
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, embd_pdrop=0, attn_pdrop=0, resid_pdrop=0
+    )
+    eager = GPT2(cfg)
+    blocks, whole = copy.deepcopy(eager), copy.deepcopy(eager)
+    keys = list(blocks.state_dict())
+    blocks.compile_blocks()
+    assert list(blocks.state_dict()) == keys  # no _orig_mod. prefixes in checkpoints
+    x, y = _ids(64, B=2, T=16), _ids(64, B=2, T=16, seed=2)
+    results = []
+    for model, call in ((eager, eager), (blocks, blocks), (whole, torch.compile(whole))):
+        loss = call(x, y)[1]
+        loss.backward()
+        results.append((loss.item(), [p.grad for p in model.parameters()]))
+    for loss, grads in results[1:]:
+        assert abs(loss - results[0][0]) <= 1e-5
+        assert max((a - b).abs().max().item() for a, b in zip(grads, results[0][1])) <= 1e-5
