@@ -77,3 +77,30 @@ def test_packed_bert_on_gpu_matches_cpu_and_trains_in_bf16():
         _, loss = model(ids.cuda(), mask.cuda(), labels=torch.tensor([0, 1, 1, 0]).cuda())
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_chunked_loss_on_gpu_in_bf16_matches_fp32_logits_loosely():
+    import torch.nn.functional as F
+
+    from minitrain.gpt2 import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(4096, 256, device="cuda", requires_grad=True)
+    w = torch.randn(50304, 256, device="cuda", requires_grad=True) * 0.02
+    w.retain_grad()
+    t = torch.randint(0, 50257, (4096,), device="cuda")
+    want = F.cross_entropy(F.linear(h, w).float(), t, reduction="sum")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = chunked_cross_entropy(h, w, None, t)
+    assert abs(got.item() - want.item()) <= 1e-2 * abs(want.item())
+    got.backward()
+    assert torch.isfinite(h.grad).all()
+
+
+def test_batch_size_auto_finds_a_micro_batch(tmp_path):
+    import train_gpt2
+
+    corpus = small_corpus(tmp_path / "plays.txt")
+    args = tiny_gpt2_args(corpus, tmp_path / "out", tmp_path / "cache", device="cuda", batch_size="auto")
+    result = train_gpt2.main(train_gpt2.Config(**dict(args, tokens_per_step=32 * 64, max_steps=3)))
+    assert result["step"] == 3
