@@ -216,3 +216,26 @@ def test_evaluate_on_two_ranks_equals_one(corpus, cache, tmp_path):
     one, two = results[1], results[2]
     assert (one["tokens"], one["bytes"]) == (two["tokens"], two["bytes"]) and one["tokens"] > 100_000
     assert abs(one["loss"] - two["loss"]) <= 1e-6 and abs(one["bits_per_byte"] - two["bits_per_byte"]) <= 1e-6
+
+
+def test_compiled_blocks_keep_the_all_reduce_overlapped_with_backward():
+    """--compile_scope blocks: BucketedDDP still launches each bucket's all-reduce while backward
+    has blocks left to do, exactly as in eager mode (not all after one compiled backward)."""
+    import re
+    import subprocess
+
+    from tests.helpers import PY, ROOT, script_env
+
+    counts = {}
+    for mode in ("eager", "blocks"):
+        proc = subprocess.run(
+            [PY, str(ROOT / "tests/overlap_worker.py"), mode],
+            cwd=ROOT,
+            env=script_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        before, total = map(int, re.search(r"launches before block 0: (\d+) of (\d+)", proc.stdout).groups())
+        counts[mode] = (before, total)
+    assert counts["blocks"] == counts["eager"] and counts["eager"][0] >= counts["eager"][1] // 2
