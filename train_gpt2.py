@@ -39,8 +39,9 @@ from minitrain.metrics import (
     flops_per_token,
     peak_tflops,
     perplexity,
+    throughput,
 )
-from minitrain.optim import Schedule, lr_at, make_optimizer, step_unless
+from minitrain.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
 from minitrain.precision import (
     DtypeName,
     allow_tf32,
@@ -127,16 +128,8 @@ OUTPUTS = (
 
 
 def main(cfg: Config) -> dict:
-    check(cfg)
-    if cfg.max_steps == 0 and cfg.epochs == 0:
-        raise UserError("nothing to train: set --max_steps or --epochs to a positive number.")
-    if cfg.init_from == "scratch" and cfg.n_embd % cfg.n_head:
-        raise UserError(
-            f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head} (each head gets n_embd / n_head)."
-        )
-    check_writable_folder(cfg.cache_dir, "--cache_dir")
-    if cfg.init_from != "scratch":
-        hub.check_local_model(cfg.init_from, "gpt2")
+    check(cfg)  # each option against what its field declares
+    check_together(cfg)  # options that depend on each other or on the file system, before any work
     # ------------------------------------------------------------------------------------------
     # setup: processes, device, precision, the run folder (locked: one run at a time)
     with dist.process_group(cfg.device) as d, checkpoint.locked(cfg.out_dir, d) as out_dir:
@@ -166,21 +159,15 @@ def main(cfg: Config) -> dict:
         raw_model = build_model(cfg, tokenizer, ckpt)
         raw_model.to(d.device)
         n_params = raw_model.num_params()
+        c = raw_model.config
         dist.print0(
-            f"model: {n_params / 1e6:.2f}M parameters (non-embedding + tied head), "
-            f"{raw_model.config.n_layer} layers, vocab {raw_model.config.vocab_size}"
+            f"model: {n_params / 1e6:.2f}M parameters (no position embedding), {c.n_layer} layers, vocab {c.vocab_size}"
         )
 
         # --------------------------------------------------------------------------------------
         # batch arithmetic: values that depend on the world size are computed here and printed
-        W, B, T = d.world_size, cfg.batch_size, cfg.block_size
-        if B == "auto":  # the largest micro-batch that fits, the same on every rank; accumulation follows
-            if d.device.type != "cuda":
-                raise UserError("--batch_size=auto measures GPU memory; on a CPU give a number.")
-            per_rank = cfg.tokens_per_step // (W * T) if cfg.tokens_per_step else 1024
-            B = int(dist.all_reduce_min(probe_batch_size(raw_model, T, d.device, dtype, per_rank), d))
-            if B == 0:
-                raise UserError(oom_sentence())
+        W, T = d.world_size, cfg.block_size
+        B = cfg.batch_size if cfg.batch_size != "auto" else auto_batch_size(cfg, raw_model, d, dtype)
         if cfg.tokens_per_step > 0:
             per_micro_step = W * B * T
             if cfg.tokens_per_step % per_micro_step:
@@ -330,19 +317,9 @@ def main(cfg: Config) -> dict:
                     dist.all_reduce_sum(loss_acc, d)
                     loss_sum, norm, n_skipped, n_bad = torch.stack([loss_acc, grad_norm, skipped, bad_steps]).tolist()
                     train_loss = loss_sum / loss_steps
-                    if n_skipped:
-                        log.write(f"step {step}: {n_skipped:.0f} of the last {loss_steps} updates skipped (non-finite)")
-                    if n_bad >= cfg.max_bad_steps:
-                        raise UserError(
-                            f"{n_bad:.0f} consecutive steps had a non-finite loss or gradient; stopping. "
-                            f"The last good checkpoint is in {out_dir}."
-                        )
+                    report_skipped(log, step, n_skipped, n_bad, loss_steps, cfg.max_bad_steps, out_dir)
                     row = dict(train_loss=train_loss, lr=lr, grad_norm=norm, tokens=step * window_tokens)
-                    seconds = watch.lap()
-                    if timed_tokens:
-                        row["tokens_per_sec"] = timed_tokens / seconds
-                        if peak:
-                            row["mfu"] = flops_token * row["tokens_per_sec"] / W / (peak * 1e12)
+                    row |= throughput(timed_tokens, watch.lap(), flops_token, W, peak)  # training time only
                     log.log(step, **row)
                     tok_s = f"{row.get('tokens_per_sec', 0):,.0f}"
                     log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=tok_s)
@@ -394,15 +371,9 @@ def main(cfg: Config) -> dict:
                     break
 
             # ----------------------------------------------------------------------------------
-            # the end: export in the Hugging Face format, then sample
+            # the end: export in the Hugging Face format, sample, draw the report
             if d.is_main and not stop.was_requested:
-                what = export(raw_model, cfg.export, out_dir, step)
-                log.write(f"exported {what} to {out_dir / 'final'}")
-                texts = sample_texts(raw_model, tokenizer, cfg, empty_prompt_id=eot)
-                for i, text in enumerate(texts, 1):
-                    log.write(f"--- sample {i} ---\n{text}")
-                    log.text(step, f"sample_{i}", text)
-                report.report_run(out_dir, log.write)
+                finish(raw_model, tokenizer, cfg, out_dir, step, eot, log)
         return {
             "step": step,
             "first_val_loss": first_val_loss,
@@ -417,6 +388,33 @@ def main(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # helpers of the script: the tokenizer and the model
+
+
+def check_together(cfg: Config) -> None:
+    """The checks no single field can declare: options that depend on each other, and the paths
+    that can be checked before any heavy work."""
+    if cfg.max_steps == 0 and cfg.epochs == 0:
+        raise UserError("nothing to train: set --max_steps or --epochs to a positive number.")
+    if cfg.init_from == "scratch" and cfg.n_embd % cfg.n_head:
+        raise UserError(
+            f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head} (each head gets n_embd / n_head)."
+        )
+    check_writable_folder(cfg.cache_dir, "--cache_dir")
+    if cfg.init_from != "scratch":
+        hub.check_local_model(cfg.init_from, "gpt2")
+
+
+def auto_batch_size(cfg: Config, raw_model: GPT2, d, dtype) -> int:
+    """--batch_size=auto: the largest power-of-two micro-batch that fits on the GPU (the same on
+    every rank), dividing the sequences each rank takes per step; accumulation follows from it."""
+    if d.device.type != "cuda":
+        raise UserError("--batch_size=auto measures GPU memory; on a CPU give a number.")
+    per_rank = cfg.tokens_per_step // (d.world_size * cfg.block_size) if cfg.tokens_per_step else 1024
+    B = int(dist.all_reduce_min(probe_batch_size(raw_model, cfg.block_size, d.device, dtype, per_rank), d))
+    if B == 0:
+        raise UserError(oom_sentence())
+    dist.print0(f"--batch_size=auto: {B} sequences per micro-batch fit")
+    return B
 
 
 def run_tokenizer(cfg: Config, train_docs: list[str], resume_path: Path | None):
@@ -470,6 +468,15 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
 
 def validation_line(val_loss: float, val_bpb: float) -> str:
     return f"val loss {val_loss:.4f}, perplexity {perplexity(val_loss):.1f}, {val_bpb:.3f} bits/byte"
+
+
+def finish(raw_model: GPT2, tokenizer, cfg: Config, out_dir: Path, step: int, eot: int, log) -> None:
+    """Rank 0 at the end: export in the Hugging Face format, sample from the export, draw the report."""
+    log.write(f"exported {export(raw_model, cfg.export, out_dir, step)} to {out_dir / 'final'}")
+    for i, text in enumerate(sample_texts(raw_model, tokenizer, cfg, empty_prompt_id=eot), 1):
+        log.write(f"--- sample {i} ---\n{text}")
+        log.text(step, f"sample_{i}", text)
+    report.report_run(out_dir, log.write)
 
 
 def export(raw_model: GPT2, which: str, out_dir: Path, step: int) -> str:

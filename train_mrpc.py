@@ -29,7 +29,7 @@ from minitrain.data import fingerprint
 from minitrain.ddp import Kind, wrap
 from minitrain.logger import Logger
 from minitrain.metrics import evaluations_without_improvement
-from minitrain.optim import Schedule, lr_at, make_optimizer, step_unless
+from minitrain.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
 from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
 from minitrain.tokenizer import load_tokenizer
 
@@ -110,25 +110,7 @@ def main(cfg: Config) -> dict:
 
         # --------------------------------------------------------------------------------------
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
-        overrides = {}
-        if cfg.dropout is not None:
-            names = ("hidden_dropout_prob", "classifier_dropout", "attention_probs_dropout_prob")
-            overrides = dict.fromkeys(names, cfg.dropout)
-        raw_model = BertForSequenceClassification.from_pretrained(cfg.model, num_labels=num_labels, **overrides)
-        raw_model.init_head(torch.Generator().manual_seed(cfg.seed))
-        tokenizer = load_tokenizer(raw_model.source_dir)
-        if tokenizer.get_vocab_size() > raw_model.config.vocab_size:
-            raise UserError(
-                f"the tokenizer of {cfg.model} has {tokenizer.get_vocab_size()} tokens, "
-                f"the model {raw_model.config.vocab_size}: they do not belong together."
-            )
-        if cfg.max_length > raw_model.config.max_position_embeddings:
-            raise UserError(
-                f"--max_length={cfg.max_length} is longer than the model's "
-                f"{raw_model.config.max_position_embeddings} positions."
-            )
-        if ckpt is not None:
-            raw_model.load_state_dict(ckpt["model"])
+        raw_model, tokenizer = build_model(cfg, num_labels, ckpt)
         raw_model.to(d.device)
         pad_id = raw_model.config.pad_token_id
         train = pairs.tokenize_pairs(splits["train"], tokenizer, cfg.max_length)
@@ -249,13 +231,7 @@ def main(cfg: Config) -> dict:
                     dist.all_reduce_sum(loss_acc, d)
                     loss_sum, norm, n_skipped, n_bad = torch.stack([loss_acc, grad_norm, skipped, bad_steps]).tolist()
                     train_loss = loss_sum / loss_steps
-                    if n_skipped:
-                        log.write(f"step {step}: {n_skipped:.0f} of the last {loss_steps} updates skipped (non-finite)")
-                    if n_bad >= cfg.max_bad_steps:
-                        raise UserError(
-                            f"{n_bad:.0f} consecutive steps had a non-finite loss or gradient; stopping. "
-                            f"The last good checkpoint is in {out_dir}."
-                        )
+                    report_skipped(log, step, n_skipped, n_bad, loss_steps, cfg.max_bad_steps, out_dir)
                     log.log(step, train_loss=train_loss, lr=lr, grad_norm=norm)
                     log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
                     loss_acc.zero_()
@@ -347,7 +323,30 @@ def main(cfg: Config) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers of the script: what "better" means, the epoch table
+# helpers of the script: the model, what "better" means, the epoch table
+
+
+def build_model(cfg: Config, num_labels: int, ckpt):
+    """(model, tokenizer): the encoder from --model with a fresh head seeded by --seed, checked
+    against its tokenizer and --max_length, with a checkpoint's weights when resuming."""
+    names = ("hidden_dropout_prob", "classifier_dropout", "attention_probs_dropout_prob")
+    overrides = dict.fromkeys(names, cfg.dropout) if cfg.dropout is not None else {}
+    model = BertForSequenceClassification.from_pretrained(cfg.model, num_labels=num_labels, **overrides)
+    model.init_head(torch.Generator().manual_seed(cfg.seed))
+    tokenizer = load_tokenizer(model.source_dir)
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer of {cfg.model} has {tokenizer.get_vocab_size()} tokens, "
+            f"the model {model.config.vocab_size}: they do not belong together."
+        )
+    if cfg.max_length > model.config.max_position_embeddings:
+        raise UserError(
+            f"--max_length={cfg.max_length} is longer than the model's "
+            f"{model.config.max_position_embeddings} positions."
+        )
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    return model, tokenizer
 
 
 def data_fingerprint(splits: dict) -> str:

@@ -11,14 +11,21 @@ kernels that ran are listed, so the backend actually used is on record.
 """
 
 import argparse
-import json
 import re
 import time
 from pathlib import Path
 
 import torch
 
-from bench.train_step import PRESETS, contextlib_sdpa, environment, random_data, random_source
+from bench.train_step import (
+    PRESETS,
+    contextlib_sdpa,
+    environment,
+    random_data,
+    random_source,
+    save_result,
+    train_config,
+)
 
 CATEGORIES = [
     ("attention", r"flash|fmha|attention|sdpa|cudnn.*mha|efficient_attention"),
@@ -73,13 +80,8 @@ def main(argv=None) -> dict:
 
     train_gpt2.step_unless = step_and_tick
     out = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    cfg = train_gpt2.Config(
-        data="random", out_dir=str(out / "run"), cache_dir=str(out / "cache"), n_layer=p["n_layer"], n_head=p["n_head"],
-        n_embd=p["n_embd"], block_size=p["block_size"], batch_size=B, tokens_per_step=p["tokens_per_step"],
-        max_steps=steps, eval_interval=10**9, save_interval=10**9, eval_batches=1, log_interval=10**6,
-        num_samples=0, progress=False, export="final",
-        compile={"auto": None, "true": True, "false": False}[args.compile],
-    )  # fmt: skip
+    compile_ = {"auto": None, "true": True, "false": False}[args.compile]
+    cfg = train_config(p, B, steps, out, log_interval=10**6, compile=compile_)
     try:
         with prof, random_source(train_ids, val_ids, tok), contextlib_sdpa(args.sdpa):
             train_gpt2.main(cfg)
@@ -112,11 +114,7 @@ def main(argv=None) -> dict:
     if result["gpu_busy_percent"] is not None:
         print(f"GPU busy: {result['gpu_busy_percent']}% of {wall_ms:.0f} ms")
     print("attention kernels:", ", ".join(result["attention_kernels"]) or "-")
-    path = Path(args.out or f"bench/results/profile-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
-    return result
+    return save_result(result, args.out, "profile")
 
 
 if __name__ == "__main__":

@@ -54,30 +54,8 @@ def run(args) -> dict:
     train_ids, tok = random_data(p["vocab"], need)
     val_ids, _ = random_data(p["vocab"], 4 * p["block_size"] + 1, seed=1)
     out = Path(tempfile.mkdtemp(prefix="bench-train-step-"))
-    cfg = train_gpt2.Config(
-        data="random",
-        out_dir=str(out / "run"),
-        cache_dir=str(out / "cache"),
-        n_layer=p["n_layer"],
-        n_head=p["n_head"],
-        n_embd=p["n_embd"],
-        block_size=p["block_size"],
-        batch_size=B,
-        tokens_per_step=p["tokens_per_step"],
-        max_steps=steps,
-        warmup_steps=10,
-        lr=6e-4,
-        min_lr=6e-5,
-        dtype=args.dtype,
-        compile=args.compile,
-        compile_scope=args.compile_scope,
-        eval_interval=10**9,
-        save_interval=10**9,
-        eval_batches=1,
-        log_interval=1,
-        num_samples=0,
-        progress=False,
-        export="final",
+    cfg = train_config(
+        p, B, steps, out, log_interval=1, dtype=args.dtype, compile=args.compile, compile_scope=args.compile_scope
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -135,6 +113,19 @@ def run(args) -> dict:
     return result
 
 
+def train_config(p: dict, batch_size: int, steps: int, out: Path, **options):
+    """train_gpt2.Config for a timing run of preset `p`: GPT-2 reproduction hyper-parameters, no
+    evaluation, checkpoint or samples in the timed steps (one of each at the end)."""
+    import train_gpt2
+
+    shape = {k: p[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "tokens_per_step")}
+    return train_gpt2.Config(
+        data="random", out_dir=str(out / "run"), cache_dir=str(out / "cache"), **shape, batch_size=batch_size,
+        max_steps=steps, warmup_steps=10, lr=6e-4, min_lr=6e-5, eval_interval=10**9, save_interval=10**9,
+        eval_batches=1, num_samples=0, progress=False, export="final", **options,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def random_source(train_ids, val_ids, tok):
     """The data source is the only thing replaced: documents, tokenizer and token caches come from
@@ -165,6 +156,15 @@ def contextlib_sdpa(name: str):
         "math": SDPBackend.MATH,
     }
     return sdpa_kernel([backends[name]])
+
+
+def save_result(result: dict, out: str, name: str) -> dict:
+    """Write a result as JSON (default bench/results/NAME-DATE.json); returns it."""
+    path = Path(out or f"bench/results/{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return result
 
 
 def environment() -> dict:
@@ -204,11 +204,7 @@ def main(argv=None) -> dict:
     args.compile = {"auto": None, "true": True, "false": False}[args.compile]
     result = {**environment(), **run(args)}
     print(json.dumps(result, indent=2))
-    path = Path(args.out or f"bench/results/train-step-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
-    return result
+    return save_result(result, args.out, "train-step")
 
 
 if __name__ == "__main__":

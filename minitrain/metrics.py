@@ -38,6 +38,17 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> f
     return 6 * n_params + 12 * n_layer * n_embd * seq_len
 
 
+def throughput(tokens: int, seconds: float, flops_token: float, world_size: int, peak: float | None) -> dict:
+    """tokens_per_sec (over all ranks) and, with a known peak, MFU per GPU: model FLOPs per second
+    over the device's peak (the PaLM definition). Empty when no step was timed."""
+    if not tokens:
+        return {}
+    row = {"tokens_per_sec": tokens / seconds}
+    if peak:
+        row["mfu"] = flops_token * row["tokens_per_sec"] / world_size / (peak * 1e12)
+    return row
+
+
 # Dense bf16 peak TFLOP/s without sparsity, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {
     "H100 SXM": 989.0,

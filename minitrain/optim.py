@@ -65,3 +65,18 @@ def step_unless(optimizer, skip: torch.Tensor) -> None:
             del optimizer.found_inf
     elif not skip.item():
         optimizer.step()
+
+
+def report_skipped(log, step: int, n_skipped: float, n_bad: float, n_steps: int, max_bad_steps: int, out_dir) -> None:
+    """At a log step: say how many of the last `n_steps` updates were skipped for a non-finite
+    loss or gradient, and stop the run once `n_bad` in a row reach `max_bad_steps` (both scripts
+    use this one rule and these sentences)."""
+    from minitrain import UserError
+
+    if n_skipped:
+        log.write(f"step {step}: {n_skipped:.0f} of the last {n_steps} updates skipped (non-finite loss or gradient)")
+    if n_bad >= max_bad_steps:
+        raise UserError(
+            f"{n_bad:.0f} consecutive steps had a non-finite loss or gradient; stopping. "
+            f"The last good checkpoint is in {out_dir}."
+        )
