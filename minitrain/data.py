@@ -204,17 +204,24 @@ def _cache_problem(path: Path, meta_path: Path) -> str | None:
 
 
 def tokenize(docs: list[str], tokenizer, eot: int) -> np.ndarray:
-    import datasets
-
-    datasets.disable_progress_bars()
+    """Token ids of the documents, an end-of-text id after each, through datasets.map (batched);
+    where `datasets` is not installed (a bare GPU image), the same batches go straight to
+    tokenizers' encode_batch, which gives the same ids."""
 
     def encode(batch):
         return {"ids": [e.ids + [eot] for e in tokenizer.encode_batch(batch["text"])]}
 
-    ds = datasets.Dataset.from_dict({"text": docs}).map(encode, batched=True, batch_size=256, remove_columns=["text"])
     # uint16 halves the cache when every id fits (GPT-2's 50257 does), else uint32.
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 2**16 else np.uint32
-    parts = [np.asarray(ids, dtype=dtype) for ids in ds["ids"]]
+    try:
+        import datasets
+    except ImportError:
+        ids = [i for s in range(0, len(docs), 256) for i in encode({"text": docs[s : s + 256]})["ids"]]
+    else:
+        datasets.disable_progress_bars()
+        ds = datasets.Dataset.from_dict({"text": docs})
+        ids = ds.map(encode, batched=True, batch_size=256, remove_columns=["text"])["ids"]
+    parts = [np.asarray(x, dtype=dtype) for x in ids]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 

@@ -38,3 +38,16 @@ def test_token_cache_is_reused(corpus, cache, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "tokenize", boom)
     again = data.tokenize_cached(docs, tok, 0, tmp_path, "train")
     assert (first == again).all()
+
+
+def test_tokenize_without_datasets_gives_the_same_ids(corpus, monkeypatch):
+    import sys
+
+    from minitrain.tokenizer import train_bpe
+
+    docs = [corpus.read_text()[:20000], "a second document", corpus.read_text()[30000:31000]]
+    tok = train_bpe(docs, 300)
+    with_datasets = data.tokenize(docs, tok, 0)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # a machine without the package
+    without = data.tokenize(docs, tok, 0)
+    assert (with_datasets == without).all() and len(without) > 1000 and (without == 0).sum() >= 3
