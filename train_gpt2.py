@@ -9,11 +9,14 @@
     python train_gpt2.py --help                            # every option
 
 Features: byte-level BPE trained on the corpus (scratch) or the checkpoint's tokenizer
-(fine-tuning); a token cache on disk; seeded epochs; AdamW with decay on matrices only; linear,
-cosine or constant schedules with warmup; gradient accumulation normalised by target tokens;
-clipping; bf16/fp16 autocast (GradScaler for fp16); torch.compile; hand-written data parallelism
-(or PyTorch's DDP with --ddp=torch); evaluation with perplexity; progress bar, TensorBoard and
-metrics.jsonl; atomic, exactly resumable checkpoints; export to the Hugging Face format; sampling.
+(fine-tuning); a checksummed token cache on disk; seeded epochs; AdamW with decay on matrices only;
+linear, cosine or constant schedules with warmup; gradient accumulation normalised by target tokens;
+clipping, with non-finite steps skipped on the device; bf16/fp16 autocast (GradScaler for fp16);
+torch.compile (on by default on CUDA, per block); a loss that never materialises the logits;
+hand-written data parallelism (or PyTorch's DDP with --ddp=torch); validation loss, perplexity and
+bits per byte; early stopping; progress bar, TensorBoard, metrics.jsonl and report.png; atomic,
+exactly resumable checkpoints in a locked run folder; the best step exported in the Hugging Face
+format; sampling.
 """
 
 import contextlib

@@ -10,8 +10,9 @@ Features: GLUE TSV, the original msr_paraphrase_*.txt, or CSV/JSONL sentence pai
 labels); pair tokenization with the model's own tokenizer through datasets.map; dynamic padding
 and optional grouping by length; AdamW (lr 2e-5, decay 0.01) with linear warmup and decay, as in
 BERT's paper; clipping; accumulation; bf16 autocast on GPU; data parallelism under torchrun;
-validation loss, accuracy and F1 after every epoch (a table, TensorBoard, metrics.jsonl); the best
-epoch exported in the Hugging Face format; test-set scoring or predictions; exact resume.
+validation loss, accuracy and F1 after every epoch (a table, TensorBoard, metrics.jsonl,
+report.png); the best epoch by --metric exported in the Hugging Face format; early stopping;
+test-set scoring or predictions; exact resume in a locked run folder.
 """
 
 import contextlib
