@@ -31,30 +31,22 @@ import torch
 from minitrain import UserError, checkpoint, data, dist, evaluate, hub, report
 from minitrain.atomic import check_writable_folder
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
-from minitrain.ddp import Kind, wrap
+from minitrain.ddp import Kind, compile_and_wrap
 from minitrain.generate import sample_texts
 from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.logger import Logger
 from minitrain.metrics import (
     Stopwatch,
     bits_per_byte,
-    evaluations_without_improvement,
     flops_per_token,
     peak_tflops,
     perplexity,
+    stopped_early,
     throughput,
 )
 from minitrain.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
-from minitrain.precision import (
-    DtypeName,
-    allow_tf32,
-    autocast,
-    make_scaler,
-    oom_sentence,
-    probe_batch_size,
-    resolve_dtype,
-)
-from minitrain.tokenizer import EOT, cached_bpe, eot_id, load_tokenizer, save_for_transformers, token_bytes
+from minitrain.precision import DtypeName, allow_tf32, auto_batch_size, autocast, make_scaler, resolve_dtype
+from minitrain.tokenizer import EOT, eot_id, run_tokenizer, save_for_transformers, token_bytes
 
 Fraction = Annotated[float, Range(ge=0, lt=1)]
 
@@ -142,8 +134,7 @@ def main(cfg: Config) -> dict:
         resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, "train_gpt2")
         dist.same_everywhere(d, "options", asdict(cfg))
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
-        stale = evaluations_without_improvement([-v for v in ckpt["val_history"]], cfg.min_delta) if ckpt else 0
-        if cfg.patience and stale >= cfg.patience:
+        if ckpt and stopped_early([-v for v in ckpt["val_history"]], cfg.patience, cfg.min_delta):
             dist.print0(f"{resume_path}: the run stopped early (--patience={cfg.patience}); nothing left to do.")
             return {"step": ckpt["step"], "val_loss": ckpt["val_loss"], "stopped_early": True, "out_dir": str(out_dir)}
 
@@ -151,7 +142,9 @@ def main(cfg: Config) -> dict:
         # data: documents -> tokenizer -> token ids (rank 0 fills the caches, the others reuse them)
         train_docs, val_docs = data.read_documents(cfg.data, cfg.val_fraction)
         with dist.main_first(d):
-            tokenizer = run_tokenizer(cfg, train_docs, resume_path)
+            tokenizer = run_tokenizer(
+                resume_path, cfg.init_from, cfg.tokenizer, train_docs, cfg.vocab_size, cfg.cache_dir
+            )
             eot = eot_id(tokenizer)
             train_tokens = data.tokenize_cached(train_docs, tokenizer, eot, cfg.cache_dir, "train")
             val_tokens = data.tokenize_cached(val_docs, tokenizer, eot, cfg.cache_dir, "val")
@@ -170,7 +163,8 @@ def main(cfg: Config) -> dict:
         # --------------------------------------------------------------------------------------
         # batch arithmetic: values that depend on the world size are computed here and printed
         W, T = d.world_size, cfg.block_size
-        B = cfg.batch_size if cfg.batch_size != "auto" else auto_batch_size(cfg, raw_model, d, dtype)
+        # --batch_size=auto: the largest micro-batch that fits (CUDA); accumulation follows from it
+        B = cfg.batch_size if cfg.batch_size != "auto" else auto_batch_size(raw_model, T, cfg.tokens_per_step, d, dtype)
         if cfg.tokens_per_step > 0:
             per_micro_step = W * B * T
             if cfg.tokens_per_step % per_micro_step:
@@ -221,14 +215,8 @@ def main(cfg: Config) -> dict:
             dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch}, {pos} sequences into it)")
         order = data.epoch_order(n_train_blocks, cfg.seed, epoch)
 
-        # compile (blocks in place, or the whole model), then wrap for data parallelism; raw_model
-        # stays the one that is saved. Compiling helps on CUDA and rarely on CPU: hence auto.
-        compiled = cfg.compile if cfg.compile is not None else d.device.type == "cuda"
-        if compiled and cfg.compile_scope == "blocks":
-            raw_model.compile_blocks()
-        model = torch.compile(raw_model) if compiled and cfg.compile_scope == "model" else raw_model
-        if d.multi_process:
-            model = wrap(model, cfg.ddp, d.device)
+        # compile (on CUDA by default), then wrap for data parallelism; raw_model stays the one saved
+        model = compile_and_wrap(raw_model, cfg.compile, cfg.compile_scope, cfg.ddp, d)
 
         # --------------------------------------------------------------------------------------
         # the training loop, in a run folder that is ours (a new run replaces what an earlier one left)
@@ -330,11 +318,8 @@ def main(cfg: Config) -> dict:
                     skipped.zero_()
                     loss_steps, timed_tokens = 0, 0
 
-                # every rank stops at the same step; under torchrun the flag is all-reduced, a collective
-                # (a host sync), so only at log steps
-                stopping = (
-                    step < max_steps and (not d.multi_process or step % cfg.log_interval == 0) and stop.requested(d)
-                )
+                # every rank stops at the same step; under torchrun that takes a collective: at log steps
+                stopping = step < max_steps and stop.requested(d, sync=step % cfg.log_interval == 0)
                 with watch.paused():  # evaluation and checkpoints are not training time
                     if step % cfg.eval_interval == 0 or step == max_steps:
                         val_loss = evaluate.lm_loss(raw_model, val_tokens, n_eval_blocks, T, B, d, dtype)
@@ -343,8 +328,7 @@ def main(cfg: Config) -> dict:
                         log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss), val_bpb=val_bpb)
                         log.write(f"step {step}: train loss {train_loss:.4f}, {validation_line(val_loss, val_bpb)}")
                         # early stopping: the same decision on every rank, as val_loss is all-reduced
-                        stale = evaluations_without_improvement([-v for v in val_history], cfg.min_delta)
-                        stop_early = cfg.patience > 0 and stale >= cfg.patience
+                        stop_early = stopped_early([-v for v in val_history], cfg.patience, cfg.min_delta)
                     if step % cfg.save_interval == 0 or step == max_steps or stopping or stop_early:
                         is_best, best_val = val_loss < best_val, min(best_val, val_loss)
                         state = {
@@ -390,7 +374,7 @@ def main(cfg: Config) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers of the script: the tokenizer and the model
+# helpers of the script: checks across options, the model, the end of the run
 
 
 def check_together(cfg: Config) -> None:
@@ -405,31 +389,6 @@ def check_together(cfg: Config) -> None:
     check_writable_folder(cfg.cache_dir, "--cache_dir")
     if cfg.init_from != "scratch":
         hub.check_local_model(cfg.init_from, "gpt2")
-
-
-def auto_batch_size(cfg: Config, raw_model: GPT2, d, dtype) -> int:
-    """--batch_size=auto: the largest power-of-two micro-batch that fits on the GPU (the same on
-    every rank), dividing the sequences each rank takes per step; accumulation follows from it."""
-    if d.device.type != "cuda":
-        raise UserError("--batch_size=auto measures GPU memory; on a CPU give a number.")
-    per_rank = cfg.tokens_per_step // (d.world_size * cfg.block_size) if cfg.tokens_per_step else 1024
-    B = int(dist.all_reduce_min(probe_batch_size(raw_model, cfg.block_size, d.device, dtype, per_rank), d))
-    if B == 0:
-        raise UserError(oom_sentence())
-    dist.print0(f"--batch_size=auto: {B} sequences per micro-batch fit")
-    return B
-
-
-def run_tokenizer(cfg: Config, train_docs: list[str], resume_path: Path | None):
-    """The run's tokenizer: a resumed run's own; fine-tuning keeps the checkpoint's; from scratch, a
-    given folder's or a byte-level BPE trained on the training text (cached)."""
-    if resume_path is not None and (resume_path.parent / "tokenizer.json").is_file():
-        return load_tokenizer(resume_path.parent)
-    if cfg.init_from != "scratch":
-        return load_tokenizer(cfg.init_from)
-    if cfg.tokenizer:
-        return load_tokenizer(cfg.tokenizer)
-    return cached_bpe(train_docs, cfg.vocab_size, cfg.cache_dir)
 
 
 def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
@@ -474,25 +433,21 @@ def validation_line(val_loss: float, val_bpb: float) -> str:
 
 
 def finish(raw_model: GPT2, tokenizer, cfg: Config, out_dir: Path, step: int, eot: int, log) -> None:
-    """Rank 0 at the end: export in the Hugging Face format, sample from the export, draw the report."""
-    log.write(f"exported {export(raw_model, cfg.export, out_dir, step)} to {out_dir / 'final'}")
+    """Rank 0 at the end: export --export's weights in the Hugging Face format (final/README.md says
+    which step they are), sample from them, draw the report."""
+    best = checkpoint.load_best(raw_model, out_dir) if cfg.export == "best" else None
+    what = (
+        f"step {best['step']} (the lowest validation loss, {best['val_loss']:.4f})"
+        if best
+        else f"step {step} (the last)"
+    )
+    raw_model.save_pretrained(out_dir / "final", tokenizer_dir=out_dir)
+    (out_dir / "final/README.md").write_text(f"GPT-2 trained by minitrain's train_gpt2.py: {what} of {out_dir}.\n")
+    log.write(f"exported {what} to {out_dir / 'final'}")
     for i, text in enumerate(sample_texts(raw_model, tokenizer, cfg, empty_prompt_id=eot), 1):
         log.write(f"--- sample {i} ---\n{text}")
         log.text(step, f"sample_{i}", text)
     report.report_run(out_dir, log.write)
-
-
-def export(raw_model: GPT2, which: str, out_dir: Path, step: int) -> str:
-    """Write out_dir/final, a Hugging Face folder, with --export's weights: the best checkpoint's
-    (best.pt) or the model as it is at the end; final/README.md says which step it is."""
-    what = f"step {step} (the last)"
-    if which == "best" and (out_dir / "best.pt").is_file():
-        best = checkpoint.load(out_dir / "best.pt")
-        raw_model.load_state_dict(best["model"])
-        what = f"step {best['step']} (the lowest validation loss, {best['val_loss']:.4f})"
-    raw_model.save_pretrained(out_dir / "final", tokenizer_dir=out_dir)
-    (out_dir / "final/README.md").write_text(f"GPT-2 trained by minitrain's train_gpt2.py: {what} of {out_dir}.\n")
-    return what
 
 
 if __name__ == "__main__":

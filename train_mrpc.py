@@ -26,10 +26,10 @@ import torch
 from minitrain import UserError, checkpoint, dist, evaluate, hub, pairs, report
 from minitrain.bert import BertForSequenceClassification
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
-from minitrain.data import fingerprint
-from minitrain.ddp import Kind, wrap
+from minitrain.data import fingerprint, to_device
+from minitrain.ddp import Kind, compile_and_wrap
 from minitrain.logger import Logger
-from minitrain.metrics import evaluations_without_improvement
+from minitrain.metrics import stopped_early
 from minitrain.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
 from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
 from minitrain.tokenizer import load_tokenizer
@@ -97,7 +97,7 @@ def main(cfg: Config) -> dict:
         resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, "train_mrpc")
         dist.same_everywhere(d, "options", asdict(cfg))
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
-        if ckpt and cfg.patience and stale_evaluations(ckpt["history"], cfg) >= cfg.patience:
+        if ckpt and stopped_early(scores(ckpt["history"], cfg.metric), cfg.patience, cfg.min_delta):
             dist.print0(
                 f"{resume_path} is where the run stopped early (--patience={cfg.patience}); nothing left to do."
             )
@@ -162,12 +162,7 @@ def main(cfg: Config) -> dict:
 
         # compile (blocks in place, or the whole model), then wrap for data parallelism; raw_model
         # stays the one that is saved. Compiling helps on CUDA and rarely on CPU: hence auto.
-        compiled = cfg.compile if cfg.compile is not None else d.device.type == "cuda"
-        if compiled and cfg.compile_scope == "blocks":
-            raw_model.compile_blocks()
-        model = torch.compile(raw_model) if compiled and cfg.compile_scope == "model" else raw_model
-        if d.multi_process:
-            model = wrap(model, cfg.ddp, d.device)
+        model = compile_and_wrap(raw_model, cfg.compile, cfg.compile_scope, cfg.ddp, d)
 
         # --------------------------------------------------------------------------------------
         # the training loop: epochs of shuffled pairs, one optimizer step per global batch, in a
@@ -200,7 +195,7 @@ def main(cfg: Config) -> dict:
                 # The loss is the mean over the pairs of the whole window (all micro-batches, all
                 # ranks): each rank divides its *sum* by per_step, times W because DDP averages.
                 for micro_step, batch in enumerate(batches):
-                    batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+                    batch = {k: to_device(v, d.device) for k, v in batch.items()}
                     last = micro_step == cfg.grad_accum_steps - 1
                     # no gradient communication until the last micro-step of the window
                     sync = contextlib.nullcontext() if (last or not d.multi_process) else model.no_sync()
@@ -239,11 +234,8 @@ def main(cfg: Config) -> dict:
                     skipped.zero_()
                     loss_steps = 0
 
-                # every rank stops at the same step; under torchrun the flag is all-reduced, a collective
-                # (a host sync), so only at log steps
-                stopping = (
-                    step < total_steps and (not d.multi_process or step % cfg.log_interval == 0) and stop.requested(d)
-                )
+                # every rank stops at the same step; under torchrun that takes a collective: at log steps
+                stopping = step < total_steps and stop.requested(d, sync=step % cfg.log_interval == 0)
                 end_of_epoch = pos + per_step > len(train["labels"])
                 evaluated, is_best = end_of_epoch or step == total_steps, False
                 if evaluated:
@@ -266,7 +258,7 @@ def main(cfg: Config) -> dict:
                     log.write(table_row(row, num_labels))
                     is_best = best is None or score(row, cfg.metric) > score(best, cfg.metric)
                     best = row if is_best else best
-                    stop_early = cfg.patience > 0 and stale_evaluations(history, cfg) >= cfg.patience
+                    stop_early = stopped_early(scores(history, cfg.metric), cfg.patience, cfg.min_delta)
                     if end_of_epoch:
                         epoch, pos = epoch + 1, 0
                 if evaluated or (cfg.save_interval and step % cfg.save_interval == 0) or stopping:
@@ -297,10 +289,8 @@ def main(cfg: Config) -> dict:
 
             # ----------------------------------------------------------------------------------
             # the end: the best epoch's model is exported, then scored on the test split
-            best_path = out_dir / "best.pt"
-            if best_path.is_file():
-                best_state = checkpoint.load(best_path)
-                raw_model.load_state_dict(best_state["model"])
+            best_state = checkpoint.load_best(raw_model, out_dir)
+            if best_state is not None:
                 best = best_state["history"][-1]  # saved right after the best epoch's row
             result = {"step": step, "history": history, "best": best, "stopped_early": stop_early}
             if d.is_main:
@@ -354,14 +344,14 @@ def data_fingerprint(splits: dict) -> str:
     return fingerprint(*(repr(rows) for rows in splits.values()))
 
 
+def scores(history: list[dict], metric: str) -> list[float]:
+    """Each evaluation's --metric as a number where higher is better."""
+    return [score(r, metric) for r in history]
+
+
 def score(row: dict, metric: str) -> float:
     """An evaluation row's --metric as a number where higher is better."""
     return -row["val_loss"] if metric == "loss" else row[metric]
-
-
-def stale_evaluations(history: list[dict], cfg: Config) -> int:
-    """Evaluations since the --metric last improved by more than --min_delta (for --patience)."""
-    return evaluations_without_improvement([score(r, cfg.metric) for r in history], cfg.min_delta)
 
 
 def table_header(num_labels: int) -> str:

@@ -1,5 +1,6 @@
 """Writing a file so that a crash at any moment leaves the old file or the new one, never a mix."""
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -35,10 +36,14 @@ class atomic_write:
         return False
 
 
+def digest(data: bytes) -> str:
+    """A content checksum (BLAKE2b, 128 bits) of bytes in memory: the same as file_digest of a
+    file holding them, without reading the file back."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def file_digest(path) -> str:
     """A content checksum of a file (BLAKE2b, 128 bits), read in 1 MiB chunks."""
-    import hashlib
-
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

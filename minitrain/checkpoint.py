@@ -80,7 +80,8 @@ def save_step(state: dict, out_dir, step: int, d, *, keep_last: int, is_best: bo
       with one sentence. No rank goes on before the write is done.
     """
     state["rng"] = gather_rng_states(d)
-    if not all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point()):
+    floats = [t for t in state["model"].values() if t.is_floating_point()]
+    if floats and sum(t.isfinite().logical_not().sum() for t in floats).item():  # one host sync
         raise UserError(f"the weights are not finite at step {step}; no checkpoint was written.")
     path, error = checkpoint_path(out_dir, step), None
     if d.is_main:
@@ -98,6 +99,16 @@ def save_step(state: dict, out_dir, step: int, d, *, keep_last: int, is_best: bo
     if error:
         raise UserError(error)
     return path
+
+
+def load_best(model, out_dir) -> dict | None:
+    """Put best.pt's weights into `model` (for the export); its state, or None when there is none."""
+    path = Path(out_dir) / "best.pt"
+    if not path.is_file():
+        return None
+    state = load(path)
+    model.load_state_dict(state["model"])
+    return state
 
 
 def mark_best(path) -> None:

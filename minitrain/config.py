@@ -195,8 +195,10 @@ def parse_args(cls, argv=None):
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             is_bool = key in specs and specs[key].base is bool
-            words = ("true", "false", "1", "0", "yes", "no", "on", "off", "auto", "none")
-            bool_word = nxt is not None and nxt.lower() in words[: 10 if key in specs and specs[key].optional else 8]
+            words = {"true", "false", "1", "0", "yes", "no", "on", "off"}
+            if key in specs and specs[key].optional:
+                words |= {"auto", "none"}  # an optional bool (None: decided at run time)
+            bool_word = nxt is not None and nxt.lower() in words
             if nxt is not None and not nxt.startswith("--") and (not is_bool or bool_word):
                 value, i = nxt, i + 1
             elif is_bool:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from minitrain import UserError, first_line
-from minitrain.atomic import atomic_write, file_digest
+from minitrain.atomic import atomic_write, digest, file_digest
 
 DEFAULT_CORPUS = "shakespeare"
 CACHE_VERSION = 2  # 2: the description holds a checksum
@@ -175,32 +175,32 @@ def tokenize_cached(docs: list[str], tokenizer, eot: int, cache_dir, name: str) 
     path = cache_dir / f"tokens-{name}-{key}.bin"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
-        problem = _cache_problem(path, meta_path)
+        meta, problem = _check_cache(path, meta_path)
         if problem is None:
-            meta = json.loads(meta_path.read_text())
             return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
         print(f"warning: the token cache {path} {problem}; tokenizing again", file=sys.stderr, flush=True)
     ids = tokenize(docs, tokenizer, eot)
+    raw = ids.tobytes()
     with atomic_write(path) as f:
-        f.write(ids.tobytes())
+        f.write(raw)
     with atomic_write(meta_path, "w") as f:
-        json.dump({"dtype": str(ids.dtype), "n_tokens": int(ids.size), "blake2b": file_digest(path)}, f)
+        json.dump({"dtype": str(ids.dtype), "n_tokens": int(ids.size), "blake2b": digest(raw)}, f)
     return np.memmap(path, dtype=ids.dtype, mode="r", shape=(ids.size,))
 
 
-def _cache_problem(path: Path, meta_path: Path) -> str | None:
-    """What is wrong with a token cache, checked against what was recorded when it was written:
-    its size (a truncated file) and a checksum of its content (a file changed in place)."""
+def _check_cache(path: Path, meta_path: Path) -> tuple[dict, str | None]:
+    """(description, what is wrong) of a token cache, checked against what was recorded when it
+    was written: its size (a truncated file) and a checksum of its content (changed in place)."""
     try:
         meta = json.loads(meta_path.read_text())
         expected = int(meta["n_tokens"]) * np.dtype(meta["dtype"]).itemsize
     except (ValueError, KeyError, TypeError):
-        return "has an unreadable description"
+        return {}, "has an unreadable description"
     if path.stat().st_size != expected:
-        return f"has {path.stat().st_size} bytes instead of {expected}"
+        return meta, f"has {path.stat().st_size} bytes instead of {expected}"
     if meta.get("blake2b") != file_digest(path):
-        return "does not match the checksum recorded when it was written"
-    return None
+        return meta, "does not match the checksum recorded when it was written"
+    return meta, None
 
 
 def tokenize(docs: list[str], tokenizer, eot: int) -> np.ndarray:
@@ -235,10 +235,16 @@ def get_batch(tokens: np.ndarray, block_ids, block_size: int, device=None):
     made at its start, and their copy runs while the GPU still computes the previous step."""
     T = block_size
     rows = np.stack([tokens[i * T : i * T + T + 1] for i in block_ids]).astype(np.int64)
-    t = torch.from_numpy(rows)  # (B, T + 1)
-    if device is not None and torch.device(device).type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
+    t = to_device(torch.from_numpy(rows), device)  # (B, T + 1)
     return t[:, :-1], t[:, 1:]
+
+
+def to_device(t: torch.Tensor, device=None) -> torch.Tensor:
+    """A CPU tensor on `device`: to CUDA through page-locked memory, copied asynchronously (the copy
+    runs while the GPU still computes); unchanged for the CPU or no device."""
+    if device is not None and torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
 
 
 def epoch_order(n_blocks: int, seed: int, epoch: int) -> torch.Tensor:

@@ -129,3 +129,15 @@ def wrap(model: nn.Module, kind: Kind, device: torch.device) -> nn.Module:
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     raise ValueError(f"unknown ddp kind {kind!r}")
+
+
+def compile_and_wrap(raw_model: nn.Module, compile: bool | None, scope: str, kind: Kind, d) -> nn.Module:
+    """The model the training loop calls: compiled (None: only on CUDA, where it pays off; scope
+    'blocks' compiles each block in place, 'model' the whole module), then wrapped for data
+    parallelism under torchrun. `raw_model` stays the unwrapped module that is saved."""
+    if compile if compile is not None else d.device.type == "cuda":
+        if scope == "blocks":
+            raw_model.compile_blocks()
+        else:
+            raw_model = torch.compile(raw_model)
+    return wrap(raw_model, kind, d.device) if d.multi_process else raw_model

@@ -215,10 +215,14 @@ class StopFlag:
     def _handler(self, signum, frame):
         self._local = True
 
-    def requested(self, d) -> bool:
+    def requested(self, d, sync: bool = True) -> bool:
+        """Whether to stop now. Under torchrun the flag is all-reduced, a collective and so a host
+        sync: with sync=False (a step that is not a log step) the ranks do not stop yet."""
         if not d.multi_process:
             self.was_requested = self._local
             return self._local
+        if not sync:
+            return False
         flag = torch.tensor([1.0 if self._local else 0.0], device=d.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         self.was_requested = bool(flag.item())

@@ -22,6 +22,12 @@ def evaluations_without_improvement(scores: list[float], min_delta: float) -> in
     return stale
 
 
+def stopped_early(scores: list[float], patience: int, min_delta: float) -> bool:
+    """--patience: whether `patience` (> 0) evaluations have passed without an improvement larger
+    than `min_delta` (higher scores are better)."""
+    return patience > 0 and evaluations_without_improvement(scores, min_delta) >= patience
+
+
 def bits_per_byte(mean_loss: float, n_tokens: int, n_bytes: int) -> float:
     """A mean next-token loss (nats per token) as bits per byte of the text predicted: the total
     nats / ln 2 over the UTF-8 bytes those tokens stand for. Independent of the tokenizer."""

@@ -108,3 +108,18 @@ def probe_batch_size(model, block_size: int, device, dtype, multiple_of: int = 1
     finally:
         del reserve
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def auto_batch_size(model, block_size: int, tokens_per_step: int, d, dtype) -> int:
+    """--batch_size=auto: the largest power-of-two micro-batch that fits on the GPU, the same on
+    every rank, dividing the sequences each rank takes per step; accumulation follows from it."""
+    from minitrain import dist
+
+    if d.device.type != "cuda":
+        raise UserError("--batch_size=auto measures GPU memory; on a CPU give a number.")
+    per_rank = tokens_per_step // (d.world_size * block_size) if tokens_per_step else 1024
+    B = int(dist.all_reduce_min(probe_batch_size(model, block_size, d.device, dtype, per_rank), d))
+    if B == 0:
+        raise UserError(oom_sentence())
+    dist.print0(f"--batch_size=auto: {B} sequences per micro-batch fit")
+    return B

@@ -23,7 +23,7 @@ from tokenizers import (
 )
 
 from minitrain import UserError, hub
-from minitrain.atomic import atomic_write, file_digest
+from minitrain.atomic import atomic_write, digest, file_digest
 
 EOT = "<|endoftext|>"  # GPT-2's end-of-text token, placed between documents
 
@@ -94,16 +94,28 @@ def cached_bpe(texts: list[str], vocab_size: int, cache_dir) -> Tokenizer:
     from minitrain.data import fingerprint
 
     path = Path(os.path.expanduser(str(cache_dir))) / f"bpe-{vocab_size}-{fingerprint(texts, vocab_size)}.json"
-    digest = path.with_suffix(".blake2b")  # the checksum recorded when it was written
+    digest_path = path.with_suffix(".blake2b")  # the checksum recorded when it was written
     if path.is_file():
-        if digest.is_file() and digest.read_text().strip() == file_digest(path):
+        if digest_path.is_file() and digest_path.read_text().strip() == file_digest(path):
             return Tokenizer.from_file(str(path))
         print(f"warning: the tokenizer cache {path} does not match its checksum; training again", flush=True)
     print(f"training a byte-level BPE with {vocab_size} tokens on the training text", flush=True)
     tok = train_bpe(texts, vocab_size, path)
-    with atomic_write(digest, "w") as f:
-        f.write(file_digest(path))
+    with atomic_write(digest_path, "w") as f:
+        f.write(digest(tok.to_str().encode()))  # what train_bpe wrote, without reading it back
     return tok
+
+
+def run_tokenizer(resume_path, init_from: str, folder: str, texts: list[str], vocab_size: int, cache_dir):
+    """A training run's tokenizer: a resumed run's own (beside its checkpoint); a fine-tuned
+    model's (`init_from`); a given `folder`'s; else a byte-level BPE trained on `texts`, cached."""
+    if resume_path is not None and (Path(resume_path).parent / "tokenizer.json").is_file():
+        return load_tokenizer(Path(resume_path).parent)
+    if init_from != "scratch":
+        return load_tokenizer(init_from)
+    if folder:
+        return load_tokenizer(folder)
+    return cached_bpe(texts, vocab_size, cache_dir)
 
 
 def save_for_transformers(tok: Tokenizer, folder, max_len: int) -> None:
