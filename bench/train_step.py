@@ -46,6 +46,7 @@ def random_data(vocab: int, n_tokens: int, seed: int = 0):
 def run(args) -> dict:
     import train_gpt2
     from minitrain import metrics
+    from minitrain.gpt2 import GPT2, GPT2Config
 
     p = PRESETS[args.preset]
     B = args.batch_size or (16 if args.preset == "gpt2-124m" else 4)
@@ -68,25 +69,10 @@ def run(args) -> dict:
     warmup = next((r["warmup_s"] for r in rows if "warmup_s" in r), None)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = metrics.peak_tflops(name) if torch.cuda.is_available() else None
-    n_params = None
-    flops = None
-    try:
-        from minitrain.gpt2 import GPT2, GPT2Config
-
-        with torch.device("meta"):
-            m = GPT2(
-                GPT2Config(
-                    vocab_size=p["vocab"],
-                    n_positions=p["block_size"],
-                    n_embd=p["n_embd"],
-                    n_layer=p["n_layer"],
-                    n_head=p["n_head"],
-                )
-            )
-        n_params = m.num_params()
-        flops = metrics.flops_per_token(n_params, p["n_layer"], p["n_embd"], p["block_size"])
-    except Exception:
-        pass
+    with torch.device("meta"):  # the parameter count without allocating the model
+        shape = {k: p[k] for k in ("n_embd", "n_layer", "n_head")}
+        n_params = GPT2(GPT2Config(vocab_size=p["vocab"], n_positions=p["block_size"], **shape)).num_params()
+    flops = metrics.flops_per_token(n_params, p["n_layer"], p["n_embd"], p["block_size"])
     median = statistics.median(per_step) if per_step else None
     result = {
         "case": f"train_gpt2 step, {args.preset}",
@@ -136,7 +122,7 @@ def random_source(train_ids, val_ids, tok):
     saved = data.read_documents, data.tokenize_cached, train_gpt2.run_tokenizer
     data.read_documents = lambda spec, frac: (["train"], ["val"])
     data.tokenize_cached = lambda docs, tokenizer, eot, cache_dir, name: train_ids if name == "train" else val_ids
-    train_gpt2.run_tokenizer = lambda cfg, docs, resume_path: tok
+    train_gpt2.run_tokenizer = lambda *args: tok
     try:
         yield
     finally:

@@ -98,7 +98,7 @@ def hellaswag(model, tokenizer, examples: list, batch_size: int, d, dtype, progr
     was_training = model.training
     model.eval()
     n_positions, vocab = model.config.n_positions, model.config.vocab_size
-    counts = torch.zeros(3, dtype=torch.long, device=d.device)  # examples, correct, correct_norm
+    correct = torch.zeros(2, dtype=torch.long, device=d.device)  # by summed loss, by mean loss
     mine = examples[d.rank :: d.world_size]
     with _bar(len(mine), d, progress, "examples") as bar:
         for i in range(0, len(mine), batch_size):
@@ -124,18 +124,12 @@ def hellaswag(model, tokenizer, examples: list, batch_size: int, d, dtype, progr
             summed = losses.sum(1).view(len(labels), -1)  # (examples, endings)
             mean = summed / (y != -100).sum(1).view(len(labels), -1)
             target = torch.tensor(labels, device=d.device)
-            counts += torch.stack(
-                [
-                    torch.tensor(len(labels), device=d.device),
-                    (summed.argmin(1) == target).sum(),
-                    (mean.argmin(1) == target).sum(),
-                ]
-            )
+            correct += torch.stack([(summed.argmin(1) == target).sum(), (mean.argmin(1) == target).sum()])
             bar.update(len(labels))
-    dist.all_reduce_sum(counts, d)
+    dist.all_reduce_sum(correct, d)
     model.train(was_training)
-    n, correct, correct_norm = counts.tolist()
-    return {"examples": n, "acc": correct / max(1, n), "acc_norm": correct_norm / max(1, n)}
+    n, (by_sum, by_mean) = len(examples), correct.tolist()
+    return {"examples": n, "acc": by_sum / max(1, n), "acc_norm": by_mean / max(1, n)}
 
 
 def write_predictions(preds: dict, path: Path, d) -> int:
