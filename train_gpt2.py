@@ -46,7 +46,8 @@ from minitrain.metrics import (
 )
 from minitrain.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
 from minitrain.precision import DtypeName, allow_tf32, auto_batch_size, autocast, make_scaler, resolve_dtype
-from minitrain.tokenizer import EOT, eot_id, run_tokenizer, save_for_transformers, token_bytes
+from minitrain.prepare import run_tokenizer, training_data
+from minitrain.tokenizer import EOT, eot_id, save_for_transformers, token_bytes
 
 Fraction = Annotated[float, Range(ge=0, lt=1)]
 
@@ -56,13 +57,14 @@ class Config:
     """Causal language modelling with GPT-2. Every option is --key=value (or --key value)."""
 
     # data
-    data: str = "shakespeare"  # corpus: 'shakespeare', a .txt file, a folder/glob of .txt, hf:NAME[:CONFIG]
-    val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # share held out for validation (if no val split)
+    data: str = "shakespeare"  # 'shakespeare', .txt/.jsonl(.gz)/.parquet files, a folder, a glob, hf:NAME, shards
+    val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # share held out for validation (text sources without one)
     cache_dir: str = "~/.cache/minitrain"  # where tokenized data and trained tokenizers are cached
     # model
     init_from: str = "scratch"  # 'scratch', a hub id (gpt2, gpt2-medium, ...) or a local HF folder
     tokenizer: str = ""  # scratch only: a tokenizer folder; empty trains a byte-level BPE on the data
     vocab_size: PositiveInt = 2048  # scratch only: size of the BPE vocabulary to train
+    pad_vocab_to: PositiveInt = 1  # scratch only: round the model's vocabulary up to a multiple (64: 50257 -> 50304)
     n_layer: PositiveInt = 4  # scratch only: transformer blocks
     n_head: PositiveInt = 4  # scratch only: attention heads
     n_embd: PositiveInt = 128  # scratch only: width of the residual stream
@@ -139,15 +141,14 @@ def main(cfg: Config) -> dict:
             return {"step": ckpt["step"], "val_loss": ckpt["val_loss"], "stopped_early": True, "out_dir": str(out_dir)}
 
         # --------------------------------------------------------------------------------------
-        # data: documents -> tokenizer -> token ids (rank 0 fills the caches, the others reuse them)
-        train_docs, val_docs = data.read_documents(cfg.data, cfg.val_fraction)
+        # data: a tokenizer, then the source as memory-mapped token shards (a text source is
+        # tokenized once, in parallel, and cached: rank 0 does it while the others wait)
         with dist.main_first(d):
             tokenizer = run_tokenizer(
-                resume_path, cfg.init_from, cfg.tokenizer, train_docs, cfg.vocab_size, cfg.cache_dir
+                resume_path, cfg.init_from, cfg.tokenizer, cfg.data, cfg.vocab_size, cfg.val_fraction, cfg.cache_dir
             )
             eot = eot_id(tokenizer)
-            train_tokens = data.tokenize_cached(train_docs, tokenizer, eot, cfg.cache_dir, "train")
-            val_tokens = data.tokenize_cached(val_docs, tokenizer, eot, cfg.cache_dir, "val")
+            train_tokens, val_tokens = training_data(cfg.data, tokenizer, cfg.val_fraction, cfg.cache_dir, cfg.progress)
         dist.same_everywhere(d, "data", data.fingerprint(tokenizer.to_str(), len(train_tokens), len(val_tokens)))
 
         # --------------------------------------------------------------------------------------
@@ -177,8 +178,8 @@ def main(cfg: Config) -> dict:
             grad_accum = cfg.grad_accum_steps
         blocks_per_step = W * B * grad_accum  # the global batch, in sequences
         window_tokens = blocks_per_step * T  # targets per step: every block's T tokens count
-        n_train_blocks = data.num_blocks(train_tokens, T)
-        n_val_blocks = data.num_blocks(val_tokens, T)
+        n_train_blocks = train_tokens.num_blocks(T)
+        n_val_blocks = val_tokens.num_blocks(T)
         if n_train_blocks < blocks_per_step:
             raise UserError(
                 f"the training split has {n_train_blocks} blocks of {T} tokens, fewer than "
@@ -188,7 +189,7 @@ def main(cfg: Config) -> dict:
             raise UserError(f"the validation split is shorter than one block of {T} tokens.")
         n_eval_blocks = min(n_val_blocks, cfg.eval_batches * B * W) if cfg.eval_batches else n_val_blocks
         n_eval_tokens = n_eval_blocks * T  # bits per byte: their loss over the bytes of text they stand for
-        n_eval_bytes = int(token_bytes(tokenizer)[val_tokens[1 : n_eval_tokens + 1]].sum())
+        n_eval_bytes = val_tokens.target_bytes(n_eval_blocks, T, token_bytes(tokenizer))
         steps_per_epoch = n_train_blocks // blocks_per_step
         max_steps = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs > 0 else cfg.max_steps
         dist.print0(
@@ -213,7 +214,7 @@ def main(cfg: Config) -> dict:
             else:
                 torch.manual_seed(cfg.seed + d.rank + 1_000_003 * step)
             dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch}, {pos} sequences into it)")
-        order = data.epoch_order(n_train_blocks, cfg.seed, epoch)
+        order = data.EpochOrder(train_tokens, T, cfg.seed, epoch)
 
         # compile (on CUDA by default), then wrap for data parallelism; raw_model stays the one saved
         model = compile_and_wrap(raw_model, cfg.compile, cfg.compile_scope, cfg.ddp, d)
@@ -247,7 +248,7 @@ def main(cfg: Config) -> dict:
                 # is dropped, the same way on every rank)
                 if pos + blocks_per_step > n_train_blocks:
                     epoch, pos = epoch + 1, 0
-                    order = data.epoch_order(n_train_blocks, cfg.seed, epoch)
+                    order = data.EpochOrder(train_tokens, T, cfg.seed, epoch)
                 lr = lr_at(
                     step,
                     schedule=cfg.schedule,
@@ -265,7 +266,7 @@ def main(cfg: Config) -> dict:
                 batches = []  # on a GPU, copied now (pinned, asynchronously) while the last step still computes
                 for m in range(grad_accum):
                     start = pos + (m * W + d.rank) * B
-                    batches.append(data.get_batch(train_tokens, order[start : start + B].tolist(), T, d.device))
+                    batches.append(data.get_batch(train_tokens, order[start : start + B], T, d.device))
                 # The loss is a mean over every target token of the whole window (all micro-batches,
                 # all ranks), not a mean of per-micro-batch means: then N accumulated micro-batches
                 # give exactly the update of one N-times-larger batch, even when micro-batches hold
@@ -399,7 +400,8 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
     if cfg.init_from == "scratch":
         eot = tokenizer.token_to_id(EOT)
         shape = dict(n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head)
-        config = GPT2Config(vocab_size=tokenizer.get_vocab_size(), **shape, **drop, bos_token_id=eot, eos_token_id=eot)
+        vocab = -(-tokenizer.get_vocab_size() // cfg.pad_vocab_to) * cfg.pad_vocab_to  # rows a tokenizer never uses
+        config = GPT2Config(vocab_size=vocab, **shape, **drop, bos_token_id=eot, eos_token_id=eot)
         model = GPT2(config)
     else:
         model = GPT2.from_pretrained(cfg.init_from, **drop)

@@ -173,16 +173,18 @@ def pipeline_throughput():
         return {"loader": f"not measured ({e.name} is not installed)"}
     out = {}
     tokens = np.random.default_rng(0).integers(0, 50257, 20_000_000, dtype=np.uint16)
-    n_blocks = data.num_blocks(tokens, 1024)
-    order = data.epoch_order(n_blocks, 0, 0)
+    tokens = data.Tokens([tokens])
+    order = data.EpochOrder(tokens, 1024, 0, 0)
+    n_blocks = len(order)
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < 2.0:
-        data.get_batch(tokens, order[(n * 16) % (n_blocks - 16) :][:16].tolist(), 1024)
+        start = (n * 16) % (n_blocks - 16)
+        data.get_batch(tokens, order[start : start + 16], 1024)
         n += 1
     out["loader_batches_per_sec_16x1024"] = round(n / (time.perf_counter() - t0), 1)
     out["loader_tokens_per_sec"] = round(out["loader_batches_per_sec_16x1024"] * 16 * 1024)
     try:
-        from minitrain.data import shakespeare_files
+        from minitrain.sources import shakespeare_files
         from minitrain.tokenizer import train_bpe
 
         text = shakespeare_files()[0].read_text()

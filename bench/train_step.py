@@ -114,19 +114,18 @@ def train_config(p: dict, batch_size: int, steps: int, out: Path, **options):
 
 @contextlib.contextmanager
 def random_source(train_ids, val_ids, tok):
-    """The data source is the only thing replaced: documents, tokenizer and token caches come from
-    memory while the block runs (and are put back after it)."""
+    """The data source is the only thing replaced: the tokenizer and the token ids come from memory
+    while the block runs (and are put back after it)."""
     import train_gpt2
     from minitrain import data
 
-    saved = data.read_documents, data.tokenize_cached, train_gpt2.run_tokenizer
-    data.read_documents = lambda spec, frac: (["train"], ["val"])
-    data.tokenize_cached = lambda docs, tokenizer, eot, cache_dir, name: train_ids if name == "train" else val_ids
+    saved = train_gpt2.training_data, train_gpt2.run_tokenizer
+    train_gpt2.training_data = lambda *args: (data.Tokens([train_ids]), data.Tokens([val_ids]))
     train_gpt2.run_tokenizer = lambda *args: tok
     try:
         yield
     finally:
-        data.read_documents, data.tokenize_cached, train_gpt2.run_tokenizer = saved
+        train_gpt2.training_data, train_gpt2.run_tokenizer = saved
 
 
 def contextlib_sdpa(name: str):

@@ -19,6 +19,7 @@ class atomic_write:
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide shards and exports from other users
         self.f = os.fdopen(fd, self.mode)
         return self.f
 
@@ -34,6 +35,12 @@ class atomic_write:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
         return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def digest(data: bytes) -> str:

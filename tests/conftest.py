@@ -74,3 +74,17 @@ def corpus(tmp_path_factory) -> Path:
 def cache(tmp_path_factory) -> Path:
     """One token/tokenizer cache for the whole session (its keys are content hashes)."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def shard_folder(corpus, tmp_path_factory) -> Path:
+    """The first 20,000 characters of the corpus as a prepared folder of many small shards (300
+    tokens each, ~20 of them), with its own 384-token BPE."""
+    from minitrain import prepare
+    from minitrain.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("shards")
+    (root / "text.txt").write_text(corpus.read_text()[:20000])
+    tok = train_bpe([corpus.read_text()[:20000]], 384)
+    prepare.prepare(str(root / "text.txt"), root / "shards", tok, shard_tokens=300)
+    return root / "shards"

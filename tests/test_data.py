@@ -1,53 +1,55 @@
-"""minitrain/data.py: text sources, the document split, the token cache."""
+"""minitrain/data.py: blocks over several shards, the seeded epoch order, batches."""
+
+import numpy as np
+import pytest
 
 from minitrain import data
+from minitrain.shards import write_shard
 
 
-def test_data_folder_glob_and_local_hf_dataset(tmp_path):
-
-    folder = tmp_path / "texts"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "a.txt").write_text("first document\n" * 50)
-    (folder / "sub" / "b.txt").write_text("second document\n" * 50)
-    (folder / "ignored.md").write_text("not text data")
-    train, val = data.read_documents(str(folder), 0.1)
-    assert len(train) == len(val) == 2  # < 10 documents: each one's tail is validation
-    assert train[0].startswith("first") and val[1].startswith("second")
-    g_train, g_val = data.read_documents(str(folder / "**" / "*.txt"), 0.1)
-    assert (g_train, g_val) == (train, val)
-    # hf:PATH goes through datasets.load_dataset, which also reads a local data set folder
-    hf = tmp_path / "hfdata"
-    hf.mkdir()
-    (hf / "train.txt").write_text("".join(f"line {i} of the training text\n" for i in range(40)))
-    (hf / "validation.txt").write_text("a validation line\n" * 5)
-    h_train, h_val = data.read_documents(f"hf:{hf}", 0.1)
-    assert len(h_train) == 40 and h_val == ["a validation line"] * 5
+@pytest.fixture
+def three_shards(tmp_path):
+    sizes = [101, 57, 230]  # 10, 5 and 22 blocks of 10 tokens (+1)
+    paths, start = [], 0
+    for i, n in enumerate(sizes):
+        paths.append(tmp_path / f"x_train_{i:06d}.bin")
+        write_shard(paths[-1], np.arange(start, start + n, dtype=np.uint16))
+        start += n
+    return paths
 
 
-def test_token_cache_is_reused(corpus, cache, tmp_path, monkeypatch):
-    from minitrain.tokenizer import train_bpe
-
-    docs = [corpus.read_text()[:20000]]
-    tok = train_bpe(docs, 300)
-    first = data.tokenize_cached(docs, tok, 0, tmp_path, "train")
-    assert first.dtype == "uint16"
-
-    def boom(*a, **k):
-        raise AssertionError("tokenized again")
-
-    monkeypatch.setattr(data, "tokenize", boom)
-    again = data.tokenize_cached(docs, tok, 0, tmp_path, "train")
-    assert (first == again).all()
+def test_blocks_stay_inside_their_shard(three_shards):
+    tokens = data.Tokens(three_shards)
+    assert len(tokens) == 388 and tokens.num_blocks(10) == 10 + 5 + 22
+    rows = tokens.rows(range(37), 10)
+    # every row is 11 consecutive ids of one shard: block i of a shard starts at its i * 10th id
+    assert (np.diff(rows, axis=1) == 1).all()
+    assert rows[0, 0] == 0 and rows[10, 0] == 101 and rows[15, 0] == 158 and rows[36, -1] == 158 + 220
+    assert max(r[-1] for r in rows[:10]) <= 100 and max(r[-1] for r in rows[10:15]) <= 157
 
 
-def test_tokenize_without_datasets_gives_the_same_ids(corpus, monkeypatch):
-    import sys
+def test_epoch_order_is_seeded_a_permutation_and_maps_few_shards(three_shards):
+    tokens = data.Tokens(three_shards)
+    a = data.EpochOrder(tokens, 10, seed=1, epoch=0)
+    assert sorted(a[0:37].tolist()) == list(range(37))
+    pieces = np.concatenate([a[i : i + 4] for i in range(0, 37, 4)])  # sliced as the loop slices it
+    assert (pieces == data.EpochOrder(tokens, 10, 1, 0)[0:37]).all() and (pieces == a[0:37]).all()
+    assert (a[0:37] != data.EpochOrder(tokens, 10, 1, 1)[0:37]).any()
+    assert (a[0:37] != data.EpochOrder(tokens, 10, 2, 0)[0:37]).any()
+    # a shard's blocks are contiguous in the order: one shard is read at a time
+    shard_of = np.searchsorted(tokens.first_block(10), a[0:37], side="right") - 1
+    assert (np.diff(shard_of) != 0).sum() == 2
+    for i in range(0, 37, 3):
+        tokens.rows(a[i : i + 3], 10)
+        assert len(tokens._mapped) <= data.Tokens.OPEN
 
-    from minitrain.tokenizer import train_bpe
 
-    docs = [corpus.read_text()[:20000], "a second document", corpus.read_text()[30000:31000]]
-    tok = train_bpe(docs, 300)
-    with_datasets = data.tokenize(docs, tok, 0)
-    monkeypatch.setitem(sys.modules, "datasets", None)  # a machine without the package
-    without = data.tokenize(docs, tok, 0)
-    assert (with_datasets == without).all() and len(without) > 1000 and (without == 0).sum() >= 3
+def test_batches_made_for_a_device_are_the_same_batches():
+    import torch
+
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = data.get_batch(tokens, [3, 7], 16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    xd, yd = data.get_batch(tokens, [3, 7], 16, torch.device(device))
+    assert torch.equal(x, xd.cpu()) and torch.equal(y, yd.cpu()) and xd.device.type == device
+    assert torch.equal(x[0], torch.arange(48, 64)) and torch.equal(y[1], torch.arange(113, 129))

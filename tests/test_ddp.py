@@ -53,18 +53,20 @@ def test_minitrain_ddp_equals_torch_ddp(corpus, cache, tmp_path):
     assert max_param_diff(final_params(tmp_path / "ours"), final_params(tmp_path / "torch")) <= 1e-6
 
 
-def test_checkpoint_from_two_processes_resumes_in_one(corpus, cache, tmp_path):
+def test_checkpoint_from_two_processes_resumes_in_one(shard_folder, cache, tmp_path):
+    """On a folder of ~20 shards (a global batch crosses shard ends): 2 processes, then 1 from
+    their checkpoint, equal 2 all along."""
     kw = dict(max_steps=8, save_interval=4, lr=EQ_LR)
     run_script(
         "train_gpt2.py",
-        tiny_gpt2_args(corpus, tmp_path / "two", cache, batch_size=2, **kw),
+        tiny_gpt2_args(shard_folder, tmp_path / "two", cache, batch_size=2, **kw),
         nproc=2,
     )
     ckpt = tmp_path / "two/ckpt-0000004.pt"
     assert len(torch.load(ckpt, weights_only=True)["rng"]) == 2
     run_script(
         "train_gpt2.py",
-        tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4, resume=str(ckpt), **kw),
+        tiny_gpt2_args(shard_folder, tmp_path / "one", cache, batch_size=4, resume=str(ckpt), **kw),
     )
     two, one = metrics(tmp_path / "two", "train_loss"), metrics(tmp_path / "one", "train_loss")
     assert sorted(one) == [5, 6, 7, 8]

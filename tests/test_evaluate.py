@@ -27,7 +27,7 @@ def test_lm_loss_is_the_mean_over_every_target_of_the_blocks():
         logits, _ = model(x)
         want = torch.nn.functional.cross_entropy(logits[..., :50].reshape(-1, 50), y.reshape(-1)).item()
     assert abs(got - want) <= 1e-6
-    assert data.num_blocks(tokens, 8) == 7
+    assert data.Tokens([tokens]).num_blocks(8) == 7
 
 
 def test_classify_equals_the_metrics_of_the_models_own_predictions(tiny_bert_dir):

