@@ -4,12 +4,16 @@
                                                            # from scratch on Shakespeare (CPU ok)
     torchrun --standalone --nproc_per_node=2 train_gpt2.py # the same, data-parallel, 2 processes
     python train_gpt2.py --init_from=gpt2 --data=my.txt    # fine-tune GPT-2 124M on your text
+    python train_gpt2.py --init_from=gpt2 --data=sft.jsonl --lora_rank=8  # prompt/completion, LoRA
+    python train_gpt2.py --config configs/gpt2-124m.toml   # GPT-2 124M on FineWeb shards (8 GPUs)
     python train_gpt2.py --max_steps=20 --eval_interval=10 # a CPU smoke run
     python train_gpt2.py --resume=auto                     # continue the run in --out_dir
     python train_gpt2.py --help                            # every option
 
 Features: byte-level BPE trained on the corpus (scratch) or the checkpoint's tokenizer
-(fine-tuning); a checksummed token cache on disk; seeded epochs; AdamW with decay on matrices only;
+(fine-tuning); token shards (minitrain.prepare, or prepared in parallel and cached for a text
+source) memory-mapped in a seeded order; prompt/completion data with the prompt masked out of the
+loss; LoRA adapters merged at export; AdamW with decay on matrices only;
 linear, cosine or constant schedules with warmup; gradient accumulation normalised by target tokens;
 clipping, with non-finite steps skipped on the device; bf16/fp16 autocast (GradScaler for fp16);
 torch.compile (on by default on CUDA, per block); a loss that never materialises the logits;
@@ -28,7 +32,7 @@ from typing import Annotated, Literal
 
 import torch
 
-from minitrain import UserError, checkpoint, data, dist, evaluate, hub, report
+from minitrain import UserError, checkpoint, data, dist, evaluate, hub, lora, report
 from minitrain.atomic import check_writable_folder
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
 from minitrain.ddp import Kind, compile_and_wrap
@@ -59,17 +63,23 @@ class Config:
     # data
     data: str = "shakespeare"  # 'shakespeare', .txt/.jsonl(.gz)/.parquet files, a folder, a glob, hf:NAME, shards
     val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # share held out for validation (text sources without one)
+    val_data: str = ""  # a separate validation source (any kind --data takes); empty: --val_fraction of --data
     cache_dir: str = "~/.cache/minitrain"  # where tokenized data and trained tokenizers are cached
     # model
     init_from: str = "scratch"  # 'scratch', a hub id (gpt2, gpt2-medium, ...) or a local HF folder
     tokenizer: str = ""  # scratch only: a tokenizer folder; empty trains a byte-level BPE on the data
     vocab_size: PositiveInt = 2048  # scratch only: size of the BPE vocabulary to train
-    pad_vocab_to: PositiveInt = 1  # scratch only: round the model's vocabulary up to a multiple (64: 50257 -> 50304)
     n_layer: PositiveInt = 4  # scratch only: transformer blocks
     n_head: PositiveInt = 4  # scratch only: attention heads
     n_embd: PositiveInt = 128  # scratch only: width of the residual stream
     block_size: PositiveInt = 128  # context length in tokens (at most the model's n_positions)
     dropout: Fraction = 0.0  # dropout on embeddings, attention and residual branches
+    # LoRA: train low-rank adapters on frozen weights instead of every weight
+    lora_rank: NonNegativeInt = 0  # rank of the adapters (0: no LoRA, every weight trains)
+    lora_alpha: PositiveFloat = 16.0  # the adapters' update is scaled by alpha / rank
+    lora_dropout: Fraction = 0.0  # dropout on the adapters' input
+    lora_targets: str = "auto"  # comma-separated layer names to adapt (auto: c_attn, c_proj, c_fc)
+    lora_export: Literal["merged", "adapters"] = "merged"  # final/ is merged; adapters: also final/adapters/
     # optimisation
     batch_size: PositiveInt | Literal["auto"] = 16  # micro-batch per process, in sequences (auto: the most that fit)
     grad_accum_steps: PositiveInt = 1  # micro-batches per optimizer step (ignored if tokens_per_step > 0)
@@ -148,7 +158,9 @@ def main(cfg: Config) -> dict:
                 resume_path, cfg.init_from, cfg.tokenizer, cfg.data, cfg.vocab_size, cfg.val_fraction, cfg.cache_dir
             )
             eot = eot_id(tokenizer)
-            train_tokens, val_tokens = training_data(cfg.data, tokenizer, cfg.val_fraction, cfg.cache_dir, cfg.progress)
+            train_tokens, val_tokens = training_data(
+                cfg.data, tokenizer, cfg.val_fraction, cfg.cache_dir, cfg.progress, cfg.val_data, cfg.block_size
+            )
         dist.same_everywhere(d, "data", data.fingerprint(tokenizer.to_str(), len(train_tokens), len(val_tokens)))
 
         # --------------------------------------------------------------------------------------
@@ -159,6 +171,7 @@ def main(cfg: Config) -> dict:
         c = raw_model.config
         dist.print0(
             f"model: {n_params / 1e6:.2f}M parameters (no position embedding), {c.n_layer} layers, vocab {c.vocab_size}"
+            + (f"; {lora.describe(raw_model.lora_info)}" if cfg.lora_rank else "")
         )
 
         # --------------------------------------------------------------------------------------
@@ -177,7 +190,7 @@ def main(cfg: Config) -> dict:
         else:
             grad_accum = cfg.grad_accum_steps
         blocks_per_step = W * B * grad_accum  # the global batch, in sequences
-        window_tokens = blocks_per_step * T  # targets per step: every block's T tokens count
+        window_tokens = blocks_per_step * T  # tokens per step (prompt/completion rows: at most)
         n_train_blocks = train_tokens.num_blocks(T)
         n_val_blocks = val_tokens.num_blocks(T)
         if n_train_blocks < blocks_per_step:
@@ -188,7 +201,7 @@ def main(cfg: Config) -> dict:
         if n_val_blocks == 0:
             raise UserError(f"the validation split is shorter than one block of {T} tokens.")
         n_eval_blocks = min(n_val_blocks, cfg.eval_batches * B * W) if cfg.eval_batches else n_val_blocks
-        n_eval_tokens = n_eval_blocks * T  # bits per byte: their loss over the bytes of text they stand for
+        n_eval_tokens = val_tokens.targets(range(n_eval_blocks), T)  # bits per byte: loss over the bytes of text
         n_eval_bytes = val_tokens.target_bytes(n_eval_blocks, T, token_bytes(tokenizer))
         steps_per_epoch = n_train_blocks // blocks_per_step
         max_steps = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs > 0 else cfg.max_steps
@@ -270,9 +283,10 @@ def main(cfg: Config) -> dict:
                 # The loss is a mean over every target token of the whole window (all micro-batches,
                 # all ranks), not a mean of per-micro-batch means: then N accumulated micro-batches
                 # give exactly the update of one N-times-larger batch, even when micro-batches hold
-                # different numbers of targets. Each rank divides its *sum* by that count (here every
-                # block is full, so it is window_tokens, fixed above); because gradient averaging
-                # divides by W, the sum is multiplied by W first.
+                # different numbers of targets (prompt/completion data: only completion tokens are
+                # targets). Each rank divides its *sum* by that count, counted on the device (no host
+                # sync); because gradient averaging divides by W, the sum is multiplied by W first.
+                window = dist.all_reduce_sum(sum((y != -100).sum() for _, y in batches), d)
                 for micro_step, (x, y) in enumerate(batches):
                     last = micro_step == grad_accum - 1
                     # no gradient communication until the last micro-step of the window
@@ -280,9 +294,9 @@ def main(cfg: Config) -> dict:
                     with sync:
                         with autocast(d.device, dtype):
                             _, loss_sum = model(x, y, reduction="sum")
-                        loss = loss_sum * W / window_tokens
+                        loss = loss_sum * W / window
                         scaler.scale(loss).backward()  # fp16: scale up so small gradients survive
-                    loss_acc += loss_sum.detach() / window_tokens  # this rank's share of the step's mean
+                    loss_acc += loss_sum.detach() / window  # this rank's share of the step's mean
 
                 # the optimizer step: true gradients, clipped; a non-finite one skips the update
                 scaler.unscale_(optimizer)  # back to true gradients before measuring their norm
@@ -334,7 +348,8 @@ def main(cfg: Config) -> dict:
                         is_best, best_val = val_loss < best_val, min(best_val, val_loss)
                         state = {
                             "script": "train_gpt2",
-                            "model": raw_model.state_dict(),
+                            "model": lora.state_to_save(raw_model),  # with LoRA: the adapters only
+                            "lora": getattr(raw_model, "lora_info", None),
                             "model_config": asdict(raw_model.config),
                             "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(),
@@ -361,7 +376,7 @@ def main(cfg: Config) -> dict:
             # ----------------------------------------------------------------------------------
             # the end: export in the Hugging Face format, sample, draw the report
             if d.is_main and not stop.was_requested:
-                finish(raw_model, tokenizer, cfg, out_dir, step, eot, log)
+                finish(raw_model, tokenizer, cfg, out_dir, step, eot, log, getattr(val_tokens, "prompts", None))
         return {
             "step": step,
             "first_val_loss": first_val_loss,
@@ -400,8 +415,7 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
     if cfg.init_from == "scratch":
         eot = tokenizer.token_to_id(EOT)
         shape = dict(n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head)
-        vocab = -(-tokenizer.get_vocab_size() // cfg.pad_vocab_to) * cfg.pad_vocab_to  # rows a tokenizer never uses
-        config = GPT2Config(vocab_size=vocab, **shape, **drop, bos_token_id=eot, eos_token_id=eot)
+        config = GPT2Config(vocab_size=tokenizer.get_vocab_size(), **shape, **drop, bos_token_id=eot, eos_token_id=eot)
         model = GPT2(config)
     else:
         model = GPT2.from_pretrained(cfg.init_from, **drop)
@@ -416,6 +430,9 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only {vocab_size}: "
             f"they do not belong together."
         )
+    if cfg.lora_rank:  # freeze the model, put adapters on the target layers
+        targets = lora.targets_of(cfg.lora_targets, "gpt2")
+        model.lora_info = lora.add(model, targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
     if ckpt is not None:
         saved, mine = GPT2Config(**ckpt["model_config"]), model.config
         shape = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
@@ -425,7 +442,8 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
                 f"--init_from={cfg.init_from} gives { ({k: getattr(mine, k) for k in shape}) }; resume with "
                 f"the run's own settings."
             )
-        model.load_state_dict(ckpt["model"])
+        lora.check_resume(model, ckpt.get("lora"))
+        lora.load_state(model, ckpt["model"])
     model.activation_checkpointing = cfg.activation_checkpointing
     return model
 
@@ -434,19 +452,26 @@ def validation_line(val_loss: float, val_bpb: float) -> str:
     return f"val loss {val_loss:.4f}, perplexity {perplexity(val_loss):.1f}, {val_bpb:.3f} bits/byte"
 
 
-def finish(raw_model: GPT2, tokenizer, cfg: Config, out_dir: Path, step: int, eot: int, log) -> None:
+def finish(raw_model: GPT2, tokenizer, cfg: Config, out_dir: Path, step: int, eot: int, log, prompts=None) -> None:
     """Rank 0 at the end: export --export's weights in the Hugging Face format (final/README.md says
-    which step they are), sample from them, draw the report."""
+    which step they are; LoRA adapters merged into the weights), sample from them (from the
+    validation prompts for prompt/completion data), draw the report."""
     best = checkpoint.load_best(raw_model, out_dir) if cfg.export == "best" else None
     what = (
         f"step {best['step']} (the lowest validation loss, {best['val_loss']:.4f})"
         if best
         else f"step {step} (the last)"
     )
+    adapters = lora.adapters(raw_model) if cfg.lora_rank else None
+    if cfg.lora_rank:
+        lora.merge(raw_model)  # W + (alpha / r) B A: an ordinary GPT-2 again
     raw_model.save_pretrained(out_dir / "final", tokenizer_dir=out_dir)
     (out_dir / "final/README.md").write_text(f"GPT-2 trained by minitrain's train_gpt2.py: {what} of {out_dir}.\n")
+    if adapters is not None and cfg.lora_export == "adapters":
+        lora.save_adapters(adapters, raw_model.lora_info, cfg.init_from, out_dir / "final/adapters")
     log.write(f"exported {what} to {out_dir / 'final'}")
-    for i, text in enumerate(sample_texts(raw_model, tokenizer, cfg, empty_prompt_id=eot), 1):
+    prompts = prompts[: cfg.num_samples] if prompts else None  # one sample for each validation prompt
+    for i, text in enumerate(sample_texts(raw_model, tokenizer, cfg, empty_prompt_id=eot, prompts=prompts), 1):
         log.write(f"--- sample {i} ---\n{text}")
         log.text(step, f"sample_{i}", text)
     report.report_run(out_dir, log.write)

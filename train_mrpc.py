@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 
 import torch
 
-from minitrain import UserError, checkpoint, dist, evaluate, hub, pairs, report
+from minitrain import UserError, checkpoint, dist, evaluate, hub, lora, pairs, report
 from minitrain.bert import BertForSequenceClassification
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
 from minitrain.data import fingerprint, to_device
@@ -48,6 +48,12 @@ class Config:
     max_length: Annotated[int, Range(ge=5)] = 128  # longest pair in tokens ([CLS] a [SEP] b [SEP]); longest-first cut
     group_by_length: bool = False  # batch similar lengths together to pad less
     dropout: Fraction | None = None  # if set: replaces the checkpoint's dropout probabilities
+    # LoRA: train low-rank adapters (and the classification head) on a frozen encoder
+    lora_rank: NonNegativeInt = 0  # rank of the adapters (0: no LoRA, every weight trains)
+    lora_alpha: PositiveFloat = 16.0  # the adapters' update is scaled by alpha / rank
+    lora_dropout: Fraction = 0.0  # dropout on the adapters' input
+    lora_targets: str = "auto"  # comma-separated layer names (auto: query, key, value and the dense projections)
+    lora_export: Literal["merged", "adapters"] = "merged"  # final/ is merged; adapters: also final/adapters/
     # optimisation (defaults from BERT's paper and the Hugging Face course)
     batch_size: PositiveInt = 32  # micro-batch per process, in pairs
     grad_accum_steps: PositiveInt = 1  # micro-batches per optimizer step
@@ -113,6 +119,8 @@ def main(cfg: Config) -> dict:
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
         raw_model, tokenizer = build_model(cfg, num_labels, ckpt)
         raw_model.to(d.device)
+        if cfg.lora_rank:
+            dist.print0(lora.describe(raw_model.lora_info))
         pad_id = raw_model.config.pad_token_id
         train = pairs.tokenize_pairs(splits["train"], tokenizer, cfg.max_length)
         val = pairs.tokenize_pairs(splits["validation"], tokenizer, cfg.max_length)
@@ -264,7 +272,8 @@ def main(cfg: Config) -> dict:
                 if evaluated or (cfg.save_interval and step % cfg.save_interval == 0) or stopping:
                     state = {
                         "script": "train_mrpc",
-                        "model": raw_model.state_dict(),
+                        "model": lora.state_to_save(raw_model),  # with LoRA: adapters and head only
+                        "lora": getattr(raw_model, "lora_info", None),
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(),
                         "step": step,
@@ -293,9 +302,14 @@ def main(cfg: Config) -> dict:
             if best_state is not None:
                 best = best_state["history"][-1]  # saved right after the best epoch's row
             result = {"step": step, "history": history, "best": best, "stopped_early": stop_early}
+            adapters = lora.adapters(raw_model) if cfg.lora_rank else None
+            if cfg.lora_rank:
+                lora.merge(raw_model)  # W + (alpha / r) B A on every rank: an ordinary BERT again
             if d.is_main:
                 final_dir = out_dir / "final"
                 raw_model.save_pretrained(final_dir)
+                if adapters is not None and cfg.lora_export == "adapters":
+                    lora.save_adapters(adapters, raw_model.lora_info, cfg.model, final_dir / "adapters")
                 log.write(f"exported the best epoch by {cfg.metric} ({best['epoch'] if best else '-'}) to {final_dir}")
             if test is not None:
                 test_metrics, preds = evaluate.classify(
@@ -335,8 +349,13 @@ def build_model(cfg: Config, num_labels: int, ckpt):
             f"--max_length={cfg.max_length} is longer than the model's "
             f"{model.config.max_position_embeddings} positions."
         )
+    if cfg.lora_rank:  # freeze the encoder, put adapters on the target layers; the head trains fully
+        targets = lora.targets_of(cfg.lora_targets, "bert")
+        args = (cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, ("classifier.",))
+        model.lora_info = lora.add(model, targets, *args)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        lora.check_resume(model, ckpt.get("lora"))
+        lora.load_state(model, ckpt["model"])
     return model, tokenizer
 
 

@@ -131,9 +131,13 @@ class BertSelfAttention(nn.Module):
         B, T, C = packing.B, packing.T, x.size(1)
         nh, hs = self.n_head, C // self.n_head
         # one matmul for q, k and v, then one trip to the padded grid: (B, T, 3, nh, hs)
-        w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = packing.unpack(F.linear(x, w, b)).view(B, T, 3, nh, hs)
+        if all(type(m) is nn.Linear for m in (self.query, self.key, self.value)):
+            w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            qkv = F.linear(x, w, b)
+        else:  # LoRA adapters on them (minitrain.lora): each layer's own forward adds its adapter
+            qkv = torch.cat([self.query(x), self.key(x), self.value(x)], dim=-1)
+        qkv = packing.unpack(qkv).view(B, T, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=packing.attn_mask, dropout_p=self.dropout if self.training else 0.0

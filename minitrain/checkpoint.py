@@ -106,8 +106,10 @@ def load_best(model, out_dir) -> dict | None:
     path = Path(out_dir) / "best.pt"
     if not path.is_file():
         return None
+    from minitrain import lora
+
     state = load(path)
-    model.load_state_dict(state["model"])
+    lora.load_state(model, state["model"])  # with LoRA: the adapters
     return state
 
 

@@ -68,6 +68,10 @@ class Tokens:
             out[r] = self.shard(s)[i : i + T + 1]
         return out
 
+    def targets(self, block_ids, T: int) -> int:
+        """The targets these blocks' loss counts: T each."""
+        return len(block_ids) * T
+
     def target_bytes(self, n_blocks: int, T: int, table: np.ndarray) -> int:
         """The bytes of text that the targets of the first n_blocks blocks stand for."""
         total = 0
@@ -131,10 +135,12 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:20]
 
 
-def get_batch(tokens: np.ndarray, block_ids, block_size: int, device=None):
+def get_batch(tokens, block_ids, block_size: int, device=None):
     """Inputs and next-token targets (B, T) int64 for the given block indices. On a CUDA `device`
     the rows go through page-locked memory and are copied asynchronously: a step's batches are
     made at its start, and their copy runs while the GPU still computes the previous step."""
+    if hasattr(tokens, "batch"):  # prompt/completion examples: padded rows, prompts masked
+        return tokens.batch(block_ids, block_size, device)
     if not isinstance(tokens, Tokens):
         tokens = Tokens([np.asarray(tokens)])
     t = to_device(torch.from_numpy(tokens.rows(block_ids, block_size)), device)  # (B, T + 1)

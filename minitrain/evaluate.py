@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minitrain import UserError, checkpoint, data, dist, pairs, prepare
+from minitrain import UserError, checkpoint, data, dist, lora, pairs, prepare
 from minitrain.atomic import atomic_write
 from minitrain.config import NonNegativeInt, PositiveInt, Range, check, run_cli
 from minitrain.metrics import bits_per_byte, classification_metrics, perplexity
@@ -34,7 +34,8 @@ def _bar(total: int, d, progress: bool, desc: str):
 @torch.no_grad()
 def lm_loss(model, tokens, n_blocks: int, block_size: int, batch_size: int, d, dtype, progress=False) -> float:
     """Mean next-token loss over the first `n_blocks` blocks of `tokens` (every token of those
-    blocks but the first is a target exactly once: see data.get_batch)."""
+    blocks but the first is a target exactly once: see data.get_batch), or over the completion
+    tokens of the first `n_blocks` prompt/completion examples."""
     was_training = model.training
     model.eval()  # dropout off
     sums = torch.zeros(2, device=d.device, dtype=torch.float64)  # loss sum, target count
@@ -46,7 +47,7 @@ def lm_loss(model, tokens, n_blocks: int, block_size: int, batch_size: int, d, d
             with autocast(d.device, dtype):
                 _, loss_sum = model(x, y, reduction="sum")
             sums[0] += loss_sum.double()
-            sums[1] += y.numel()
+            sums[1] += (y != -100).sum()  # prompt/completion data: completion tokens only
             bar.update(len(x))
     dist.all_reduce_sum(sums, d)
     model.train(was_training)
@@ -202,15 +203,16 @@ def score_lm(cfg: EvalConfig, d, dtype) -> dict:
     # all: every document whole (a shard folder: all its shards); else training's split of them
     val_fraction = 0.0 if split == "all" else cfg.val_fraction
     with dist.main_first(d):  # rank 0 tokenizes a text source into cached shards
-        train, val = prepare.training_data(cfg.data, tokenizer, val_fraction, cfg.cache_dir, cfg.progress)
-    tokens = {"all": data.Tokens((val.shards if val else []) + train.shards), "train": train, "validation": val}[split]
+        train, val = prepare.training_data(cfg.data, tokenizer, val_fraction, cfg.cache_dir, cfg.progress, "", T)
+    every = train if val is None else data.Tokens(val.shards + train.shards)
+    tokens = {"all": every, "train": train, "validation": val}[split]
     n_blocks = tokens.num_blocks(T)
     if cfg.max_blocks:
         n_blocks = min(n_blocks, cfg.max_blocks)
     if n_blocks == 0:
         raise UserError(f"the text has {len(tokens)} tokens, less than one block of {T} + 1; lower --block_size.")
     loss = lm_loss(model, tokens, n_blocks, T, cfg.batch_size, d, dtype, cfg.progress)
-    n_tokens = n_blocks * T
+    n_tokens = tokens.targets(range(n_blocks), T)  # prompt/completion data: the completion tokens
     n_bytes = tokens.target_bytes(n_blocks, T, token_bytes(tokenizer))
     return {
         "split": split,
@@ -282,8 +284,11 @@ def load_gpt2(name: str):
     ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise UserError(f"{path} is not a train_gpt2.py checkpoint; pass one, or an exported model folder.")
-    model = GPT2(GPT2Config(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    if ckpt.get("lora"):  # adapters only: the base from --init_from, the adapters merged in
+        model = lora.rebuild(GPT2.from_pretrained(ckpt["config"]["init_from"]), ckpt["lora"], ckpt["model"])
+    else:
+        model = GPT2(GPT2Config(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
     return model, load_tokenizer(path.parent)
 
 
@@ -303,6 +308,8 @@ def load_classifier(name: str):
         raise UserError(f"{path} is not a train_mrpc.py checkpoint; pass one, or an exported model folder.")
     num_labels = ckpt["model"]["classifier.weight"].shape[0]
     model = BertForSequenceClassification.from_pretrained(ckpt["config"]["model"], num_labels=num_labels)
+    if ckpt.get("lora"):  # adapters and head only: the encoder from --model, the adapters merged in
+        return lora.rebuild(model, ckpt["lora"], ckpt["model"])
     model.load_state_dict(ckpt["model"])
     return model
 

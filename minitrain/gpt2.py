@@ -237,15 +237,12 @@ class GPT2(nn.Module):
         eos_token_id=None,
         generator=None,
         use_cache=True,
-        vocab_size=None,
     ):
         """Sample (with temperature=0: greedily pick) up to max_new_tokens after input_ids (B, T).
 
         With the KV cache each step feeds only the newest token. Without it every step recomputes
         the whole (cropped) prefix: slower, and the reference the cache is tested against. Rows that
-        produced eos_token_id are padded with it; generation stops when every row has. With
-        `vocab_size` (the tokenizer's, when the model's is padded to a round number) only real
-        tokens are drawn.
+        produced eos_token_id are padded with it; generation stops when every row has.
         """
         was_training = self.training
         self.eval()
@@ -259,7 +256,7 @@ class GPT2(nn.Module):
                 logits, past = self.decode(ids[:, -1:], past)
             if not use_cache or past[0][0].size(2) >= n_pos:
                 past = None
-            next_id = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p, generator)
+            next_id = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
             if eos_token_id is not None:
                 next_id = next_id.masked_fill(done, eos_token_id)
                 done |= next_id == eos_token_id

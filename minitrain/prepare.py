@@ -5,7 +5,7 @@
     python -m minitrain.prepare --data hf:HuggingFaceFW/fineweb-edu:sample-10BT --out data/edu10B --tokenizer gpt2
 
 How: the main process streams the source's documents (minitrain.sources) in batches of about a
-megabyte to `--num_proc` worker processes that tokenize them; at most two batches per worker are
+half a megabyte to `--num_proc` worker processes that tokenize them; at most two batches per worker are
 in flight, and results come back in order. Each document's ids, then the end-of-text id, go to the
 validation or the training ShardWriter, which writes a shard whenever its buffer of
 `--shard_tokens` ids is full. So memory is one shard plus a few batches, whatever the corpus.
@@ -26,6 +26,8 @@ import shutil
 import sys
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -38,7 +40,7 @@ from minitrain.config import NonNegativeInt, PositiveInt, Range, check, run_cli
 from minitrain.shards import ShardWriter, dtype_for, find_shards, is_shard_folder, read_shard
 
 FORMAT_VERSION = 1  # of the cached shards: a change of the rules makes new cache keys
-BATCH_CHARS = 1 << 20  # text per batch sent to a worker
+BATCH_CHARS = 512 << 10  # text per batch sent to a worker
 SMALL_SOURCE = 8 << 20  # a source smaller than this is tokenized in this process: workers would cost more
 
 
@@ -94,18 +96,26 @@ def encoded(batches, tokenizer, num_proc: int):
         for texts, metas in batches:
             yield metas, *_encode(texts, tokenizer)
         return
-    # spawn, not fork: the caller may be a training process with threads (and CUDA) running
+    # spawn, not fork: the caller may be a training process with threads (and CUDA) running. An
+    # executor, not a Pool: a worker that dies (killed for memory) fails the run instead of hanging it.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(num_proc, initializer=_start_worker, initargs=(tokenizer.to_str(),)) as pool:
+    start = dict(mp_context=ctx, initializer=_start_worker, initargs=(tokenizer.to_str(),))
+    with ProcessPoolExecutor(num_proc, **start) as pool:
         pending = deque()
-        for texts, metas in batches:
-            pending.append((metas, pool.apply_async(_encode, (texts,))))
-            if len(pending) >= 2 * num_proc:
+        try:
+            for texts, metas in batches:
+                pending.append((metas, pool.submit(_encode, texts)))
+                if len(pending) >= 2 * num_proc:
+                    metas, result = pending.popleft()
+                    yield metas, *result.result()
+            while pending:
                 metas, result = pending.popleft()
-                yield metas, *result.get()
-        while pending:
-            metas, result = pending.popleft()
-            yield metas, *result.get()
+                yield metas, *result.result()
+        except BrokenProcessPool:
+            raise UserError("a tokenizing worker process died (out of memory?); try fewer --num_proc.") from None
+        finally:
+            for _, result in pending:
+                result.cancel()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,11 +356,24 @@ def run_tokenizer(resume_path, init_from: str, folder: str, spec: str, vocab_siz
     return cached_bpe(bpe_sample(spec, "text", val_fraction, 0, SAMPLE_BYTES), vocab_size, cache_dir, key)
 
 
-def training_data(spec: str, tokenizer, val_fraction: float, cache_dir, progress: bool = True):
-    """(train Tokens, validation Tokens) for train_gpt2.py's --data: a shard folder as it is, any
-    other source through its cached shards (val_fraction 0: all of it in train, no validation)."""
+def training_data(spec, tokenizer, val_fraction, cache_dir, progress=True, val_spec="", block_size=None):
+    """(train, validation) for train_gpt2.py's --data and --val_data: prompt/completion records as
+    completions.Examples; a shard folder as it is; any other source through its cached shards
+    (val_fraction 0: all of it in train, no validation)."""
+    from minitrain import completions
+    from minitrain.data import Tokens
+    from minitrain.tokenizer import eot_id
+
+    if completions.is_completions(spec):
+        return completions.load(spec, tokenizer, eot_id(tokenizer), block_size, val_fraction, val_spec)
+    if val_spec and completions.is_completions(val_spec):
+        raise UserError(f"--val_data {val_spec!r} is prompt/completion data, but --data is text.")
+    if val_spec:  # all of --data trains; all of --val_data validates
+        train, _ = training_data(spec, tokenizer, 0.0, cache_dir, progress)
+        val, held = training_data(val_spec, tokenizer, 0.0, cache_dir, progress)
+        return Tokens(train.shards), Tokens((held.shards if held else []) + val.shards)
     folder = spec if is_shard_folder(spec) else cached(spec, tokenizer, val_fraction, cache_dir, progress=progress)
-    return open_folder(folder, tokenizer, need_val=val_fraction > 0 or is_shard_folder(spec))
+    return open_folder(folder, tokenizer, need_val=val_fraction > 0)
 
 
 def _check_cached(folder: Path) -> str | None:

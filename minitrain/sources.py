@@ -27,13 +27,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from minitrain import UserError, first_line
 
 DEFAULT_CORPUS = "shakespeare"
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-PIECE_BYTES = 8 << 20  # a larger .txt file is read in pieces of about this size
+PIECE_BYTES = 256 << 10  # a longer document is tokenized in pieces of about this size: encoding
+# holds ~150 bytes per character of its input, so this bounds a worker's memory (~40 MB)
 
 
 def shakespeare_files() -> list[Path]:
@@ -132,13 +133,15 @@ def pieces(spec: str, text_field="text", val_fraction=0.1, val_tokens=0, piece_b
         return
     val_files = set()
     if only_text and val_tokens == 0 and val_fraction > 0:  # whole files, by a fixed permutation
-        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(1234)).tolist()
+        order = np.random.default_rng(1234).permutation(len(paths)).tolist()
         val_files = set(order[: max(1, round(len(paths) * val_fraction))])
     index = 0  # the document's number in the source, for the records' rule
     for i, p in enumerate(paths):
         if _kind(p) == "records":
             for text in _records(p, text_field):
-                yield text, _split(index, val_fraction, val_tokens), True
+                split = _split(index, val_fraction, val_tokens)
+                for piece, end in _split_text(text, piece_bytes):
+                    yield piece, split, end
                 index += 1
         else:
             if val_tokens:
@@ -192,6 +195,35 @@ def _text_pieces(path: Path, piece_bytes: int) -> Iterator[tuple[str, bool]]:
             rest, offset = buf[cut:], offset + cut
 
 
+def _split_text(text: str, piece_chars: int) -> Iterator[tuple[str, bool]]:
+    """A long string in pieces cut at safe line breaks (as _text_pieces cuts a file)."""
+    start = 0
+    while len(text) - start > piece_chars:
+        i = text.rfind("\n", start, start + piece_chars)
+        while i > start and not _safe_str_cut(text, i):
+            i = text.rfind("\n", start, i)
+        if i <= start:  # no safe place in this stretch: look further on
+            i = next((j for j in _newlines(text, start + piece_chars) if _safe_str_cut(text, j)), -1)
+            if i < 0:
+                break
+        yield text[start : i + 1], False
+        start = i + 1
+    yield text[start:], True
+
+
+def _newlines(text: str, start: int):
+    i = text.find("\n", start)
+    while i >= 0:
+        yield i
+        i = text.find("\n", i + 1)
+
+
+def _safe_str_cut(text: str, i: int) -> bool:
+    """A cut right after text[i] == "\n" is safe: visible ASCII after it and before it (or "\r")."""
+    before = i - 2 if i >= 1 and text[i - 1] == "\r" else i - 1
+    return i + 1 < len(text) and before >= 0 and _visible(ord(text[i + 1])) and _visible(ord(text[before]))
+
+
 def _visible(b: int) -> bool:
     return 0x21 <= b <= 0x7E
 
@@ -234,9 +266,22 @@ def _line_split(path: Path, val_fraction: float, piece_bytes: int) -> Iterator[t
 def _records(path: Path, field: str) -> Iterator[str]:
     """The non-empty `field` strings of a JSONL (.gz) or parquet file; a bad line is named by
     file and line number."""
+    for where, record in rows(path):
+        if field not in record:
+            raise UserError(f"{where} has no {field!r} field (set --text_field to the text's field).")
+        text = record[field]
+        if not isinstance(text, str):
+            raise UserError(f"{where}: the {field!r} field is {type(text).__name__}, not a string.")
+        if text.strip():
+            yield text
+
+
+def rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """("file:line", record) for each JSON object of a JSONL (.gz) file, or each row of a parquet
+    file ("file:row N"); a line that is not a JSON object is named by file and line."""
     name = path.name.lower()
     if name.endswith(".parquet"):
-        yield from _parquet(path, field)
+        yield from _parquet_rows(path)
         return
     opener = gzip.open if name.endswith(".gz") else open
     try:
@@ -248,20 +293,16 @@ def _records(path: Path, field: str) -> Iterator[str]:
                     record = json.loads(line)
                 except ValueError:
                     raise UserError(f"{path}:{n} is not valid JSON.") from None
-                if not isinstance(record, dict) or field not in record:
-                    raise UserError(f"{path}:{n} has no {field!r} field (set --text_field to the text's field).")
-                text = record[field]
-                if not isinstance(text, str):
-                    raise UserError(f"{path}:{n}: the {field!r} field is {type(text).__name__}, not a string.")
-                if text.strip():
-                    yield text
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}:{n} is not a JSON object.")
+                yield f"{path}:{n}", record
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({first_line(e)}).") from None
     except (OSError, EOFError) as e:
         raise UserError(f"{path} cannot be read ({first_line(e)}).") from None
 
 
-def _parquet(path: Path, field: str) -> Iterator[str]:
+def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -270,19 +311,33 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
         table = pq.ParquetFile(path)
     except Exception as e:
         raise UserError(f"{path} is not a readable parquet file ({first_line(e)}).") from None
-    if field not in table.schema_arrow.names:
-        raise UserError(
-            f"{path} has no {field!r} column (it has {', '.join(table.schema_arrow.names)}); set --text_field."
-        )
-    for batch in table.iter_batches(batch_size=1024, columns=[field]):
-        for text in batch.column(0).to_pylist():
-            if isinstance(text, str) and text.strip():
-                yield text
+    n = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            n += 1
+            yield f"{path}:row {n}", record
 
 
-def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int) -> Iterator:
-    """A Hugging Face data set in streaming mode: rows arrive as they download, nothing is stored
-    first. Its validation split (validation, valid or test), if any, is the validation data."""
+def record_files(spec: str) -> list[Path]:
+    """The JSONL/parquet files of a source (none for text or hf: sources)."""
+    return [] if spec.startswith("hf:") else [p for p in files(spec) if _kind(p) == "records"]
+
+
+def first_record(spec: str) -> dict | None:
+    """The first record of a source, to tell what its records hold (None for text files)."""
+    if spec.startswith("hf:"):
+        for _, record, _ in hf_rows(spec):
+            return record
+        return None
+    for path in record_files(spec):
+        for _, record in rows(path):
+            return record
+    return None
+
+
+def hf_rows(spec: str) -> Iterator[tuple[str, dict, bool]]:
+    """(where, row, in the data set's own validation split) of a streamed Hugging Face data set:
+    its validation split (validation, valid or test) first, if it has one."""
     name, _, config = spec[3:].partition(":")
     try:
         import datasets
@@ -295,20 +350,26 @@ def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int) -> I
     if "train" not in ds:
         raise UserError(f"data set {name!r} has no train split (it has {', '.join(ds)}).")
     val_split = next((s for s in ("validation", "valid", "test") if s in ds), None)
-    if val_split:
-        for text in _hf_texts(ds[val_split], name, field):
-            yield text, "val", True
-    for i, text in enumerate(_hf_texts(ds["train"], name, field)):
-        yield text, "train" if val_split else _split(i, val_fraction, val_tokens), True
+    for split in ([val_split] if val_split else []) + ["train"]:
+        for n, row in enumerate(ds[split], start=1):
+            yield f"{name} {split} row {n}", row, split == val_split
 
 
-def _hf_texts(split, name: str, field: str) -> Iterator[str]:
-    for row in split:
-        if field not in row:
+def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int) -> Iterator:
+    """A Hugging Face data set in streaming mode: rows arrive as they download, nothing is stored
+    first. Its validation split (validation, valid or test), if any, is the validation data."""
+    has_val, index = False, 0
+    for where, row, is_val in hf_rows(spec):
+        if field not in row:  # a data set whose text column has another name: its first string column
             strings = [k for k, v in row.items() if isinstance(v, str)]
             if not strings:
-                raise UserError(f"data set {name!r} has no text column (--text_field={field!r}).")
+                raise UserError(f"{where} has no text column (--text_field={field!r}).")
             field = strings[0]
         text = row[field]
-        if isinstance(text, str) and text.strip():
-            yield text
+        if not (isinstance(text, str) and text.strip()):
+            continue
+        has_val = has_val or is_val
+        split = "val" if is_val else "train" if has_val else _split(index, val_fraction, val_tokens)
+        index += not is_val
+        for piece, end in _split_text(text, PIECE_BYTES):
+            yield piece, split, end

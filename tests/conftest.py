@@ -88,3 +88,37 @@ def shard_folder(corpus, tmp_path_factory) -> Path:
     tok = train_bpe([corpus.read_text()[:20000]], 384)
     prepare.prepare(str(root / "text.txt"), root / "shards", tok, shard_tokens=300)
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def sft_model(corpus, tmp_path_factory) -> Path:
+    """A small random GPT-2 (64 positions) with its own 300-token BPE, as a Hugging Face folder:
+    the base model of the fine-tuning and LoRA tests."""
+    from minitrain.gpt2 import GPT2, GPT2Config
+    from minitrain.tokenizer import save_for_transformers, train_bpe
+
+    folder = tmp_path_factory.mktemp("sft_model")
+    tok = train_bpe([corpus.read_text()[:40000]], 300)
+    torch.manual_seed(0)
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=eot, eos_token_id=eot)
+    GPT2(cfg).save_pretrained(folder)
+    save_for_transformers(tok, folder, 64)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sft_data(corpus, tmp_path_factory) -> Path:
+    """Prompt/completion JSONL files made from the corpus: a line, then the next two lines.
+    train.jsonl (120 records), val.jsonl (16), and chat.jsonl (the validation records as chats)."""
+    import json
+
+    folder = tmp_path_factory.mktemp("sft_data")
+    lines = [line for line in corpus.read_text().splitlines() if line.strip()][:500]
+    records = [{"prompt": lines[i] + "\n", "completion": lines[i + 1] + "\n" + lines[i + 2]} for i in range(0, 408, 3)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:120]))
+    (folder / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[120:]))
+    chats = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
+             for r in records[120:]]  # fmt: skip
+    (folder / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chats))
+    return folder

@@ -27,7 +27,7 @@ def write_corpus(folder, n=12):
     """n text files of varied content (unicode, CRLF, blank lines), one of them long."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        lines = [f"Document {i}, line {j}: caf\u00e9 \u2014 {'ab ' * (j % 5)}" for j in range(40 + 300 * (i == 3))]
+        lines = [f"Document {i}, line {j}: caf\u00e9 \u2014 {'ab ' * (j % 5)}end." for j in range(40 + 300 * (i == 3))]
         (folder / f"doc{i:02d}.txt").write_text("\r\n".join(lines) + "\n\n  \n" * (i % 2))
     return folder
 
@@ -51,6 +51,7 @@ def test_shards_hold_exactly_the_encoded_documents(tmp_path, tok):
     spec = str(write_corpus(tmp_path / "texts"))
     meta = prepare.prepare(spec, tmp_path / "out", tok, shard_tokens=700, piece_bytes=300)
     train, val = find_shards(tmp_path / "out")
+    assert len(list(sources._text_pieces(tmp_path / "texts/doc03.txt", 300))) > 30  # the long file is cut
     want = expected(spec, tok)
     assert concat(train) == want["train"] and concat(val) == want["val"]
     assert len(train) == len(meta["train"]["shards"]) > 3 and meta["train"]["tokens"] == len(want["train"])
@@ -64,6 +65,13 @@ def test_shards_hold_exactly_the_encoded_documents(tmp_path, tok):
     n_val = len(concat(val))
     assert concat(val) + concat(train) == docs and 1000 <= n_val < 1000 + len(docs) // 12 * 3
     assert concat(val)[-1] == tok.token_to_id(EOT)
+    # a long JSONL record is tokenized in pieces too, with the same ids
+    long = "\n".join(f"Line {j}: caf\u00e9 \u2014 {'ab ' * (j % 5)}end." for j in range(200))
+    (tmp_path / "long.jsonl").write_text(json.dumps({"text": long}) + "\n" + json.dumps({"text": "short"}) + "\n")
+    prepare.prepare(str(tmp_path / "long.jsonl"), tmp_path / "rec", tok, val_fraction=0, piece_bytes=100)
+    eot = tok.token_to_id(EOT)
+    assert concat(find_shards(tmp_path / "rec")[0]) == tok.encode(long).ids + [eot] + tok.encode("short").ids + [eot]
+    assert len(list(sources._split_text(long, 100))) > 50
 
 
 def test_parallel_equals_serial(tmp_path, tok, monkeypatch):

@@ -75,7 +75,8 @@ def test_jsonl_gz_and_parquet_records(tmp_path):
     "line,words",
     [
         ('{"text": "fine"}\n{"text": "broken"\n', "bad.jsonl:2 is not valid JSON"),
-        ('{"text": "fine"}\n\n["a list"]\n', "bad.jsonl:3 has no 'text' field"),
+        ('{"text": "fine"}\n\n["a list"]\n', "bad.jsonl:3 is not a JSON object"),
+        ('{"body": "fine"}\n', "bad.jsonl:1 has no 'text' field"),
         ('{"text": 5}\n', "bad.jsonl:1: the 'text' field is int, not a string"),
     ],
 )

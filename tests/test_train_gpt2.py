@@ -355,7 +355,7 @@ def test_the_gpt2_124m_preset_runs_shrunk_on_cpu(shard_folder, tmp_path, capsys)
     from minitrain.config import parse_args
 
     preset = tomllib.loads((ROOT / "configs/gpt2-124m.toml").read_text())
-    assert preset["tokens_per_step"] == 524288 and preset["pad_vocab_to"] == 64 and preset["min_lr"] == 6e-5
+    assert preset["tokens_per_step"] == 524288 and preset["block_size"] == 1024 and preset["min_lr"] == 6e-5
     shrink = dict(
         data=shard_folder, tokenizer=shard_folder, n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4,
         tokens_per_step=256, max_steps=3, eval_interval=3, eval_batches=1, compile="false", device="cpu",

@@ -1,0 +1,194 @@
+"""Prompt/completion examples for fine-tuning, with the prompt masked out of the loss.
+
+Records (JSONL, JSONL.gz, parquet, or an hf: data set) hold either
+    {"prompt": "...", "completion": "..."}
+or a chat, rendered by this simple template (plain text: no special tokens are added):
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+    prompt     = "<|role|>\\ncontent\\n" for every message but the last, then "<|assistant|>\\n"
+    completion = the last message's content (it must be the assistant's)
+
+An example is ids(prompt) + ids(completion) + [end-of-text], the two tokenized separately and
+concatenated in that order, then cut to block_size + 1 ids (the end is dropped). Its inputs are
+all ids but the last, its targets all ids but the first, with -100 where the target is a prompt
+token: the loss counts only completion tokens and the end-of-text. An example with no completion
+token left after the cut is dropped (and counted).
+
+Batches are padded, not packed: each row is one example, padded at its end to the longest row of
+the batch (inputs with end-of-text, targets with -100, so padding never counts). Causal attention
+means padding at the end changes nothing before it.
+"""
+
+import numpy as np
+import torch
+
+from minitrain import UserError, sources
+from minitrain.data import to_device
+
+IGNORE = -100  # the target value cross_entropy skips
+
+
+def is_completions(spec: str) -> bool:
+    """Whether a source's records are prompt/completion pairs or chats (its first record says)."""
+    if spec.startswith("hf:") or sources.record_files(spec):
+        record = sources.first_record(spec)
+        return record is not None and (("prompt" in record and "completion" in record) or "messages" in record)
+    return False
+
+
+def render(record: dict, where: str) -> tuple[str, str]:
+    """(prompt, completion) of a record, checked: strings, or a chat that ends with the assistant."""
+    if "messages" in record:
+        messages = record["messages"]
+        ok = (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
+        )
+        if not ok:
+            raise UserError(f'{where}: \'messages\' must be a list of {{"role": str, "content": str}} objects.')
+        if messages[-1]["role"] != "assistant":
+            raise UserError(f"{where}: the last message must be the assistant's (the completion to learn).")
+        return render_prompt(messages[:-1]), messages[-1]["content"]
+    for key in ("prompt", "completion"):
+        if key not in record:
+            raise UserError(f"{where} has no {key!r} field (records need 'prompt' and 'completion', or 'messages').")
+        if not isinstance(record[key], str):
+            raise UserError(f"{where}: the {key!r} field is {type(record[key]).__name__}, not a string.")
+    return record["prompt"], record["completion"]
+
+
+def render_prompt(messages: list[dict]) -> str:
+    """The template's text for the messages before the assistant's answer."""
+    return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
+
+
+def prompt_of(record: dict, where: str) -> str:
+    """The prompt of a record for generation: its 'prompt', or its chat up to the answer."""
+    if "messages" in record:
+        messages = record["messages"]
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        return render_prompt(messages)
+    if not isinstance(record.get("prompt"), str):
+        raise UserError(f"{where} has no 'prompt' string.")
+    return record["prompt"]
+
+
+def read(spec: str, val_fraction: float) -> tuple[list, list]:
+    """(train, validation) lists of (prompt, completion): a data set's own validation split, else
+    records chosen by training's fixed hash of the record number (val_fraction 0: none)."""
+    train, val = [], []
+    if spec.startswith("hf:"):
+        has_val = False
+        for where, row, is_val in sources.hf_rows(spec):
+            has_val = has_val or is_val
+            pair = render(row, where)
+            split = "val" if is_val else "train" if has_val else sources._split(len(train) + len(val), val_fraction, 0)
+            (val if split == "val" else train).append(pair)
+        return train, val
+    paths = sources.record_files(spec)
+    others = [p for p in sources.files(spec) if p not in paths]
+    if others:
+        raise UserError(f"--data {spec!r} mixes prompt/completion records with other files, such as {others[0]}.")
+    index = 0
+    for path in paths:
+        for where, record in sources.rows(path):
+            pair = render(record, where)
+            (val if sources._split(index, val_fraction, 0) == "val" else train).append(pair)
+            index += 1
+    return train, val
+
+
+class Examples:
+    """Tokenized examples, read as blocks: block i is example i (the loader's interface of
+    data.Tokens: num_blocks, blocks_per_shard, first_block, batch, targets, target_bytes)."""
+
+    def __init__(self, seqs: list[np.ndarray], prompt_lens: list[int], prompts: list[str], eot: int, dropped=0):
+        self.seqs, self.prompt_lens, self.prompts, self.eot, self.dropped = seqs, prompt_lens, prompts, eot, dropped
+
+    def __len__(self) -> int:
+        return int(sum(len(s) for s in self.seqs))
+
+    def num_blocks(self, T: int) -> int:
+        return len(self.seqs)
+
+    def blocks_per_shard(self, T: int) -> np.ndarray:
+        return np.array([len(self.seqs)], dtype=np.int64)
+
+    def first_block(self, T: int) -> np.ndarray:
+        return np.array([0, len(self.seqs)], dtype=np.int64)
+
+    def rows(self, ids, T: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets (len(ids), L) int64, L the longest example of these minus one."""
+        ids = [int(i) for i in ids]
+        L = max(len(self.seqs[i]) for i in ids) - 1
+        x = np.full((len(ids), L), self.eot, dtype=np.int64)
+        y = np.full((len(ids), L), IGNORE, dtype=np.int64)
+        for r, i in enumerate(ids):
+            s, n = self.seqs[i], len(self.seqs[i]) - 1
+            x[r, :n], y[r, :n] = s[:-1], s[1:]
+            y[r, : max(0, self.prompt_lens[i] - 1)] = IGNORE  # targets that are prompt tokens
+        return x, y
+
+    def batch(self, ids, T: int, device=None):
+        x, y = self.rows(ids, T)
+        return to_device(torch.from_numpy(x), device), to_device(torch.from_numpy(y), device)
+
+    def targets(self, ids, T: int) -> int:
+        """The completion tokens (and end-of-text ids) that these examples' loss counts."""
+        return sum(len(self.seqs[int(i)]) - max(1, self.prompt_lens[int(i)]) for i in ids)
+
+    def target_bytes(self, n_blocks: int, T: int, table: np.ndarray) -> int:
+        return sum(int(table[self.seqs[i][max(1, self.prompt_lens[i]) :]].sum()) for i in range(n_blocks))
+
+
+def tokenize(pairs: list, tokenizer, eot: int, block_size: int) -> Examples:
+    """ids(prompt) + ids(completion) + [eot], cut to block_size + 1; examples with no completion
+    token left are dropped."""
+    prompts = [p for p, _ in pairs]
+    p_ids = [e.ids for e in tokenizer.encode_batch(prompts)] if pairs else []
+    c_ids = [e.ids for e in tokenizer.encode_batch([c for _, c in pairs])] if pairs else []
+    seqs, lens, kept, dropped = [], [], [], 0
+    for prompt, p, c in zip(prompts, p_ids, c_ids):
+        s = (p + c + [eot])[: block_size + 1]
+        if len(p) >= len(s) or len(s) < 2:  # no completion target left
+            dropped += 1
+            continue
+        seqs.append(np.asarray(s, dtype=np.int64))
+        lens.append(len(p))
+        kept.append(prompt)
+    return Examples(seqs, lens, kept, eot, dropped)
+
+
+def load(spec: str, tokenizer, eot: int, block_size: int, val_fraction: float, val_spec: str = ""):
+    """(train Examples, validation Examples) of a prompt/completion source (and --val_data)."""
+    if val_spec:
+        if not is_completions(val_spec):
+            raise UserError(f"--val_data {val_spec!r} is not prompt/completion data, but --data is.")
+        train_pairs, _ = read(spec, 0.0)
+        val_pairs, _ = read(val_spec, 0.0)
+    else:
+        train_pairs, val_pairs = read(spec, val_fraction)
+    train = tokenize(train_pairs, tokenizer, eot, block_size)
+    val = tokenize(val_pairs, tokenizer, eot, block_size)
+    for name, ex, n in (("training", train, len(train_pairs)), ("validation", val, len(val_pairs))):
+        if n and not ex.seqs:
+            raise UserError(
+                f"every one of the {n} {name} examples has a prompt of {block_size} tokens or more, so no "
+                f"completion token is left to learn: raise --block_size or shorten the prompts."
+            )
+        if ex.dropped:
+            print(
+                f"warning: {ex.dropped} of {n} {name} examples dropped: their prompt fills --block_size={block_size}",
+                flush=True,
+            )
+    if not train.seqs:
+        raise UserError(f"--data {spec!r} has no training examples.")
+    if val.seqs:
+        return train, val
+    if val_fraction > 0 or val_spec:
+        raise UserError("no validation examples: raise --val_fraction or pass --val_data.")
+    return train, None
