@@ -23,12 +23,15 @@ import torch
 
 from minitrain import UserError, sources
 from minitrain.data import to_device
+from minitrain.shards import is_shard_folder
 
 IGNORE = -100  # the target value cross_entropy skips
 
 
 def is_completions(spec: str) -> bool:
     """Whether a source's records are prompt/completion pairs or chats (its first record says)."""
+    if is_shard_folder(spec):
+        return False
     if spec.startswith("hf:") or sources.record_files(spec):
         record = sources.first_record(spec)
         return record is not None and (("prompt" in record and "completion" in record) or "messages" in record)
