@@ -10,6 +10,7 @@ from minitrain.bert import BertForSequenceClassification
 from minitrain.dist import Dist
 from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.metrics import classification_metrics
+from minitrain.tokenizer import load_tokenizer
 
 
 def test_lm_loss_is_the_mean_over_every_target_of_the_blocks():
@@ -62,25 +63,12 @@ def test_classify_equals_the_metrics_of_the_models_own_predictions(tiny_bert_dir
 # python -m minitrain.evaluate
 
 
-def _exported_gpt2(folder, corpus):
-    """A small random GPT-2 with its own BPE, exported as a Hugging Face folder."""
-    from minitrain.tokenizer import save_for_transformers, train_bpe
-
-    tok = train_bpe([corpus.read_text()[:40000]], 300)
-    torch.manual_seed(0)
-    eot = tok.token_to_id("<|endoftext|>")
-    cfg = GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=eot, eos_token_id=eot)
-    GPT2(cfg).save_pretrained(folder)
-    save_for_transformers(tok, folder, 64)
-    return tok
-
-
-def test_lm_on_an_exported_model_equals_transformers(corpus, cache, tmp_path):
+def test_lm_on_an_exported_model_equals_transformers(corpus, cache, tmp_path, sft_model):
     import numpy as np
     import transformers
 
-    folder = tmp_path / "model"
-    tok = _exported_gpt2(folder, corpus)
+    folder = sft_model  # a small random GPT-2 with its own BPE, exported (tests/conftest.py)
+    tok = load_tokenizer(folder)
     text = tmp_path / "held_out.txt"
     text.write_text(corpus.read_text()[50000:56000])
     cfg = evaluate.EvalConfig(model=str(folder), data=str(text), block_size=16, cache_dir=str(cache), progress=False)
@@ -113,11 +101,11 @@ def test_lm_on_a_runs_validation_text_reproduces_its_final_val_loss(corpus, cach
         assert abs(got["loss"] - val_loss) <= 1e-6 and abs(got["bits_per_byte"] - val_bpb) <= 1e-6, (got, val_loss)
 
 
-def test_hellaswag_scores_equal_a_hand_computation(corpus, tmp_path):
+def test_hellaswag_scores_equal_a_hand_computation(corpus, tmp_path, sft_model):
     import json
 
-    folder = tmp_path / "model"
-    tok = _exported_gpt2(folder, corpus)
+    folder = sft_model  # a small random GPT-2 with its own BPE, exported (tests/conftest.py)
+    tok = load_tokenizer(folder)
     examples = [
         ("The king walked into the hall and", ["sat upon his throne.", "ate the moon", "is a fish", "no."], 0),
         ("Romeo looked at Juliet,", ["and smiled.", "then the sea went dry and the stars", "x", "and he"], 3),
