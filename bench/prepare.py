@@ -1,6 +1,6 @@
 """`python -m minitrain.prepare`, measured: peak memory against corpus size, tokens/s against
 processes, and the path it replaced (every document in memory, tokenized by datasets.map in one
-process) on the same text.
+process) on the same text; then training's loader over one epoch of 1 shard and of all shards.
 
     python -m bench.prepare                      # 25 MB, 250 MB and 1 GB of text; 1 and 2 processes
     python -m bench.prepare --sizes 25 250       # MB of text
@@ -123,6 +123,38 @@ print(n, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_m
     }
 
 
+LOADER = """
+import resource, sys, time
+from minitrain.data import EpochOrder, Tokens
+from minitrain.shards import find_shards
+train, _ = find_shards(sys.argv[1])
+tokens = Tokens(train[: int(sys.argv[2])])
+order = EpochOrder(tokens, 1024, 0, 0)
+t0 = time.perf_counter()
+for a in range(0, len(order), 64):
+    tokens.rows(order[a : a + 64], 1024)
+print(len(order), time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def loader_rss(folder: Path) -> list[dict]:
+    """Training's loader reading one whole epoch (batches of 64 x 1024 in the seeded order) of the
+    first shard, then of all shards: its peak RSS (mapped shard pages that were read count)."""
+    from minitrain.shards import find_shards
+
+    rows, n = [], len(find_shards(folder)[0])
+    for k in sorted({1, n}):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run(
+            [sys.executable, "-c", LOADER, str(folder), str(k)], env=env, capture_output=True, text=True
+        )
+        blocks, seconds, maxrss_kb = out.stdout.split()
+        rows.append({"train_shards": k, "blocks": int(blocks), "blocks_per_sec": round(int(blocks) / float(seconds)),
+                     "peak_rss_mb": round(int(maxrss_kb) / 1024, 1)})  # fmt: skip
+        print("loader:", rows[-1], flush=True)
+    return rows
+
+
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[25, 250, 1000], help="MB of text")
@@ -146,6 +178,7 @@ def main() -> dict:
             rows.append(row)
     before = {"text_mb": args.sizes[0], **old_path(smallest, work / "tok")}
     print("before:", before, flush=True)
+    loader = loader_rss(work / "shards")  # the largest corpus's shards
     shutil.rmtree(work, ignore_errors=True) if not args.work else None
     result = {
         "bench": "prepare",
@@ -154,6 +187,7 @@ def main() -> dict:
         "cores": len(os.sched_getaffinity(0)),
         "runs": rows,
         "before_datasets_map_one_process": before,
+        "loader_one_epoch": loader,
     }
     return save_result(result, args.out, "prepare")
 

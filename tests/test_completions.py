@@ -8,7 +8,7 @@ import torch
 
 from minitrain import UserError, completions
 from minitrain.tokenizer import load_tokenizer
-from tests.helpers import final_params, max_param_diff, metrics, run_main, run_script, tiny_gpt2_args
+from tests.helpers import final_params, max_param_diff, metrics, run_main, run_script, split_key_bias, tiny_gpt2_args
 
 
 def sft_args(sft_model, sft_data, **kw) -> dict:
@@ -59,6 +59,19 @@ def test_bad_records_are_refused_in_one_sentence(sft_model, tmp_path, content, w
         completions.load(str(tmp_path / "data.jsonl"), tok, 0, 16, 0.1, val_spec=str(tmp_path / "data.jsonl"))
 
 
+def test_a_local_hf_data_set_of_prompts_and_completions(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(6)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[4:]))
+    assert completions.is_completions(f"hf:{folder}")
+    assert completions.read(f"hf:{folder}", 0.1) == (
+        [("q0", "a0"), ("q1", "a1"), ("q2", "a2"), ("q3", "a3")],
+        [("q4", "a4"), ("q5", "a5")],
+    )
+
+
 def test_step0_validation_loss_counts_completion_tokens_only(sft_model, sft_data, cache, tmp_path):
     import transformers
 
@@ -81,6 +94,28 @@ def test_step0_validation_loss_counts_completion_tokens_only(sft_model, sft_data
         total += losses[len(p) - 1 :].sum().item()
         count += len(s) - len(p)
     assert abs(got - total / count) <= 1e-5, (got, total / count)
+
+
+def test_accumulation_equals_one_big_batch_on_prompt_completion_data(sft_model, sft_data, cache, tmp_path):
+    kw = sft_args(sft_model, sft_data, max_steps=3, eval_interval=3, dropout=0.0)
+    run_main(None, tmp_path / "big", cache, batch_size=8, **kw)
+    run_main(None, tmp_path / "acc", cache, batch_size=2, grad_accum_steps=4, **kw)
+    a, b = metrics(tmp_path / "acc", "train_loss"), metrics(tmp_path / "big", "train_loss")
+    assert a.keys() == b.keys() and all(abs(a[s] - b[s]) < 1e-5 for s in b)
+    (acc, acc_keys), (big, big_keys) = (split_key_bias(final_params(tmp_path / n)) for n in ("acc", "big"))
+    assert max_param_diff(acc, big) <= 1e-6 and max_param_diff(acc_keys, big_keys) <= 3 * 1e-3
+
+
+def test_text_val_data_is_scored_as_evaluate_scores_that_file(sft_model, corpus, cache, tmp_path):
+    from minitrain import evaluate
+
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text(corpus.read_text()[60000:66000])
+    kw = dict(init_from=str(sft_model), data=str(corpus), val_data=str(held_out), block_size=32, eval_batches=0)
+    run_main(corpus, tmp_path / "run", cache, max_steps=1, **kw)
+    cfg = evaluate.EvalConfig(model=str(sft_model), data=str(held_out), block_size=32, cache_dir=str(cache))
+    cfg.progress = False
+    assert abs(metrics(tmp_path / "run", "val_loss")[0] - evaluate.main(cfg)["loss"]) <= 1e-6
 
 
 def test_accumulation_and_two_processes_equal_one_big_batch_with_lora(sft_model, sft_data, cache, tmp_path):

@@ -113,12 +113,18 @@ def test_a_killed_prepare_leaves_nothing_that_training_reads(tmp_path, tok):
     assert result["train"]["shards"] == json.loads((tmp_path / "fresh/meta.json").read_text())["train"]["shards"]
 
 
-def test_more_than_65536_tokens_use_llm_c_uint32_shards(tmp_path):
+def big_tokenizer():
+    """A word-level tokenizer of 70,001 tokens: more than uint16 holds."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {f"w{i}": i for i in range(70_000)} | {EOT: 70_000}
     big = Tokenizer(models.WordLevel(vocab, unk_token=EOT))
     big.pre_tokenizer = pre_tokenizers.Whitespace()
+    return big
+
+
+def test_more_than_65536_tokens_use_llm_c_uint32_shards(tmp_path):
+    big = big_tokenizer()
     (tmp_path / "a.txt").write_text("w1 w69999 w3\n" * 20)
     prepare.prepare(str(tmp_path / "a.txt"), tmp_path / "out", big, val_fraction=0.1)
     train, _ = find_shards(tmp_path / "out")
@@ -182,3 +188,6 @@ def test_a_shard_folder_trains_and_bad_folders_are_refused(tmp_path, tok):
         prepare.open_folder(tmp_path / "out", other, need_val=False)
     train, val = prepare.open_folder(tmp_path / "out", tok, need_val=False)
     assert val is None and train.num_blocks(16) == (len(train) - 1) // 16
+    (tmp_path / "out/tokenizer.json").unlink()  # as llm.c writes it: shards only
+    with pytest.raises(UserError, match="holds uint16 ids but the tokenizer has 70001 tokens"):
+        prepare.open_folder(tmp_path / "out", big_tokenizer(), need_val=False)
