@@ -110,7 +110,14 @@ def check_resume(model: nn.Module, saved: dict | None) -> None:
             "the checkpoint was trained with LoRA and this run is not, or the other way round: "
             "resume with the run's own --lora_rank."
         )
-    if mine is not None and saved["base"] != mine["base"]:
+    if mine is None:
+        return
+    for key, option in (("rank", "--lora_rank"), ("alpha", "--lora_alpha"), ("targets", "--lora_targets")):
+        if saved[key] != mine[key]:
+            raise UserError(
+                f"the checkpoint's adapters have {option}={saved[key]}, not {mine[key]}: resume with the run's own."
+            )
+    if saved["base"] != mine["base"]:
         raise UserError("the checkpoint's adapters were trained on other base weights: resume with its --init_from.")
 
 

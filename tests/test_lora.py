@@ -71,6 +71,11 @@ def test_gpt2_lora_checkpoints_adapters_resumes_exactly_and_exports_merged(sft_m
         assert (model.eval()(x)[0][..., :300] - ref(x).logits).abs().max().item() <= 1e-5
     adapters = hub.read_safetensors(tmp_path / "full/final/adapters/adapter_model.safetensors")
     assert adapters.keys() == ckpt["model"].keys()
+    resume = dict(kw, resume=str(tmp_path / "full/ckpt-0000003.pt"))
+    with pytest.raises(UserError, match="the checkpoint's adapters have --lora_rank=2, not 4"):
+        run_main(None, tmp_path / "other", cache, **dict(resume, lora_rank=4))
+    with pytest.raises(UserError, match="trained with LoRA and this run is not"):
+        run_main(None, tmp_path / "other", cache, **dict(resume, lora_rank=0))
 
 
 def test_bert_lora_trains_adapters_and_the_head(minilm_dir, tmp_path):
