@@ -475,7 +475,7 @@ def main(cfg: PrepareConfig) -> dict:
         f"{out}: {meta['train']['tokens']:,} training tokens in {len(meta['train']['shards'])} shards "
         f"({meta['train']['documents']:,} documents), {meta['val']['tokens']:,} validation tokens in "
         f"{len(meta['val']['shards'])} ({meta['val']['documents']:,} documents); "
-        f"{meta['tokens_per_sec']:,} tokens/s with {num_proc} processes."
+        f"{meta['tokens_per_sec']:,} tokens/s with {meta['num_proc']} process(es)."
     )
     return {**meta, "out": str(out), "config": asdict(cfg)}
 
