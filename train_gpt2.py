@@ -179,16 +179,7 @@ def main(cfg: Config) -> dict:
         W, T = d.world_size, cfg.block_size
         # --batch_size=auto: the largest micro-batch that fits (CUDA); accumulation follows from it
         B = cfg.batch_size if cfg.batch_size != "auto" else auto_batch_size(raw_model, T, cfg.tokens_per_step, d, dtype)
-        if cfg.tokens_per_step > 0:
-            per_micro_step = W * B * T
-            if cfg.tokens_per_step % per_micro_step:
-                raise UserError(
-                    f"--tokens_per_step={cfg.tokens_per_step} is not divisible by "
-                    f"world_size x batch_size x block_size = {per_micro_step}."
-                )
-            grad_accum = cfg.tokens_per_step // per_micro_step
-        else:
-            grad_accum = cfg.grad_accum_steps
+        grad_accum = data.accumulation_steps(cfg.tokens_per_step, cfg.grad_accum_steps, W, B, T)
         blocks_per_step = W * B * grad_accum  # the global batch, in sequences
         window_tokens = blocks_per_step * T  # tokens per step (prompt/completion rows: at most)
         n_train_blocks = train_tokens.num_blocks(T)
@@ -217,15 +208,10 @@ def main(cfg: Config) -> dict:
         scaler = make_scaler(d.device, dtype)
         step, epoch, pos, best_val, val_history = 0, 0, 0, float("inf"), []
         torch.manual_seed(cfg.seed + d.rank)  # dropout differs between ranks, as their data does
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
+        if ckpt is not None:  # optimizer moments, loss scale, every rank's random stream, data position
+            checkpoint.restore_training(ckpt, optimizer, scaler, d, cfg.seed)
             step, epoch, pos, best_val = ckpt["step"], ckpt["epoch"], ckpt["pos"], ckpt["best_val_loss"]
             val_history = ckpt["val_history"]
-            if len(ckpt["rng"]) == W:  # same world size: every rank continues its own random stream
-                checkpoint.set_rng_state(ckpt["rng"][d.rank])
-            else:
-                torch.manual_seed(cfg.seed + d.rank + 1_000_003 * step)
             dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch}, {pos} sequences into it)")
         order = data.EpochOrder(train_tokens, T, cfg.seed, epoch)
 
@@ -348,8 +334,7 @@ def main(cfg: Config) -> dict:
                         is_best, best_val = val_loss < best_val, min(best_val, val_loss)
                         state = {
                             "script": "train_gpt2",
-                            "model": lora.state_to_save(raw_model),  # with LoRA: the adapters only
-                            "lora": getattr(raw_model, "lora_info", None),
+                            **lora.model_state(raw_model),  # the weights; with LoRA the adapters only
                             "model_config": asdict(raw_model.config),
                             "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(),
@@ -430,20 +415,10 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only {vocab_size}: "
             f"they do not belong together."
         )
-    if cfg.lora_rank:  # freeze the model, put adapters on the target layers
-        targets = lora.targets_of(cfg.lora_targets, "gpt2")
-        model.lora_info = lora.add(model, targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    lora.from_options(model, cfg, "gpt2")  # --lora_rank: freeze the model, adapters on the target layers
     if ckpt is not None:
-        saved, mine = GPT2Config(**ckpt["model_config"]), model.config
-        shape = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
-        if any(getattr(saved, k) != getattr(mine, k) for k in shape):
-            raise UserError(
-                f"the checkpoint holds a model of shape { ({k: getattr(saved, k) for k in shape}) }, but "
-                f"--init_from={cfg.init_from} gives { ({k: getattr(mine, k) for k in shape}) }; resume with "
-                f"the run's own settings."
-            )
-        lora.check_resume(model, ckpt.get("lora"))
-        lora.load_state(model, ckpt["model"])
+        model.config.check_same_shape(GPT2Config(**ckpt["model_config"]), f"--init_from={cfg.init_from}")
+        lora.load_checkpoint(model, ckpt)
     model.activation_checkpointing = cfg.activation_checkpointing
     return model
 
@@ -462,13 +437,9 @@ def finish(raw_model: GPT2, tokenizer, cfg: Config, out_dir: Path, step: int, eo
         if best
         else f"step {step} (the last)"
     )
-    adapters = lora.adapters(raw_model) if cfg.lora_rank else None
-    if cfg.lora_rank:
-        lora.merge(raw_model)  # W + (alpha / r) B A: an ordinary GPT-2 again
+    lora.merge_for_export(raw_model, cfg.lora_export, cfg.init_from, out_dir / "final/adapters")  # W + alpha/r B A
     raw_model.save_pretrained(out_dir / "final", tokenizer_dir=out_dir)
     (out_dir / "final/README.md").write_text(f"GPT-2 trained by minitrain's train_gpt2.py: {what} of {out_dir}.\n")
-    if adapters is not None and cfg.lora_export == "adapters":
-        lora.save_adapters(adapters, raw_model.lora_info, cfg.init_from, out_dir / "final/adapters")
     log.write(f"exported {what} to {out_dir / 'final'}")
     prompts = prompts[: cfg.num_samples] if prompts else None  # one sample for each validation prompt
     for i, text in enumerate(sample_texts(raw_model, tokenizer, cfg, empty_prompt_id=eot, prompts=prompts), 1):

@@ -158,14 +158,11 @@ def main(cfg: Config) -> dict:
         step, epoch, pos, history, best = 0, 0, 0, [], None
         epoch_loss_sum, epoch_steps = 0.0, 0  # the training loss of the current epoch so far
         torch.manual_seed(cfg.seed + d.rank)  # dropout differs between ranks
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
+        if ckpt is not None:  # optimizer moments, loss scale, every rank's random stream, data position
+            checkpoint.restore_training(ckpt, optimizer, scaler, d, cfg.seed)
             step, epoch, pos, history = ckpt["step"], ckpt["epoch"], ckpt["pos"], ckpt["history"]
             epoch_loss_sum, epoch_steps = ckpt["epoch_loss_sum"], ckpt["epoch_steps"]
             best = max(history, key=lambda r: score(r, cfg.metric)) if history else None
-            if len(ckpt["rng"]) == W:  # same world size: every rank continues its own random stream
-                checkpoint.set_rng_state(ckpt["rng"][d.rank])
             dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {pos} pairs into it)")
 
         # compile (blocks in place, or the whole model), then wrap for data parallelism; raw_model
@@ -272,8 +269,7 @@ def main(cfg: Config) -> dict:
                 if evaluated or (cfg.save_interval and step % cfg.save_interval == 0) or stopping:
                     state = {
                         "script": "train_mrpc",
-                        "model": lora.state_to_save(raw_model),  # with LoRA: adapters and head only
-                        "lora": getattr(raw_model, "lora_info", None),
+                        **lora.model_state(raw_model),  # the weights; with LoRA adapters and head only
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(),
                         "step": step,
@@ -302,14 +298,10 @@ def main(cfg: Config) -> dict:
             if best_state is not None:
                 best = best_state["history"][-1]  # saved right after the best epoch's row
             result = {"step": step, "history": history, "best": best, "stopped_early": stop_early}
-            adapters = lora.adapters(raw_model) if cfg.lora_rank else None
-            if cfg.lora_rank:
-                lora.merge(raw_model)  # W + (alpha / r) B A on every rank: an ordinary BERT again
+            final_dir = out_dir / "final"  # LoRA: W + alpha/r B A on every rank; rank 0 writes the adapters
+            lora.merge_for_export(raw_model, cfg.lora_export, cfg.model, final_dir / "adapters" if d.is_main else None)
             if d.is_main:
-                final_dir = out_dir / "final"
                 raw_model.save_pretrained(final_dir)
-                if adapters is not None and cfg.lora_export == "adapters":
-                    lora.save_adapters(adapters, raw_model.lora_info, cfg.model, final_dir / "adapters")
                 log.write(f"exported the best epoch by {cfg.metric} ({best['epoch'] if best else '-'}) to {final_dir}")
             if test is not None:
                 test_metrics, preds = evaluate.classify(
@@ -349,13 +341,10 @@ def build_model(cfg: Config, num_labels: int, ckpt):
             f"--max_length={cfg.max_length} is longer than the model's "
             f"{model.config.max_position_embeddings} positions."
         )
-    if cfg.lora_rank:  # freeze the encoder, put adapters on the target layers; the head trains fully
-        targets = lora.targets_of(cfg.lora_targets, "bert")
-        args = (cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, ("classifier.",))
-        model.lora_info = lora.add(model, targets, *args)
+    # --lora_rank: freeze the encoder, adapters on the target layers; the head trains fully
+    lora.from_options(model, cfg, "bert", keep_trainable=("classifier.",))
     if ckpt is not None:
-        lora.check_resume(model, ckpt.get("lora"))
-        lora.load_state(model, ckpt["model"])
+        lora.load_checkpoint(model, ckpt)
     return model, tokenizer
 
 

@@ -49,6 +49,18 @@ def gather_rng_states(d) -> list[dict]:
     return states
 
 
+def restore_training(ckpt: dict, optimizer, scaler, d, seed: int) -> None:
+    """A checkpoint's optimizer, loss scaler and random state. With the world size it was saved
+    with, every rank continues its own random stream; with another, each rank starts a stream
+    seeded by the step (not a replay of the run's first steps)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if len(ckpt["rng"]) == d.world_size:
+        set_rng_state(ckpt["rng"][d.rank])
+    else:
+        torch.manual_seed(seed + d.rank + 1_000_003 * ckpt["step"])
+
+
 def set_rng_state(state: dict) -> None:
     random.setstate(_as_tuple(state["python"]))
     np_state = state["numpy"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minitrain import UserError
 from minitrain.shards import read_shard
 
 
@@ -28,7 +29,9 @@ class Tokens:
 
     def __init__(self, shards):
         self.shards = list(shards)
-        self.sizes = [len(read_shard(s)) if isinstance(s, (str, Path)) else len(s) for s in self.shards]
+        arrays = [read_shard(s) if isinstance(s, (str, Path)) else s for s in self.shards]  # headers checked
+        self.sizes = [len(a) for a in arrays]
+        self.itemsize = max((a.dtype.itemsize for a in arrays), default=0)  # 2: uint16 ids, 4: uint32
         self._mapped = OrderedDict()
         self._starts = {}
 
@@ -133,6 +136,20 @@ def fingerprint(*parts) -> str:
             h.update(str(part).encode())
         h.update(b"\x01")
     return h.hexdigest()[:20]
+
+
+def accumulation_steps(tokens_per_step: int, grad_accum_steps: int, world_size: int, batch_size: int, T: int) -> int:
+    """Micro-batches per optimizer step: derived from --tokens_per_step when it is set (it must be
+    a multiple of one micro-step of every rank), else --grad_accum_steps."""
+    if tokens_per_step == 0:
+        return grad_accum_steps
+    per_micro_step = world_size * batch_size * T
+    if tokens_per_step % per_micro_step:
+        raise UserError(
+            f"--tokens_per_step={tokens_per_step} is not divisible by "
+            f"world_size x batch_size x block_size = {per_micro_step}."
+        )
+    return tokens_per_step // per_micro_step
 
 
 def get_batch(tokens, block_ids, block_size: int, device=None):

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from minitrain import hub
+from minitrain import UserError, hub
 
 
 @dataclass
@@ -37,6 +37,16 @@ class GPT2Config:
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_to_multiple or 1
         return (self.vocab_size + m - 1) // m * m
+
+    SHAPE = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+
+    def check_same_shape(self, saved: "GPT2Config", source: str) -> None:
+        """A checkpoint's weights fit this model only if the shapes agree (said in one sentence)."""
+        if any(getattr(saved, k) != getattr(self, k) for k in self.SHAPE):
+            raise UserError(
+                f"the checkpoint holds a model of shape { ({k: getattr(saved, k) for k in self.SHAPE}) }, but "
+                f"{source} gives { ({k: getattr(self, k) for k in self.SHAPE}) }; resume with the run's own settings."
+            )
 
     @classmethod
     def from_hf(cls, d: dict) -> "GPT2Config":

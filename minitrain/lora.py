@@ -133,8 +133,28 @@ def targets_of(spec: str, kind: str) -> list[str]:
     return list(DEFAULT_TARGETS[kind]) if spec == "auto" else [t.strip() for t in spec.split(",") if t.strip()]
 
 
+def from_options(model: nn.Module, cfg, kind: str, keep_trainable=()) -> None:
+    """The scripts' --lora_* options applied to `model` (nothing when --lora_rank is 0); the counts
+    and the base's checksum go to `model.lora_info`, which checkpoints carry."""
+    if cfg.lora_rank:
+        targets = targets_of(cfg.lora_targets, kind)
+        model.lora_info = add(model, targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, keep_trainable)
+
+
 def has_adapters(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+def model_state(model: nn.Module) -> dict:
+    """A checkpoint's model entries: "model" (see state_to_save) and "lora" (None without adapters)."""
+    return {"model": state_to_save(model), "lora": getattr(model, "lora_info", None)}
+
+
+def load_checkpoint(model: nn.Module, ckpt: dict) -> None:
+    """A checkpoint's weights into `model`, after checking that its adapters (or their absence)
+    match the model's: the same rank, alpha, targets and frozen base."""
+    check_resume(model, ckpt.get("lora"))
+    load_state(model, ckpt["model"])
 
 
 def state_to_save(model: nn.Module) -> dict:
@@ -187,6 +207,16 @@ def merge(model: nn.Module) -> None:
 def adapters(model: nn.Module) -> dict:
     """The adapters alone (and a classifier's head), for `--lora_export adapters`."""
     return {k: v.detach().cpu().contiguous() for k, v in state_to_save(model).items()}
+
+
+def merge_for_export(model: nn.Module, export: str, base: str, folder=None) -> None:
+    """Before an export: with adapters, write them alone to `folder` (when --lora_export is
+    "adapters" and a folder is given: rank 0) and merge them into the weights; else nothing."""
+    if not has_adapters(model):
+        return
+    if export == "adapters" and folder is not None:
+        save_adapters(adapters(model), model.lora_info, base, folder)
+    merge(model)
 
 
 def save_adapters(tensors: dict, info: dict, base: str, folder) -> None:
