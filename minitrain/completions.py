@@ -89,7 +89,9 @@ def read(spec: str, val_fraction: float) -> tuple[list, list]:
         for where, row, is_val in sources.hf_rows(spec):
             has_val = has_val or is_val
             pair = render(row, where)
-            split = "val" if is_val else "train" if has_val else sources._split(len(train) + len(val), val_fraction, 0)
+            split = (
+                "val" if is_val else "train" if has_val else sources.split_of(len(train) + len(val), val_fraction, 0)
+            )
             (val if split == "val" else train).append(pair)
         return train, val
     paths = sources.record_files(spec)
@@ -100,7 +102,7 @@ def read(spec: str, val_fraction: float) -> tuple[list, list]:
     for path in paths:
         for where, record in sources.rows(path):
             pair = render(record, where)
-            (val if sources._split(index, val_fraction, 0) == "val" else train).append(pair)
+            (val if sources.split_of(index, val_fraction, 0) == "val" else train).append(pair)
             index += 1
     return train, val
 

@@ -37,7 +37,7 @@ import numpy as np
 from minitrain import UserError, sources
 from minitrain.atomic import atomic_write, check_writable_folder
 from minitrain.config import NonNegativeInt, PositiveInt, Range, check, run_cli
-from minitrain.shards import ShardWriter, dtype_for, find_shards, is_shard_folder, read_shard
+from minitrain.shards import ShardWriter, dtype_for, find_shards, is_shard_folder
 
 FORMAT_VERSION = 1  # of the cached shards: a change of the rules makes new cache keys
 BATCH_CHARS = 512 << 10  # text per batch sent to a worker
@@ -156,7 +156,7 @@ def prepare(
         documents = {"train": 0, "val": 0}
         stats, start, doc_split = {"chars": 0}, time.perf_counter(), None
         pieces = sources.pieces(spec, text_field, val_fraction, val_tokens, piece_bytes)
-        bar = _bar(spec, progress)
+        bar = _bar(total, progress)
         for metas, ids, lengths in encoded(_batches(pieces, stats), tokenizer, num_proc):
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             for (split, end), a, b in zip(metas, offsets[:-1], offsets[1:]):
@@ -216,11 +216,10 @@ def _prefix(spec: str) -> str:
     return name.removesuffix(".txt").removesuffix(".jsonl")
 
 
-def _bar(spec: str, progress: bool):
+def _bar(total: int | None, progress: bool):
     """Bytes of text read, with tokens/s; none for a small source (it is done in a moment)."""
     from tqdm import tqdm
 
-    total = sources.total_bytes(spec)
     return tqdm(
         total=total,
         unit="B",
@@ -295,12 +294,12 @@ def open_folder(folder, tokenizer=None, need_val: bool = True):
                 f"{folder} was tokenized with another vocabulary than the run's tokenizer "
                 f"(its tokenizer.json): train with that tokenizer, or prepare the data again."
             )
-    limit = tokenizer.get_vocab_size() if tokenizer is not None else None
-    for path in train + val:  # each header, and the dtype against the vocabulary
-        ids = read_shard(path)
-        if limit is not None and ids.dtype.itemsize == 2 and limit > 2**16:
-            raise UserError(f"{path} holds uint16 ids but the tokenizer has {limit} tokens.")
-    return Tokens(train), Tokens(val) if val else None
+    tokens = Tokens(train), Tokens(val) if val else None  # every header checked
+    limit = tokenizer.get_vocab_size() if tokenizer is not None else 0
+    for paths, t in zip((train, val), tokens):
+        if t is not None and t.itemsize == 2 and limit > 2**16:
+            raise UserError(f"{paths[0]} holds uint16 ids but the tokenizer has {limit} tokens.")
+    return tokens
 
 
 def cached(spec: str, tokenizer, val_fraction: float, cache_dir, num_proc: int = 0, progress: bool = True) -> Path:
@@ -370,8 +369,8 @@ def training_data(spec, tokenizer, val_fraction, cache_dir, progress=True, val_s
         raise UserError(f"--val_data {val_spec!r} is prompt/completion data, but --data is text.")
     if val_spec:  # all of --data trains; all of --val_data validates
         train, _ = training_data(spec, tokenizer, 0.0, cache_dir, progress)
-        val, held = training_data(val_spec, tokenizer, 0.0, cache_dir, progress)
-        return Tokens(train.shards), Tokens((held.shards if held else []) + val.shards)
+        val, held = training_data(val_spec, tokenizer, 0.0, cache_dir, progress)  # a shard folder: all of it
+        return train, val if held is None else Tokens(held.shards + val.shards)
     folder = spec if is_shard_folder(spec) else cached(spec, tokenizer, val_fraction, cache_dir, progress=progress)
     return open_folder(folder, tokenizer, need_val=val_fraction > 0)
 

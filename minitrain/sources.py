@@ -139,17 +139,12 @@ def pieces(spec: str, text_field="text", val_fraction=0.1, val_tokens=0, piece_b
     for i, p in enumerate(paths):
         if _kind(p) == "records":
             for text in _records(p, text_field):
-                split = _split(index, val_fraction, val_tokens)
+                split = split_of(index, val_fraction, val_tokens)
                 for piece, end in _split_text(text, piece_bytes):
                     yield piece, split, end
                 index += 1
-        else:
-            if val_tokens:
-                split = "first"
-            elif only_text:
-                split = "val" if i in val_files else "train"
-            else:
-                split = _split(index, val_fraction, val_tokens)
+        else:  # a text file is one document: by the files' permutation, or as a record
+            split = ("val" if i in val_files else "train") if val_files else split_of(index, val_fraction, val_tokens)
             blank = True
             for text, end in _text_pieces(p, piece_bytes):
                 blank = blank and not text.strip()
@@ -159,7 +154,9 @@ def pieces(spec: str, text_field="text", val_fraction=0.1, val_tokens=0, piece_b
             index += 1
 
 
-def _split(index: int, val_fraction: float, val_tokens: int) -> str:
+def split_of(index: int, val_fraction: float, val_tokens: int) -> str:
+    """Where record number `index` goes: "first" (decided by --val_tokens when tokenized), else a
+    fixed hash of the number against val_fraction (the same for every run and seed)."""
     if val_tokens:
         return "first"
     if val_fraction == 0:
@@ -369,7 +366,7 @@ def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int) -> I
         if not (isinstance(text, str) and text.strip()):
             continue
         has_val = has_val or is_val
-        split = "val" if is_val else "train" if has_val else _split(index, val_fraction, val_tokens)
+        split = "val" if is_val else "train" if has_val else split_of(index, val_fraction, val_tokens)
         index += not is_val
         for piece, end in _split_text(text, PIECE_BYTES):
             yield piece, split, end
