@@ -41,7 +41,6 @@ from minitrain.gpt2 import GPT2, GPT2Config
 from minitrain.logger import Logger
 from minitrain.metrics import (
     Stopwatch,
-    bits_per_byte,
     flops_per_token,
     peak_tflops,
     perplexity,
@@ -192,8 +191,7 @@ def main(cfg: Config) -> dict:
         if n_val_blocks == 0:
             raise UserError(f"the validation split is shorter than one block of {T} tokens.")
         n_eval_blocks = min(n_val_blocks, cfg.eval_batches * B * W) if cfg.eval_batches else n_val_blocks
-        n_eval_tokens = val_tokens.targets(range(n_eval_blocks), T)  # bits per byte: loss over the bytes of text
-        n_eval_bytes = val_tokens.target_bytes(n_eval_blocks, T, token_bytes(tokenizer))
+        validate = evaluate.LMScores(val_tokens, n_eval_blocks, T, B, token_bytes(tokenizer))  # loss, ppl, bpb
         steps_per_epoch = n_train_blocks // blocks_per_step
         max_steps = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs > 0 else cfg.max_steps
         dist.print0(
@@ -230,10 +228,10 @@ def main(cfg: Config) -> dict:
             dist.StopFlag() as stop,
         ):
             if ckpt is None:
-                val_loss = evaluate.lm_loss(raw_model, val_tokens, n_eval_blocks, T, B, d, dtype)
-                val_bpb, val_history = bits_per_byte(val_loss, n_eval_tokens, n_eval_bytes), [val_loss]
-                log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss), val_bpb=val_bpb)
-                log.write(f"step 0: {validation_line(val_loss, val_bpb)}")
+                val = validate(raw_model, d, dtype)
+                val_loss, val_history = val["loss"], [val["loss"]]
+                log.log(step, **{f"val_{k}": v for k, v in val.items()})
+                log.write(f"step 0: val {validate.line(val)}")
             else:
                 val_loss = ckpt["val_loss"]
             first_val_loss, train_loss, stop_early = val_loss, float("nan"), False
@@ -323,11 +321,11 @@ def main(cfg: Config) -> dict:
                 stopping = step < max_steps and stop.requested(d, sync=step % cfg.log_interval == 0)
                 with watch.paused():  # evaluation and checkpoints are not training time
                     if step % cfg.eval_interval == 0 or step == max_steps:
-                        val_loss = evaluate.lm_loss(raw_model, val_tokens, n_eval_blocks, T, B, d, dtype)
-                        val_bpb = bits_per_byte(val_loss, n_eval_tokens, n_eval_bytes)
+                        val = validate(raw_model, d, dtype)
+                        val_loss = val["loss"]
                         val_history.append(val_loss)
-                        log.log(step, val_loss=val_loss, val_perplexity=perplexity(val_loss), val_bpb=val_bpb)
-                        log.write(f"step {step}: train loss {train_loss:.4f}, {validation_line(val_loss, val_bpb)}")
+                        log.log(step, **{f"val_{k}": v for k, v in val.items()})
+                        log.write(f"step {step}: train loss {train_loss:.4f}, val {validate.line(val)}")
                         # early stopping: the same decision on every rank, as val_loss is all-reduced
                         stop_early = stopped_early([-v for v in val_history], cfg.patience, cfg.min_delta)
                     if step % cfg.save_interval == 0 or step == max_steps or stopping or stop_early:
@@ -421,10 +419,6 @@ def build_model(cfg: Config, tokenizer, ckpt) -> GPT2:
         lora.load_checkpoint(model, ckpt)
     model.activation_checkpointing = cfg.activation_checkpointing
     return model
-
-
-def validation_line(val_loss: float, val_bpb: float) -> str:
-    return f"val loss {val_loss:.4f}, perplexity {perplexity(val_loss):.1f}, {val_bpb:.3f} bits/byte"
 
 
 def finish(raw_model: GPT2, tokenizer, cfg: Config, out_dir: Path, step: int, eot: int, log, prompts=None) -> None:

@@ -54,6 +54,26 @@ def lm_loss(model, tokens, n_blocks: int, block_size: int, batch_size: int, d, d
     return (sums[0] / sums[1]).item()
 
 
+class LMScores:
+    """Language-model scores on the first `n_blocks` blocks of `tokens`: the mean loss over their
+    targets, perplexity, and bits per byte (their loss over the bytes of text the targets stand
+    for). The counts are taken once; each call scores a model: training's validation, and
+    `python -m minitrain.evaluate --task lm`."""
+
+    def __init__(self, tokens, n_blocks: int, block_size: int, batch_size: int, token_bytes):
+        self.tokens, self.n_blocks, self.T, self.B = tokens, n_blocks, block_size, batch_size
+        self.n_tokens = tokens.targets(range(n_blocks), block_size)  # prompt/completion: completion tokens
+        self.n_bytes = tokens.target_bytes(n_blocks, block_size, token_bytes)
+
+    def __call__(self, model, d, dtype, progress=False) -> dict:
+        loss = lm_loss(model, self.tokens, self.n_blocks, self.T, self.B, d, dtype, progress)
+        return {"loss": loss, "perplexity": perplexity(loss), "bpb": bits_per_byte(loss, self.n_tokens, self.n_bytes)}
+
+    @staticmethod
+    def line(s: dict) -> str:
+        return f"loss {s['loss']:.4f}, perplexity {s['perplexity']:.1f}, {s['bpb']:.3f} bits/byte"
+
+
 @torch.no_grad()
 def classify(
     model, examples: dict, batch_size: int, pad_id: int, pad_to: int, num_labels: int, d, dtype, progress=False
@@ -211,17 +231,16 @@ def score_lm(cfg: EvalConfig, d, dtype) -> dict:
         n_blocks = min(n_blocks, cfg.max_blocks)
     if n_blocks == 0:
         raise UserError(f"the text has {len(tokens)} tokens, less than one block of {T} + 1; lower --block_size.")
-    loss = lm_loss(model, tokens, n_blocks, T, cfg.batch_size, d, dtype, cfg.progress)
-    n_tokens = tokens.targets(range(n_blocks), T)  # prompt/completion data: the completion tokens
-    n_bytes = tokens.target_bytes(n_blocks, T, token_bytes(tokenizer))
+    scores = LMScores(tokens, n_blocks, T, cfg.batch_size, token_bytes(tokenizer))
+    s = scores(model, d, dtype, cfg.progress)
     return {
         "split": split,
         "block_size": T,
-        "tokens": n_tokens,
-        "bytes": n_bytes,
-        "loss": loss,
-        "perplexity": perplexity(loss),
-        "bits_per_byte": bits_per_byte(loss, n_tokens, n_bytes),
+        "tokens": scores.n_tokens,
+        "bytes": scores.n_bytes,
+        "loss": s["loss"],
+        "perplexity": s["perplexity"],
+        "bits_per_byte": s["bpb"],
     }
 
 
