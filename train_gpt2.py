@@ -32,14 +32,19 @@ from typing import Annotated, Literal
 
 import torch
 
-from minitrain import UserError, checkpoint, data, dist, evaluate, hub, lora, report
+from minitrain import UserError
 from minitrain.atomic import check_writable_folder
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
-from minitrain.ddp import Kind, compile_and_wrap
-from minitrain.generate import sample_texts
-from minitrain.gpt2 import GPT2, GPT2Config
-from minitrain.logger import Logger
-from minitrain.metrics import (
+from minitrain.data import tokens as data
+from minitrain.data.prepare import run_tokenizer, training_data
+from minitrain.data.tokenizer import EOT, eot_id, save_for_transformers, token_bytes
+from minitrain.models import hub, lora
+from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.tools.generate import sample_texts
+from minitrain.training import checkpoint, dist, evaluate, report
+from minitrain.training.ddp import Kind, compile_and_wrap
+from minitrain.training.logger import Logger
+from minitrain.training.metrics import (
     Stopwatch,
     flops_per_token,
     peak_tflops,
@@ -47,10 +52,8 @@ from minitrain.metrics import (
     stopped_early,
     throughput,
 )
-from minitrain.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
-from minitrain.precision import DtypeName, allow_tf32, auto_batch_size, autocast, make_scaler, resolve_dtype
-from minitrain.prepare import run_tokenizer, training_data
-from minitrain.tokenizer import EOT, eot_id, save_for_transformers, token_bytes
+from minitrain.training.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
+from minitrain.training.precision import DtypeName, allow_tf32, auto_batch_size, autocast, make_scaler, resolve_dtype
 
 Fraction = Annotated[float, Range(ge=0, lt=1)]
 

@@ -23,16 +23,19 @@ from typing import Annotated, Literal
 
 import torch
 
-from minitrain import UserError, checkpoint, dist, evaluate, hub, lora, pairs, report
-from minitrain.bert import BertForSequenceClassification
+from minitrain import UserError
 from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
-from minitrain.data import fingerprint, to_device
-from minitrain.ddp import Kind, compile_and_wrap
-from minitrain.logger import Logger
-from minitrain.metrics import stopped_early
-from minitrain.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
-from minitrain.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
-from minitrain.tokenizer import load_tokenizer
+from minitrain.data import pairs
+from minitrain.data.tokenizer import load_tokenizer
+from minitrain.data.tokens import fingerprint, to_device
+from minitrain.models import hub, lora
+from minitrain.models.bert import BertForSequenceClassification
+from minitrain.training import checkpoint, dist, evaluate, report
+from minitrain.training.ddp import Kind, compile_and_wrap
+from minitrain.training.logger import Logger
+from minitrain.training.metrics import stopped_early
+from minitrain.training.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
+from minitrain.training.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
 
 Fraction = Annotated[float, Range(ge=0, lt=1)]
 

@@ -13,9 +13,9 @@ import torch
 
 
 def worker(kind, steps=30, warmup=5):
-    from minitrain import dist as mdist
-    from minitrain.ddp import wrap
-    from minitrain.gpt2 import GPT2, GPT2Config
+    from minitrain.models.gpt2 import GPT2, GPT2Config
+    from minitrain.training import dist as mdist
+    from minitrain.training.ddp import wrap
 
     d = mdist.setup("auto")
     torch.manual_seed(0)

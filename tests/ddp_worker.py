@@ -7,9 +7,9 @@ import os
 import torch
 import torch.distributed as dist
 
-from minitrain import dist as mdist
-from minitrain.ddp import BucketedDDP
-from minitrain.gpt2 import GPT2, GPT2Config
+from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.training import dist as mdist
+from minitrain.training.ddp import BucketedDDP
 
 
 def main():

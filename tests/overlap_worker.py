@@ -11,8 +11,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from minitrain.ddp import BucketedDDP
-from minitrain.gpt2 import GPT2, GPT2Config
+from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.training.ddp import BucketedDDP
 
 with socket.socket() as s:  # a free port for the one-process group
     s.bind(("127.0.0.1", 0))

@@ -4,7 +4,7 @@ it midway (argv: prepare's options)."""
 import sys
 import time
 
-from minitrain import prepare, shards
+from minitrain.data import prepare, shards
 
 real = shards.ShardWriter.flush
 

@@ -7,8 +7,8 @@ import time
 import torch
 
 import train_gpt2
-from minitrain import checkpoint
 from minitrain.config import run_cli
+from minitrain.training import checkpoint
 
 real_save = torch.save
 

@@ -3,8 +3,8 @@
 import torch
 import transformers
 
-from minitrain.bert import BertForSequenceClassification, BertModel
-from minitrain.tokenizer import load_tokenizer
+from minitrain.data.tokenizer import load_tokenizer
+from minitrain.models.bert import BertForSequenceClassification, BertModel
 
 PAIRS = [
     ("The cat sat on the mat.", "A cat was sitting on the mat."),

@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-from minitrain import UserError, checkpoint
-from minitrain.dist import Dist
+from minitrain import UserError
+from minitrain.training import checkpoint
+from minitrain.training.dist import Dist
 
 
 def test_crafted_checkpoint_is_refused(tmp_path):

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from minitrain import UserError, completions
-from minitrain.tokenizer import load_tokenizer
+from minitrain import UserError
+from minitrain.data import completions
+from minitrain.data.tokenizer import load_tokenizer
 from tests.helpers import final_params, max_param_diff, metrics, run_main, run_script, split_key_bias, tiny_gpt2_args
 
 
@@ -107,7 +108,7 @@ def test_accumulation_equals_one_big_batch_on_prompt_completion_data(sft_model, 
 
 
 def test_text_val_data_is_scored_as_evaluate_scores_that_file(sft_model, corpus, cache, tmp_path):
-    from minitrain import evaluate
+    from minitrain.training import evaluate
 
     held_out = tmp_path / "held_out.txt"
     held_out.write_text(corpus.read_text()[60000:66000])
@@ -134,8 +135,8 @@ def test_accumulation_and_two_processes_equal_one_big_batch_with_lora(sft_model,
 
 
 def test_generate_answers_every_prompt_of_a_file(sft_model, sft_data, tmp_path):
-    from minitrain import generate
-    from minitrain.gpt2 import GPT2
+    from minitrain.models.gpt2 import GPT2
+    from minitrain.tools import generate
 
     (tmp_path / "prompts.txt").write_text("ROMEO:\n\nJULIET:\n")
     cfg = generate.GenerateConfig(

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from minitrain import data
-from minitrain.shards import write_shard
+from minitrain.data import tokens as data
+from minitrain.data.shards import write_shard
 
 
 @pytest.fixture

@@ -169,7 +169,7 @@ def test_minitrain_ddp_with_torch_compile(corpus, cache, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_ddp_with_mixed_precision(corpus, cache, tmp_path, dtype):
-    from minitrain.precision import cpu_supports_fp16
+    from minitrain.training.precision import cpu_supports_fp16
 
     if dtype == "fp16" and not cpu_supports_fp16():
         pytest.skip("this CPU cannot run fp16 autocast")

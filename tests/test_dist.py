@@ -6,7 +6,8 @@ import signal
 import pytest
 import torch
 
-from minitrain import UserError, dist
+from minitrain import UserError
+from minitrain.training import dist
 
 
 def test_single_process_contexts_and_helpers():

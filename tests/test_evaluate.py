@@ -5,12 +5,14 @@ import math
 import pytest
 import torch
 
-from minitrain import data, evaluate, pairs
-from minitrain.bert import BertForSequenceClassification
-from minitrain.dist import Dist
-from minitrain.gpt2 import GPT2, GPT2Config
-from minitrain.metrics import classification_metrics
-from minitrain.tokenizer import load_tokenizer
+from minitrain.data import pairs
+from minitrain.data import tokens as data
+from minitrain.data.tokenizer import load_tokenizer
+from minitrain.models.bert import BertForSequenceClassification
+from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.training import evaluate
+from minitrain.training.dist import Dist
+from minitrain.training.metrics import classification_metrics
 
 
 def test_lm_loss_is_the_mean_over_every_target_of_the_blocks():
@@ -60,7 +62,7 @@ def test_classify_equals_the_metrics_of_the_models_own_predictions(tiny_bert_dir
 
 
 # ----------------------------------------------------------------------------------------------
-# python -m minitrain.evaluate
+# python -m minitrain.training.evaluate
 
 
 def test_lm_on_an_exported_model_equals_transformers(corpus, cache, tmp_path, sft_model):

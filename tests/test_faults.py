@@ -13,8 +13,9 @@ import torch
 
 import train_gpt2
 import train_mrpc
-from minitrain import checkpoint, sources
 from minitrain.config import run_cli
+from minitrain.data import sources
+from minitrain.training import checkpoint
 from tests.helpers import ROOT, metrics, run_main, script_cmd, script_env, start_script, tiny_gpt2_args
 
 
@@ -134,7 +135,7 @@ def test_file_system_faults(corpus, tmp_path, capsys, case):
 def test_disk_full_mid_run_keeps_the_previous_checkpoint(corpus, cache, tmp_path, capsys, monkeypatch):
     """A fault only a running job meets (the disk fills while the logger writes): one sentence,
     exit 2, and the last checkpoint still resumes."""
-    from minitrain import logger
+    from minitrain.training import logger
 
     real_log, calls = logger.Logger.log, []
 
@@ -274,7 +275,8 @@ def test_binary_data_is_found_past_the_first_8_kb(tmp_path):
 
 
 def test_mrpc_labels_the_training_split_never_has_are_refused(tmp_path):
-    from minitrain import UserError, pairs
+    from minitrain import UserError
+    from minitrain.data import pairs
     from tests.mrpc_data import make_pairs, write_glue
 
     train = [(a, b, 0) for a, b, _ in make_pairs(20, 0)]  # only label 0 in training

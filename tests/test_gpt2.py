@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from minitrain.gpt2 import GPT2, GPT2Config
+from minitrain.models.gpt2 import GPT2, GPT2Config
 
 
 def _ids(vocab, B=3, T=17, seed=1):
@@ -94,7 +94,7 @@ def test_sampling_is_reproducible_with_a_seed(tiny_gpt2_dir):
 
 
 def test_top_k_and_top_p_restrict_the_choice():
-    from minitrain.gpt2 import sample_next
+    from minitrain.models.gpt2 import sample_next
 
     logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]])
     g = torch.Generator().manual_seed(0)
@@ -127,7 +127,8 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_generate_entry_point_checks_its_options_before_loading(tmp_path):
-    from minitrain import UserError, generate
+    from minitrain import UserError
+    from minitrain.tools import generate
 
     for bad, message in (
         (dict(top_p=1.5), r"--top_p=1.5 must be in \(0, 1\]"),
@@ -142,7 +143,7 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients(padded_vo
     """The loss over chunks of rows, gradients computed in the forward pass, equals
     F.cross_entropy on the full logits (fp32): value and the gradients of the hidden states and
     of the (tied) weight, with ignored targets, in chunks that do not divide the rows."""
-    from minitrain.gpt2 import chunked_cross_entropy
+    from minitrain.models.gpt2 import chunked_cross_entropy
 
     torch.manual_seed(0)
     N, C, V = 37, 16, 50

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minitrain.gpt2 import GPT2, GPT2Config
+from minitrain.models.gpt2 import GPT2, GPT2Config
 from tests.helpers import small_corpus, tiny_gpt2_args
 
 pytestmark = [
@@ -59,7 +59,7 @@ def test_train_script_on_gpu_bf16_compiled(tmp_path):
 
 
 def test_packed_bert_on_gpu_matches_cpu_and_trains_in_bf16():
-    from minitrain.bert import BertConfig, BertForSequenceClassification
+    from minitrain.models.bert import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
@@ -82,7 +82,7 @@ def test_packed_bert_on_gpu_matches_cpu_and_trains_in_bf16():
 def test_chunked_loss_on_gpu_in_bf16_matches_fp32_logits_loosely():
     import torch.nn.functional as F
 
-    from minitrain.gpt2 import chunked_cross_entropy
+    from minitrain.models.gpt2 import chunked_cross_entropy
 
     torch.manual_seed(0)
     h = torch.randn(4096, 256, device="cuda", requires_grad=True)

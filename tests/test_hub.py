@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minitrain import UserError
-from minitrain.bert import BertForSequenceClassification, BertModel
-from minitrain.gpt2 import GPT2
-from minitrain.hub import read_safetensors, write_safetensors
+from minitrain.models.bert import BertForSequenceClassification, BertModel
+from minitrain.models.gpt2 import GPT2
+from minitrain.models.hub import read_safetensors, write_safetensors
 
 
 def copy(src, dst):

@@ -2,7 +2,7 @@
 
 import json
 
-from minitrain.logger import Logger
+from minitrain.training.logger import Logger
 
 
 def test_resume_drops_later_lines_and_a_torn_last_line(tmp_path):

@@ -6,8 +6,9 @@ import torch
 import transformers
 
 import train_mrpc
-from minitrain import UserError, hub, lora
-from minitrain.gpt2 import GPT2, GPT2Config
+from minitrain import UserError
+from minitrain.models import hub, lora
+from minitrain.models.gpt2 import GPT2, GPT2Config
 from tests.helpers import metrics, run_main
 from tests.mrpc_data import make_pairs, write_glue
 from tests.test_completions import sft_args

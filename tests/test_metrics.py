@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from minitrain.metrics import Stopwatch, classification_metrics, flops_per_token, perplexity
+from minitrain.training.metrics import Stopwatch, classification_metrics, flops_per_token, perplexity
 
 
 # Reference implementations from the definitions, on lists of predictions and labels (the product

@@ -43,7 +43,7 @@ def test_fine_tuning_minilm_reaches_90_percent(minilm_dir, tmp_path):
     assert preds[0] == "index\tprediction" and len(preds) == len(TEST) + 1
     # the exported best model loads in transformers with the same logits
     ours = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "run/final")
-    from minitrain.bert import BertForSequenceClassification
+    from minitrain.models.bert import BertForSequenceClassification
 
     mine = BertForSequenceClassification.from_pretrained(tmp_path / "run/final").eval()
     ids = torch.tensor([[101, 2023, 2003, 102, 2008, 102]])
@@ -146,7 +146,7 @@ def test_metric_patience_and_evaluate_cli_on_the_export(minilm_dir, tmp_path):
     """--metric loss picks the epoch with the lowest validation loss; --patience stops after the
     epochs without improvement; python -m minitrain.evaluate on the export (and on best.pt) gives
     the test scores the run printed."""
-    from minitrain import evaluate
+    from minitrain.training import evaluate
 
     data = write_msr(tmp_path / "msr", TRAIN[:128], TEST)
     kw = dict(epochs=4, metric="loss", patience=1, min_delta=10.0, keep_last=0)

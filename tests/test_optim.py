@@ -2,8 +2,8 @@
 
 import pytest
 
-from minitrain.gpt2 import GPT2, GPT2Config
-from minitrain.optim import lr_at, param_groups
+from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.training.optim import lr_at, param_groups
 
 
 def test_schedules():

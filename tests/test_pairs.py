@@ -2,7 +2,8 @@
 
 import pytest
 
-from minitrain import UserError, pairs
+from minitrain import UserError
+from minitrain.data import pairs
 from tests.mrpc_data import make_pairs, write_csv, write_glue, write_jsonl, write_msr
 
 TRAIN, DEV, TEST = make_pairs(256, 0), make_pairs(64, 1), make_pairs(40, 2)
@@ -42,7 +43,7 @@ def test_bad_rows_fail_with_file_and_line(tmp_path):
 
 
 def test_group_by_length_pads_less_and_keeps_every_example(minilm_dir):
-    from minitrain.tokenizer import load_tokenizer
+    from minitrain.data.tokenizer import load_tokenizer
 
     ex = pairs.tokenize_pairs([(a, b, y, i) for i, (a, b, y) in enumerate(TRAIN)], load_tokenizer(minilm_dir), 128)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minitrain import UserError
-from minitrain.precision import autocast, make_scaler, resolve_dtype
+from minitrain.training.precision import autocast, make_scaler, resolve_dtype
 
 CPU = torch.device("cpu")
 
@@ -28,7 +28,7 @@ def test_autocast_runs_matmuls_in_bf16_and_fp32_is_untouched():
 
 
 def test_largest_batch_doubles_until_the_first_failure():
-    from minitrain.precision import largest_batch
+    from minitrain.training.precision import largest_batch
 
     tried = []
 
@@ -49,7 +49,7 @@ def test_out_of_memory_is_one_sentence(corpus, cache, tmp_path, capsys, monkeypa
 
     import train_gpt2
     from minitrain.config import run_cli
-    from minitrain.gpt2 import GPT2
+    from minitrain.models.gpt2 import GPT2
 
     def oom(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

@@ -8,9 +8,10 @@ import types
 import numpy as np
 import pytest
 
-from minitrain import UserError, prepare, sources
-from minitrain.shards import find_shards, read_shard
-from minitrain.tokenizer import EOT, train_bpe
+from minitrain import UserError
+from minitrain.data import prepare, sources
+from minitrain.data.shards import find_shards, read_shard
+from minitrain.data.tokenizer import EOT, train_bpe
 from tests.helpers import PY, ROOT, script_env
 from tests.test_faults import cli_fails, snapshot
 

@@ -7,7 +7,8 @@ import time
 import pytest
 import torch
 
-from minitrain import UserError, checkpoint
+from minitrain import UserError
+from minitrain.training import checkpoint
 from tests.helpers import (
     final_params,
     metrics,
@@ -196,7 +197,7 @@ def test_sigterm_under_torchrun_every_rank_stops_at_the_same_step(corpus, cache,
 def test_model_folder_and_tokenizer_problems_exit_2(corpus, cache, tmp_path, tiny_gpt2_dir):
     import shutil
 
-    from minitrain.tokenizer import train_bpe
+    from minitrain.data.tokenizer import train_bpe
 
     # the tiny model has 101 tokens; a 384-token tokenizer does not belong to it
     folder = tmp_path / "model"

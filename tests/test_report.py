@@ -7,7 +7,9 @@ import zlib
 
 import pytest
 
-from minitrain import UserError, report, sweep
+from minitrain import UserError
+from minitrain.tools import sweep
+from minitrain.training import report
 from tests.helpers import PY, ROOT, run_main, tiny_gpt2_args
 
 

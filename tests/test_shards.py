@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minitrain import UserError
-from minitrain.shards import read_shard, write_shard
+from minitrain.data.shards import read_shard, write_shard
 
 
 def reference_write(path, ids, magic, version, dtype):

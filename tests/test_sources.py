@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from minitrain import UserError, sources
+from minitrain import UserError
+from minitrain.data import sources
 
 
 def docs(spec, **kw):

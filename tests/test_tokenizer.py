@@ -3,7 +3,7 @@
 import pytest
 import transformers
 
-from minitrain.tokenizer import load_tokenizer
+from minitrain.data.tokenizer import load_tokenizer
 
 PAIRS = [
     ("The cat sat on the mat.", "A cat was sitting on the mat."),
@@ -38,7 +38,7 @@ def test_wordpiece_from_vocab_txt_matches_tokenizer_json(minilm_dir, tmp_path):
 
 
 def test_gpt2_vocab_and_merges_give_the_same_tokens_as_tokenizer_json(tmp_path):
-    from minitrain.tokenizer import train_bpe
+    from minitrain.data.tokenizer import train_bpe
 
     text = "To be, or not to be, that is the question: whether 'tis nobler in the mind. " * 30
     tok = train_bpe([text], 300, tmp_path / "json" / "tokenizer.json")
@@ -52,7 +52,7 @@ def test_gpt2_vocab_and_merges_give_the_same_tokens_as_tokenizer_json(tmp_path):
 
 
 def test_cached_bpe_trains_once_and_loads_the_same_tokenizer(tmp_path, monkeypatch):
-    from minitrain import tokenizer
+    from minitrain.data import tokenizer
 
     texts = ["To be, or not to be, that is the question. " * 40, "Whether 'tis nobler in the mind. " * 40]
     first = tokenizer.cached_bpe(texts, 280, tmp_path, key="k")
@@ -69,7 +69,7 @@ def test_cached_bpe_trains_once_and_loads_the_same_tokenizer(tmp_path, monkeypat
 
 
 def test_export_for_transformers_gives_the_same_ids(tmp_path):
-    from minitrain.tokenizer import EOT, save_for_transformers, train_bpe
+    from minitrain.data.tokenizer import EOT, save_for_transformers, train_bpe
 
     text = "To be, or not to be, that is the question: whether 'tis nobler in the mind. " * 30
     tok = train_bpe([text], 300)

@@ -5,8 +5,8 @@ import torch
 import transformers
 
 import train_gpt2
-from minitrain.gpt2 import GPT2, GPT2Config
-from minitrain.precision import cpu_supports_fp16
+from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.training.precision import cpu_supports_fp16
 from tests.helpers import (
     ROOT,
     final_params,
@@ -114,7 +114,7 @@ def test_end_to_end_loss_falls_checkpoint_reloads_export_loads(corpus, cache, tm
     with torch.no_grad():
         assert (ours.eval()(ids)[0] - ref(ids).logits).abs().max().item() <= 1e-5
     # the sampling entry point works on the export, reproducibly
-    from minitrain import generate
+    from minitrain.tools import generate
 
     gen = generate.GenerateConfig(model=str(out / "final"), prompt="KING:", max_new_tokens=12)
     texts = generate.main(gen)
@@ -123,7 +123,7 @@ def test_end_to_end_loss_falls_checkpoint_reloads_export_loads(corpus, cache, tm
 
 def test_fine_tune_from_local_hf_folder(corpus, cache, tmp_path):
     """--init_from a Hugging Face folder loads its weights and keeps its tokenizer."""
-    from minitrain.tokenizer import train_bpe
+    from minitrain.data.tokenizer import train_bpe
 
     folder = tmp_path / "hf"
     folder.mkdir()
@@ -162,8 +162,8 @@ def test_epochs_and_tokens_per_step_set_the_run_length(corpus, cache, tmp_path):
     )
     import math
 
-    from minitrain import sources
-    from minitrain.tokenizer import load_tokenizer
+    from minitrain.data import sources
+    from minitrain.data.tokenizer import load_tokenizer
 
     # by hand: the training part of the text (its head: 1 document), encoded, then end-of-text
     tok = load_tokenizer(tmp_path / "e")
@@ -177,7 +177,7 @@ def test_epochs_and_tokens_per_step_set_the_run_length(corpus, cache, tmp_path):
 def test_keep_last_prunes_and_best_is_kept(corpus, cache, tmp_path):
     out = tmp_path / "k"
     run_main(corpus, out, cache, max_steps=12, save_interval=3, eval_interval=3, keep_last=2)
-    from minitrain.checkpoint import list_checkpoints
+    from minitrain.training.checkpoint import list_checkpoints
 
     assert [p.name for p in list_checkpoints(out)] == ["ckpt-0000009.pt", "ckpt-0000012.pt"]
     best = torch.load(out / "best.pt", weights_only=True)
@@ -203,7 +203,7 @@ def test_tokens_per_sec_counts_training_steps_only(corpus, cache, tmp_path, monk
     the first step's time is logged apart as warmup_s."""
     import time
 
-    from minitrain import checkpoint, evaluate
+    from minitrain.training import checkpoint, evaluate
 
     real, offset = time.perf_counter, [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
@@ -240,7 +240,7 @@ def test_tokens_per_sec_counts_training_steps_only(corpus, cache, tmp_path, monk
 def test_export_best_holds_the_step_with_the_lowest_validation_loss(corpus, cache, tmp_path, monkeypatch):
     """Validation losses made up so that step 6 is the best of 3, 6, 9 and 12: final/ must hold step
     6's weights (not the last step's), say so, and load in transformers with the same logits."""
-    from minitrain import evaluate
+    from minitrain.training import evaluate
 
     fake = iter([5.0, 4.0, 3.0, 3.5, 3.8])  # steps 0, 3, 6, 9, 12
     monkeypatch.setattr(evaluate, "lm_loss", lambda *a, **k: next(fake))
@@ -281,7 +281,7 @@ def test_patience_stops_early_and_a_resume_has_nothing_left_to_do(corpus, cache,
 
 
 def checkpoint_names(out):
-    from minitrain.checkpoint import list_checkpoints
+    from minitrain.training.checkpoint import list_checkpoints
 
     return [p.name for p in list_checkpoints(out)]
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitrain import UserError, hub
+from minitrain import UserError
+from minitrain.models import hub
 
 ACTIVATIONS = {
     "gelu": F.gelu,

@@ -226,7 +226,7 @@ def save_adapters(tensors: dict, info: dict, base: str, folder) -> None:
     from pathlib import Path
 
     from minitrain.atomic import atomic_write
-    from minitrain.hub import write_safetensors
+    from minitrain.models.hub import write_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,10 @@ means padding at the end changes nothing before it.
 import numpy as np
 import torch
 
-from minitrain import UserError, sources
-from minitrain.data import to_device
-from minitrain.shards import is_shard_folder
+from minitrain import UserError
+from minitrain.data import sources
+from minitrain.data.shards import is_shard_folder
+from minitrain.data.tokens import to_device
 
 IGNORE = -100  # the target value cross_entropy skips
 

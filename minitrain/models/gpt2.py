@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from minitrain import UserError, hub
+from minitrain import UserError
+from minitrain.models import hub
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from minitrain import UserError
-from minitrain.shards import read_shard
+from minitrain.data.shards import read_shard
 
 
 class Tokens:

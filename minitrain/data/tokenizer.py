@@ -22,8 +22,9 @@ from tokenizers import (
     trainers,
 )
 
-from minitrain import UserError, hub
+from minitrain import UserError
 from minitrain.atomic import atomic_write, digest, file_digest
+from minitrain.models import hub
 
 EOT = "<|endoftext|>"  # GPT-2's end-of-text token, placed between documents
 

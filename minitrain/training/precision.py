@@ -113,7 +113,7 @@ def probe_batch_size(model, block_size: int, device, dtype, multiple_of: int = 1
 def auto_batch_size(model, block_size: int, tokens_per_step: int, d, dtype) -> int:
     """--batch_size=auto: the largest power-of-two micro-batch that fits on the GPU, the same on
     every rank, dividing the sequences each rank takes per step; accumulation follows from it."""
-    from minitrain import dist
+    from minitrain.training import dist
 
     if d.device.type != "cuda":
         raise UserError("--batch_size=auto measures GPU memory; on a CPU give a number.")

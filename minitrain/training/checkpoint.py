@@ -21,8 +21,8 @@ import torch
 
 from minitrain import UserError, first_line
 from minitrain.atomic import atomic_write, check_writable_folder
-from minitrain.dist import barrier, broadcast_object
-from minitrain.logger import Logger
+from minitrain.training.dist import barrier, broadcast_object
+from minitrain.training.logger import Logger
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 
@@ -118,7 +118,7 @@ def load_best(model, out_dir) -> dict | None:
     path = Path(out_dir) / "best.pt"
     if not path.is_file():
         return None
-    from minitrain import lora
+    from minitrain.models import lora
 
     state = load(path)
     lora.load_state(model, state["model"])  # with LoRA: the adapters

@@ -1,0 +1,1 @@
+"""Command-line tools (python -m minitrain.<tool>): thin layers over the library."""
