@@ -24,24 +24,25 @@ from typing import Annotated, Literal
 import torch
 
 from minitrain import UserError
-from minitrain.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check, run_cli
+from minitrain.cli import run_cli
+from minitrain.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check
 from minitrain.data import pairs
 from minitrain.data.tokenizer import load_tokenizer
 from minitrain.data.tokens import fingerprint, to_device
 from minitrain.models import hub, lora
 from minitrain.models.bert import BertForSequenceClassification
-from minitrain.training import checkpoint, dist, evaluate, report
-from minitrain.training.ddp import Kind, compile_and_wrap
+from minitrain.options import LoRAOptions, OptimOptions, RunOptions, Schedule, SystemOptions
+from minitrain.training import ddp, dist, evaluate, report, rundir
+from minitrain.training.compile import compile_model
 from minitrain.training.logger import Logger
 from minitrain.training.metrics import stopped_early
-from minitrain.training.optim import Schedule, lr_at, make_optimizer, report_skipped, step_unless
-from minitrain.training.precision import DtypeName, allow_tf32, autocast, make_scaler, resolve_dtype
-
-Fraction = Annotated[float, Range(ge=0, lt=1)]
+from minitrain.training.optim import lr_at, make_optimizer, report_skipped, step_unless
+from minitrain.training.precision import allow_tf32, autocast, make_scaler, resolve_dtype
+from minitrain.training.state import TrainState, restore_training
 
 
 @dataclass
-class Config:
+class Config(LoRAOptions, OptimOptions, SystemOptions, RunOptions):
     """BERT sentence-pair classification. Every option is --key=value (or --key value)."""
 
     # data and model
@@ -51,44 +52,22 @@ class Config:
     max_length: Annotated[int, Range(ge=5)] = 128  # longest pair in tokens ([CLS] a [SEP] b [SEP]); longest-first cut
     group_by_length: bool = False  # batch similar lengths together to pad less
     dropout: Fraction | None = None  # if set: replaces the checkpoint's dropout probabilities
-    # LoRA: train low-rank adapters (and the classification head) on a frozen encoder
-    lora_rank: NonNegativeInt = 0  # rank of the adapters (0: no LoRA, every weight trains)
-    lora_alpha: PositiveFloat = 16.0  # the adapters' update is scaled by alpha / rank
-    lora_dropout: Fraction = 0.0  # dropout on the adapters' input
-    lora_targets: str = "auto"  # comma-separated layer names (auto: query, key, value and the dense projections)
-    lora_export: Literal["merged", "adapters"] = "merged"  # final/ is merged; adapters: also final/adapters/
-    # optimisation (defaults from BERT's paper and the Hugging Face course)
+    # batch, steps (defaults from BERT's paper and the Hugging Face course)
     batch_size: PositiveInt = 32  # micro-batch per process, in pairs
-    grad_accum_steps: PositiveInt = 1  # micro-batches per optimizer step
     epochs: PositiveInt = 3  # passes over the training set
     max_steps: NonNegativeInt = 0  # if > 0: stop after this many optimizer steps (smoke runs)
-    lr: PositiveFloat = 2e-5  # peak learning rate
-    weight_decay: NonNegativeFloat = 0.01  # AdamW weight decay, on >= 2-D parameters only
-    beta1: Fraction = 0.9  # AdamW beta1
-    beta2: Fraction = 0.999  # AdamW beta2
-    schedule: Schedule = "linear"  # learning-rate schedule after warmup
     warmup_ratio: Fraction = 0.1  # share of all steps spent warming up
-    max_grad_norm: NonNegativeFloat = 1.0  # clip the global gradient norm to this (0 disables clipping)
-    max_bad_steps: PositiveInt = 5  # stop after this many consecutive steps with a non-finite loss/grad
-    # system
-    device: str = "auto"  # auto, cpu or cuda
-    dtype: DtypeName = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    compile: bool | None = None  # torch.compile: true, false, or auto (on for CUDA, off for CPU)
-    compile_scope: Literal["blocks", "model"] = "blocks"  # compile each block apart (regional) or the whole model
-    ddp: Kind = "minitrain"  # data parallelism under torchrun: minitrain (hand-written) or torch
-    seed: int = 42  # seeds the classification head, data order and dropout
-    # evaluation, logging, checkpoints
+    lr: PositiveFloat = 2e-5
+    weight_decay: NonNegativeFloat = 0.01
+    beta2: Fraction = 0.999
+    schedule: Schedule = "linear"
+    seed: int = 42
+    # evaluation, checkpoints
     eval_batch_size: PositiveInt = 64  # pairs per evaluation batch
-    log_interval: PositiveInt = 10  # log the training loss every this many steps
-    progress: bool = True  # show a progress bar
-    out_dir: str = "out/mrpc"  # everything the run writes
     save_interval: NonNegativeInt = 0  # also checkpoint every this many steps (0: at the end of epochs only)
     metric: Literal["accuracy", "f1", "loss"] = "accuracy"  # what makes an epoch the best (the export), and patience
-    patience: NonNegativeInt = 0  # stop after this many evaluations without an improvement > min_delta (0: never)
-    min_delta: NonNegativeFloat = 0.0  # how much the --metric must improve to count as an improvement
-    keep_last: NonNegativeInt = 1  # keep the newest N step checkpoints (0: all; best.pt is kept as well)
-    resume: str = ""  # a checkpoint file to continue from, or 'auto' for the newest in out_dir
-    overwrite: bool = False  # allow starting a new run in an out_dir that holds another run
+    out_dir: str = "out/mrpc"
+    keep_last: NonNegativeInt = 1
 
 
 OUTPUTS = ("final", "test_predictions.tsv", "report.png", "report.md")  # what this script writes into out_dir
@@ -97,46 +76,45 @@ OUTPUTS = ("final", "test_predictions.tsv", "report.png", "report.md")  # what t
 def main(cfg: Config) -> dict:
     check(cfg)
     hub.check_local_model(cfg.model, "bert")
-    # ------------------------------------------------------------------------------------------
-    # setup: processes, device, precision, the run folder (locked: one run at a time)
-    with dist.process_group(cfg.device) as d, checkpoint.locked(cfg.out_dir, d) as out_dir:
-        dtype = resolve_dtype(cfg.dtype, d.device)
-        allow_tf32(d.device)  # on CUDA: TF32 matmuls, ~8x fp32 on Ampere and later
+    with contextlib.ExitStack() as stack:
+        # ------------------------------------------------------------------------------------------
+        # setup: processes, device, precision, the run folder (locked: one run at a time)
+        world = stack.enter_context(dist.process_group(cfg.device))
+        out_dir = stack.enter_context(rundir.locked(cfg.out_dir, world))
+        dtype = resolve_dtype(cfg.dtype, world.device)
+        allow_tf32(world.device)  # on CUDA: TF32 matmuls, ~8x fp32 on Ampere and later
         # a checkpoint to continue from, or None for a new run; every rank must have the same options
-        resume_path, ckpt = checkpoint.open_run(out_dir, cfg.resume, cfg.overwrite, d, "train_mrpc")
-        dist.same_everywhere(d, "options", asdict(cfg))
+        resume_path, state = rundir.open_run(out_dir, cfg.resume, cfg.overwrite, world, "train_mrpc")
+        dist.same_everywhere(world, "options", asdict(cfg))
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
-        if ckpt and stopped_early(scores(ckpt["history"], cfg.metric), cfg.patience, cfg.min_delta):
+        if state and stopped_early(scores(state.evals, cfg.metric), cfg.patience, cfg.min_delta):
             dist.print0(
                 f"{resume_path} is where the run stopped early (--patience={cfg.patience}); nothing left to do."
             )
-            return {"step": ckpt["step"], "history": ckpt["history"], "stopped_early": True}
+            return {"step": state.step, "history": state.evals, "stopped_early": True}
 
-        # --------------------------------------------------------------------------------------
         # data: sentence pairs, checked before the model is loaded
         splits = pairs.load_local(cfg.data_dir, cfg.val_fraction) if cfg.data_dir else pairs.load_hub_mrpc()
         num_labels = pairs.count_labels(splits)
-        dist.same_everywhere(d, "data", data_fingerprint(splits))
+        dist.same_everywhere(world, "data", fingerprint(*(repr(rows) for rows in splits.values())))
 
-        # --------------------------------------------------------------------------------------
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
-        raw_model, tokenizer = build_model(cfg, num_labels, ckpt)
-        raw_model.to(d.device)
-        if cfg.lora_rank:
-            dist.print0(lora.describe(raw_model.lora_info))
+        raw_model, tokenizer, lora_info = build_model(cfg, num_labels, state)
+        raw_model.to(world.device)
+        if lora_info:
+            dist.print0(lora.describe(lora_info))
         pad_id = raw_model.config.pad_token_id
         train = pairs.tokenize_pairs(splits["train"], tokenizer, cfg.max_length)
         val = pairs.tokenize_pairs(splits["validation"], tokenizer, cfg.max_length)
         test = pairs.tokenize_pairs(splits["test"], tokenizer, cfg.max_length) if splits["test"] else None
-        pad_to = 8 if d.device.type == "cuda" else 1  # tensor cores like multiples of 8
+        pad_to = 8 if world.device.type == "cuda" else 1  # tensor cores like multiples of 8
         dist.print0(
             f"data: {len(train['labels'])} train, {len(val['labels'])} validation, "
             f"{len(test['labels']) if test else 0} test pairs; {num_labels} labels"
         )
 
-        # --------------------------------------------------------------------------------------
         # batch arithmetic (depends on the world size: computed and printed, never stored)
-        W, B = d.world_size, cfg.batch_size
+        W, B = world.world_size, cfg.batch_size
         per_step = W * B * cfg.grad_accum_steps  # pairs per optimizer step, over all ranks
         steps_per_epoch = len(train["labels"]) // per_step  # the incomplete last batch is dropped
         if steps_per_epoch == 0:
@@ -154,186 +132,156 @@ def main(cfg: Config) -> dict:
             f"steps, {warmup_steps} of warmup"
         )
 
-        # --------------------------------------------------------------------------------------
-        # optimizer and the state to resume from
-        optimizer = make_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), d.device)
-        scaler = make_scaler(d.device, dtype)
-        step, epoch, pos, history, best = 0, 0, 0, [], None
-        epoch_loss_sum, epoch_steps = 0.0, 0  # the training loss of the current epoch so far
-        torch.manual_seed(cfg.seed + d.rank)  # dropout differs between ranks
-        if ckpt is not None:  # optimizer moments, loss scale, every rank's random stream, data position
-            checkpoint.restore_training(ckpt, optimizer, scaler, d, cfg.seed)
-            step, epoch, pos, history = ckpt["step"], ckpt["epoch"], ckpt["pos"], ckpt["history"]
-            epoch_loss_sum, epoch_steps = ckpt["epoch_loss_sum"], ckpt["epoch_steps"]
-            best = max(history, key=lambda r: score(r, cfg.metric)) if history else None
-            dist.print0(f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, {pos} pairs into it)")
+        # optimizer, and the training state: a new one, or the checkpoint's
+        optimizer = make_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), world.device)
+        scaler = make_scaler(world.device, dtype)
+        torch.manual_seed(cfg.seed + world.rank)  # dropout differs between ranks
+        if state is None:
+            state = TrainState("train_mrpc", asdict(cfg), lora=lora_info)
+        else:  # optimizer moments, loss scale, every rank's random stream, data position
+            restore_training(state, optimizer, scaler, world, cfg.seed)
+            where = f"step {state.step} (epoch {state.epoch + 1}, {state.pos} pairs into it)"
+            dist.print0(f"resumed from {resume_path} at {where}")
+        state.config = asdict(cfg)  # the options this part of the run was given
 
         # compile (blocks in place, or the whole model), then wrap for data parallelism; raw_model
         # stays the one that is saved. Compiling helps on CUDA and rarely on CPU: hence auto.
-        model = compile_and_wrap(raw_model, cfg.compile, cfg.compile_scope, cfg.ddp, d)
+        model = ddp.wrap(compile_model(raw_model, cfg.compile, cfg.compile_scope, world.device), cfg.ddp, world)
 
-        # --------------------------------------------------------------------------------------
-        # the training loop: epochs of shuffled pairs, one optimizer step per global batch, in a
-        # run folder that is ours (a new run replaces what an earlier one left)
-        checkpoint.start_run(out_dir, ckpt is None, OUTPUTS, d)
-        with (
-            Logger(out_dir, enabled=d.is_main, total=total_steps, initial=step, progress=cfg.progress) as log,
-            dist.StopFlag() as stop,
-        ):
-            log.write("\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in history]))
-            train_loss, stop_early = float("nan"), False
-            # what the next log line reports: the loss summed over its steps; and over the epoch
-            loss_acc, loss_steps = torch.zeros((), device=d.device), 0
-            # skipped updates since the last log line, and in a row: device tensors, read when logging
-            skipped, bad_steps = torch.zeros((), dtype=torch.long, device=d.device), torch.zeros((), device=d.device)
-            epoch_loss = torch.full((), epoch_loss_sum / W, device=d.device)  # summed over ranks when read
-            order = None
-            while step < total_steps:
-                if order is None or pos == 0:  # a new epoch (or a resumed one): its seeded order
-                    order = pairs.epoch_order(train, cfg.seed, epoch, cfg.group_by_length, B)
-                lr = lr_at(step, schedule=cfg.schedule, lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+        # the run folder is ours now (a new run replaces what an earlier one left), and the logs
+        rundir.start_run(out_dir, resume_path is None, OUTPUTS, world)
+        log = stack.enter_context(Logger(out_dir, world.is_main, total_steps, state.step, cfg.progress))
+        stop = stack.enter_context(dist.StopFlag())
 
-                # micro-step m of this rank takes pairs pos + (m * W + rank) * B ... + B of the order
-                batches = [
-                    pairs.collate(train, order[pos + (m * W + d.rank) * B :][:B], pad_id, pad_to)
-                    for m in range(cfg.grad_accum_steps)
-                ]
-                # The loss is the mean over the pairs of the whole window (all micro-batches, all
-                # ranks): each rank divides its *sum* by per_step, times W because DDP averages.
-                for micro_step, batch in enumerate(batches):
-                    batch = {k: to_device(v, d.device) for k, v in batch.items()}
-                    last = micro_step == cfg.grad_accum_steps - 1
-                    # no gradient communication until the last micro-step of the window
-                    sync = contextlib.nullcontext() if (last or not d.multi_process) else model.no_sync()
-                    with sync:
-                        with autocast(d.device, dtype):
-                            _, loss_sum = model(**batch, reduction="sum")
-                        loss = loss_sum * W / per_step
-                        scaler.scale(loss).backward()  # fp16: scale up so small gradients survive
-                    loss_acc += loss_sum.detach() / per_step  # this rank's share of the step's mean
-                    epoch_loss += loss_sum.detach() / per_step
+        # ------------------------------------------------------------------------------------------
+        # the training loop: epochs of shuffled pairs, one optimizer step per global batch
+        log.write("\n".join([table_header(num_labels)] + [table_row(h, num_labels) for h in state.evals]))
+        train_loss, stop_early = float("nan"), False
+        # what the next log line reports: the loss summed over its steps; and over the epoch
+        loss_acc, loss_steps = torch.zeros((), device=world.device), 0
+        # skipped updates since the last log line, and in a row: device tensors, read when logging
+        skipped = torch.zeros((), dtype=torch.long, device=world.device)
+        bad_steps = torch.zeros((), device=world.device)
+        epoch_loss = torch.full((), state.epoch_loss_sum / W, device=world.device)  # summed over ranks when read
+        order = None
+        while state.step < total_steps:
+            if order is None or state.pos == 0:  # a new epoch (or a resumed one): its seeded order
+                order = pairs.epoch_order(train, cfg.seed, state.epoch, cfg.group_by_length, B)
+            lr = lr_at(state.step, schedule=cfg.schedule, lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-                # the optimizer step: true gradients, clipped; a non-finite one skips the update
-                scaler.unscale_(optimizer)  # back to true gradients before measuring their norm
-                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm or math.inf)
-                skip = ~torch.isfinite(grad_norm)  # stays on the device: no host sync in the step
-                if scaler.is_enabled():
-                    scaler.step(optimizer)  # fp16: the scaler itself skips steps with inf/nan gradients
-                else:
-                    step_unless(optimizer, skip)  # bf16/fp32: the fused kernel skips on the device
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                bad_steps = torch.where(skip, bad_steps + 1, 0)  # consecutive skipped updates
-                skipped += skip
-                step, pos = step + 1, pos + per_step
-                loss_steps, epoch_steps = loss_steps + 1, epoch_steps + 1
+            # micro-step m of this rank takes pairs pos + (m * W + rank) * B ... + B of the order
+            starts = [state.pos + (m * W + world.rank) * B for m in range(cfg.grad_accum_steps)]
+            batches = [pairs.collate(train, order[s:][:B], pad_id, pad_to) for s in starts]
+            # The loss is the mean over the pairs of the whole window (all micro-batches, all ranks):
+            # each rank divides its *sum* by per_step, times W because gradient averaging divides by W.
+            for batch in ddp.accumulate(model, batches, world.multi_process):  # gradients sync on the last
+                batch = {k: to_device(v, world.device) for k, v in batch.items()}
+                with autocast(world.device, dtype):
+                    _, loss_sum = model(**batch, reduction="sum")
+                scaler.scale(loss_sum * W / per_step).backward()  # fp16: scale up so small gradients survive
+                loss_acc += loss_sum.detach() / per_step  # this rank's share of the step's mean
+                epoch_loss += loss_sum.detach() / per_step
 
-                if step % cfg.log_interval == 0 or step == total_steps:
-                    # the host sync of the loop: the loss (mean over its steps and ranks), norm, skips
-                    dist.all_reduce_sum(loss_acc, d)
-                    loss_sum, norm, n_skipped, n_bad = torch.stack([loss_acc, grad_norm, skipped, bad_steps]).tolist()
-                    train_loss = loss_sum / loss_steps
-                    report_skipped(log, step, n_skipped, n_bad, loss_steps, cfg.max_bad_steps, out_dir)
-                    log.log(step, train_loss=train_loss, lr=lr, grad_norm=norm)
-                    log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
-                    loss_acc.zero_()
-                    skipped.zero_()
-                    loss_steps = 0
+            # the optimizer step: true gradients, clipped; a non-finite one skips the update
+            scaler.unscale_(optimizer)  # back to true gradients before measuring their norm
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm or math.inf)
+            skip = ~torch.isfinite(grad_norm)  # stays on the device: no host sync in the step
+            if scaler.is_enabled():
+                scaler.step(optimizer)  # fp16: the scaler itself skips steps with inf/nan gradients
+            else:
+                step_unless(optimizer, skip)  # bf16/fp32: the fused kernel skips on the device
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            bad_steps = torch.where(skip, bad_steps + 1, 0)  # consecutive skipped updates
+            skipped += skip
+            state.step, state.pos = state.step + 1, state.pos + per_step
+            step = state.step
+            loss_steps, state.epoch_steps = loss_steps + 1, state.epoch_steps + 1
 
-                # every rank stops at the same step; under torchrun that takes a collective: at log steps
-                stopping = step < total_steps and stop.requested(d, sync=step % cfg.log_interval == 0)
-                end_of_epoch = pos + per_step > len(train["labels"])
-                evaluated, is_best = end_of_epoch or step == total_steps, False
-                if evaluated:
-                    metrics, _ = evaluate.classify(
-                        raw_model, val, cfg.eval_batch_size, pad_id, pad_to, num_labels, d, dtype
-                    )
-                    row = {
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "epoch_train_loss": dist.all_reduce_sum(epoch_loss, d).item() / epoch_steps,
-                        "val_loss": metrics["loss"],
-                        "accuracy": metrics["accuracy"],
-                        "f1": metrics["f1"],
-                        "macro_f1": metrics["macro_f1"],
-                    }
-                    epoch_loss.zero_()
-                    epoch_steps = 0
-                    history.append(row)
-                    log.log(step, **{k: v for k, v in row.items() if k != "step"})
-                    log.write(table_row(row, num_labels))
-                    is_best = best is None or score(row, cfg.metric) > score(best, cfg.metric)
-                    best = row if is_best else best
-                    stop_early = stopped_early(scores(history, cfg.metric), cfg.patience, cfg.min_delta)
-                    if end_of_epoch:
-                        epoch, pos = epoch + 1, 0
-                if evaluated or (cfg.save_interval and step % cfg.save_interval == 0) or stopping:
-                    state = {
-                        "script": "train_mrpc",
-                        **lora.model_state(raw_model),  # the weights; with LoRA adapters and head only
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "step": step,
-                        "epoch": epoch,
-                        "pos": pos,
-                        "history": history,
-                        "epoch_loss_sum": dist.all_reduce_sum(epoch_loss.clone(), d).item(),
-                        "epoch_steps": epoch_steps,
-                        "config": asdict(cfg),
-                    }
-                    path = checkpoint.save_step(state, out_dir, step, d, keep_last=cfg.keep_last, is_best=is_best)
-                    log.write(f"step {step}: saved {path}")
-                if stopping:
-                    dist.print0(f"stopped by a signal at step {step}; resume with --resume=auto --out_dir={out_dir}")
-                    return {"step": step, "history": history, "stopped": True}
-                if stop_early:
-                    log.write(
-                        f"step {step}: the validation {cfg.metric} has not improved by more than {cfg.min_delta} in "
-                        f"{cfg.patience} evaluations; stopping early."
-                    )
-                    break
+            if step % cfg.log_interval == 0 or step == total_steps:
+                # the host sync of the loop: the loss (mean over its steps and ranks), norm, skips
+                dist.all_reduce_sum(loss_acc, world)
+                loss_sum, norm, n_skipped, n_bad = torch.stack([loss_acc, grad_norm, skipped, bad_steps]).tolist()
+                train_loss = loss_sum / loss_steps
+                report_skipped(log, step, n_skipped, n_bad, loss_steps, cfg.max_bad_steps, out_dir)
+                log.log(step, train_loss=train_loss, lr=lr, grad_norm=norm)
+                log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+                loss_acc.zero_()
+                skipped.zero_()
+                loss_steps = 0
 
-            # ----------------------------------------------------------------------------------
-            # the end: the best epoch's model is exported, then scored on the test split
-            best_state = checkpoint.load_best(raw_model, out_dir)
-            if best_state is not None:
-                best = best_state["history"][-1]  # saved right after the best epoch's row
-            result = {"step": step, "history": history, "best": best, "stopped_early": stop_early}
-            final_dir = out_dir / "final"  # LoRA: W + alpha/r B A on every rank; rank 0 writes the adapters
-            lora.merge_for_export(raw_model, cfg.lora_export, cfg.model, final_dir / "adapters" if d.is_main else None)
-            if d.is_main:
-                raw_model.save_pretrained(final_dir)
-                log.write(f"exported the best epoch by {cfg.metric} ({best['epoch'] if best else '-'}) to {final_dir}")
-            if test is not None:
-                test_metrics, preds = evaluate.classify(
-                    raw_model, test, cfg.eval_batch_size, pad_id, pad_to, num_labels, d, dtype
+            # every rank stops at the same step; under torchrun that takes a collective: at log steps
+            stopping = step < total_steps and stop.requested(world, sync=step % cfg.log_interval == 0)
+            end_of_epoch = state.pos + per_step > len(train["labels"])
+            evaluated, is_best = end_of_epoch or step == total_steps, False
+            if evaluated:
+                metrics, _ = evaluate.classify(
+                    raw_model, val, cfg.eval_batch_size, pad_id, pad_to, num_labels, world, dtype
                 )
-                if all(y >= 0 for y in test["labels"]):
-                    result["test"] = {k: test_metrics[k] for k in ("accuracy", "f1", "macro_f1")}
-                    log.log(step, **{f"test_{k}": v for k, v in result["test"].items()})
-                    log.write(f"test: accuracy {test_metrics['accuracy']:.4f}, F1 {test_metrics['f1']:.4f}")
-                else:
-                    n = evaluate.write_predictions(preds, out_dir / "test_predictions.tsv", d)
-                    log.write(f"wrote {n} test predictions to {out_dir / 'test_predictions.tsv'}")
-            if d.is_main:
-                report.report_run(out_dir, log.write)
-            return result
+                epoch_train_loss = dist.all_reduce_sum(epoch_loss, world).item() / state.epoch_steps
+                row = {"epoch": state.epoch + 1, "step": step, "epoch_train_loss": epoch_train_loss}
+                row |= {"val_loss": metrics["loss"], **{k: metrics[k] for k in ("accuracy", "f1", "macro_f1")}}
+                epoch_loss.zero_()
+                state.epoch_steps = 0
+                state.evals.append(row)
+                log.log(step, **{k: v for k, v in row.items() if k != "step"})
+                log.write(table_row(row, num_labels))
+                is_best = state.best is None or score(row, cfg.metric) > score(state.best, cfg.metric)
+                stop_early = stopped_early(scores(state.evals, cfg.metric), cfg.patience, cfg.min_delta)
+                if end_of_epoch:
+                    state.epoch, state.pos = state.epoch + 1, 0
+            if evaluated or (cfg.save_interval and step % cfg.save_interval == 0) or stopping:
+                state.epoch_loss_sum = dist.all_reduce_sum(epoch_loss.clone(), world).item()
+                path = rundir.save_step(
+                    state, raw_model, optimizer, scaler, out_dir, world, keep_last=cfg.keep_last, is_best=is_best
+                )
+                log.write(f"step {step}: saved {path}")
+            if stopping:
+                dist.print0(f"stopped by a signal at step {step}; resume with --resume=auto --out_dir={out_dir}")
+                return {"step": step, "history": state.evals, "stopped": True}
+            if stop_early:
+                log.write(
+                    f"step {step}: the validation {cfg.metric} has not improved by more than {cfg.min_delta} in "
+                    f"{cfg.patience} evaluations; stopping early."
+                )
+                break
+
+        # ------------------------------------------------------------------------------------------
+        # the end: the best epoch's model is exported, then scored on the test split
+        best_state = rundir.load_best(raw_model, out_dir)
+        best = best_state.best if best_state is not None else state.best
+        result = {"step": state.step, "history": state.evals, "best": best, "stopped_early": stop_early}
+        final_dir = out_dir / "final"  # LoRA: W + alpha/r B A on every rank; rank 0 writes the adapters
+        adapters_dir = final_dir / "adapters" if world.is_main else None
+        lora.merge_for_export(raw_model, lora_info, cfg.lora_export, cfg.model, adapters_dir)
+        if world.is_main:
+            raw_model.save_pretrained(final_dir, tokenizer_dir=hub.resolve_model_dir(cfg.model))
+            log.write(f"exported the best epoch by {cfg.metric} ({best['epoch'] if best else '-'}) to {final_dir}")
+        if test is not None:
+            result |= score_test(
+                raw_model, test, cfg, pad_id, pad_to, num_labels, world, dtype, log, out_dir, state.step
+            )
+        if world.is_main:
+            report.report_run(out_dir, log.write)
+        return result
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers of the script: the model, what "better" means, the epoch table
+# helpers of the script: the model, the test split, what "better" means, the epoch table
 
 
-def build_model(cfg: Config, num_labels: int, ckpt):
-    """(model, tokenizer): the encoder from --model with a fresh head seeded by --seed, checked
-    against its tokenizer and --max_length, with a checkpoint's weights when resuming."""
+def build_model(cfg: Config, num_labels: int, state: TrainState | None):
+    """(model, tokenizer, LoRA description or None): the encoder from --model with a fresh head
+    seeded by --seed, checked against its tokenizer and --max_length, with a checkpoint's weights
+    when resuming."""
     names = ("hidden_dropout_prob", "classifier_dropout", "attention_probs_dropout_prob")
     overrides = dict.fromkeys(names, cfg.dropout) if cfg.dropout is not None else {}
-    model = BertForSequenceClassification.from_pretrained(cfg.model, num_labels=num_labels, **overrides)
+    folder = hub.resolve_model_dir(cfg.model)
+    model = BertForSequenceClassification.from_pretrained(folder, num_labels=num_labels, **overrides)
     model.init_head(torch.Generator().manual_seed(cfg.seed))
-    tokenizer = load_tokenizer(model.source_dir)
+    tokenizer = load_tokenizer(folder)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         raise UserError(
             f"the tokenizer of {cfg.model} has {tokenizer.get_vocab_size()} tokens, "
@@ -345,14 +293,24 @@ def build_model(cfg: Config, num_labels: int, ckpt):
             f"{model.config.max_position_embeddings} positions."
         )
     # --lora_rank: freeze the encoder, adapters on the target layers; the head trains fully
-    lora.from_options(model, cfg, "bert", keep_trainable=("classifier.",))
-    if ckpt is not None:
-        lora.load_checkpoint(model, ckpt)
-    return model, tokenizer
+    lora_info = lora.from_options(model, cfg, "bert", keep_trainable=("classifier.",))
+    if state is not None:
+        lora.load_checkpoint(model, lora_info, state.lora, state.model)
+    return model, tokenizer, lora_info
 
 
-def data_fingerprint(splits: dict) -> str:
-    return fingerprint(*(repr(rows) for rows in splits.values()))
+def score_test(raw_model, test, cfg: Config, pad_id, pad_to, num_labels, world, dtype, log, out_dir, step) -> dict:
+    """The exported model on the test split: {"test": its scores} when the split is labelled, else
+    its predictions written to out_dir/test_predictions.tsv ({})."""
+    metrics, preds = evaluate.classify(raw_model, test, cfg.eval_batch_size, pad_id, pad_to, num_labels, world, dtype)
+    if not all(y >= 0 for y in test["labels"]):
+        n = evaluate.write_predictions(preds, out_dir / "test_predictions.tsv", world)
+        log.write(f"wrote {n} test predictions to {out_dir / 'test_predictions.tsv'}")
+        return {}
+    result = {k: metrics[k] for k in ("accuracy", "f1", "macro_f1")}
+    log.log(step, **{f"test_{k}": v for k, v in result.items()})
+    log.write(f"test: accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}")
+    return {"test": result}
 
 
 def scores(history: list[dict], metric: str) -> list[float]:

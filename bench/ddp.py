@@ -17,28 +17,28 @@ def worker(kind, steps=30, warmup=5):
     from minitrain.training import dist as mdist
     from minitrain.training.ddp import wrap
 
-    d = mdist.setup("auto")
+    world = mdist.setup("auto")
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=8192, n_layer=4, n_head=4, n_embd=256, n_positions=256)
-    raw = GPT2(cfg).to(d.device)
-    model = wrap(raw, kind, d.device)
+    raw = GPT2(cfg).to(world.device)
+    model = wrap(raw, kind, world)
     opt = torch.optim.AdamW(raw.parameters(), lr=1e-4)
     B, T = 8, 256
-    x = torch.randint(0, cfg.vocab_size, (B, T), device=d.device)
+    x = torch.randint(0, cfg.vocab_size, (B, T), device=world.device)
     times = []
     for i in range(warmup + steps):
-        if d.device.type == "cuda":
+        if world.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         model(x, x)[1].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if d.device.type == "cuda":
+        if world.device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     times.sort()
-    tokens_per_sec = d.world_size * B * T / times[len(times) // 2]
+    tokens_per_sec = world.world_size * B * T / times[len(times) // 2]
     mdist.print0(json.dumps({"ddp": kind, "tokens_per_sec": tokens_per_sec}))
     mdist.teardown()
 

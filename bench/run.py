@@ -179,7 +179,7 @@ def pipeline_throughput():
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < 2.0:
         start = (n * 16) % (n_blocks - 16)
-        data.get_batch(tokens, order[start : start + 16], 1024)
+        tokens.batch(order[start : start + 16], 1024)
         n += 1
     out["loader_batches_per_sec_16x1024"] = round(n / (time.perf_counter() - t0), 1)
     out["loader_tokens_per_sec"] = round(out["loader_batches_per_sec_16x1024"] * 16 * 1024)

@@ -119,13 +119,14 @@ def random_source(train_ids, val_ids, tok):
     import train_gpt2
     from minitrain.data import tokens as data
 
-    saved = train_gpt2.training_data, train_gpt2.run_tokenizer
-    train_gpt2.training_data = lambda *args: (data.Tokens([train_ids]), data.Tokens([val_ids]))
-    train_gpt2.run_tokenizer = lambda *args: tok
+    saved = train_gpt2.open_splits, train_gpt2.pick_tokenizer, train_gpt2.sources.resolve
+    train_gpt2.open_splits = lambda *args: (data.Tokens([train_ids]), data.Tokens([val_ids]))
+    train_gpt2.pick_tokenizer = lambda *args: tok
+    train_gpt2.sources.resolve = lambda spec: spec  # no corpus is looked for (a bare GPU image has none)
     try:
         yield
     finally:
-        train_gpt2.training_data, train_gpt2.run_tokenizer = saved
+        train_gpt2.open_splits, train_gpt2.pick_tokenizer, train_gpt2.sources.resolve = saved
 
 
 def contextlib_sdpa(name: str):

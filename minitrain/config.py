@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import inspect
 import math
-import os
 import re
 import sys
 import tomllib
@@ -57,7 +56,7 @@ PositiveInt = Annotated[int, Range(gt=0)]
 NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
-Probability = Annotated[float, Range(ge=0, lt=1)]  # dropout-like: 0 allowed, 1 not
+Fraction = Annotated[float, Range(ge=0, lt=1)]  # a share, or a dropout probability: 0 allowed, 1 not
 
 
 @dataclasses.dataclass
@@ -119,13 +118,35 @@ def _is_text(value: str) -> bool:
 
 
 def field_help(cls) -> dict[str, str]:
-    """Map each field to the `# comment` that follows it in the class body."""
+    """Map each field to the `# comment` that follows it in the class body; a field that a subclass
+    declares again without a comment (a new default) keeps its base class's help."""
     helps = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
-        if m:
-            helps[m.group(1)] = m.group(2).strip()
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+            if m:
+                helps[m.group(1)] = m.group(2).strip()
     return helps
+
+
+def group_of(cls, name: str) -> str:
+    """The first line of the docstring of the class in cls's bases that declares the field first:
+    the heading of its option group in --help."""
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass) and name in klass.__dict__.get("__annotations__", {}):
+            return "options" if klass is cls else (klass.__doc__ or klass.__name__).strip().splitlines()[0]
+    return "options"
+
+
+def positional(cls) -> tuple[str | None, str | None]:
+    """(the field that takes bare arguments, the field that takes everything after `--`): list
+    fields marked `field(metadata={"positional": True})` / `{"after_dashes": True}`, if any."""
+    fields = dataclasses.fields(cls)
+    bare = next((f.name for f in fields if f.metadata.get("positional")), None)
+    rest = next((f.name for f in fields if f.metadata.get("after_dashes")), None)
+    return bare, rest
 
 
 def convert(name: str, raw, s: Spec):
@@ -163,11 +184,23 @@ def _unknown(cls, key):
 
 def format_help(cls, prog) -> str:
     helps, specs = field_help(cls), field_specs(cls)
-    lines = [f"usage: {prog} [--config FILE.toml] [--key=value ...]", ""]
+    bare, rest = positional(cls)
+    usage = f"usage: {prog} [--config FILE.toml] [--key=value ...]"
+    usage += f" {bare.upper()} [...]" if bare else ""
+    usage += f" -- [{rest.replace('_', ' ')} ...]" if rest else ""
+    lines = [usage, ""]
     if cls.__doc__:
         lines += [cls.__doc__.strip(), ""]
     lines.append("  --config FILE.toml  read options from a TOML file; flags given after override it")
+    heading = None
     for f in dataclasses.fields(cls):
+        if f.name in (bare, rest):
+            lines.append(f"  {f.name.upper() if f.name == bare else '-- ...'}  {helps.get(f.name, '')}")
+            continue
+        group = group_of(cls, f.name)
+        if group != heading:
+            heading = group
+            lines += ["", f" {group}:"]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         s = specs[f.name]
         accepts = f"; one of {', '.join(map(str, s.choices))}" if s.choices else ""
@@ -182,12 +215,21 @@ def parse_args(cls, argv=None):
     prog = sys.argv[0] if argv is None else cls.__module__
     argv = sys.argv[1:] if argv is None else list(argv)
     specs = field_specs(cls)
-    pairs, i = [], 0
+    bare, rest = positional(cls)
+    after = []
+    if rest and "--" in argv:
+        cut = argv.index("--")
+        argv, after = argv[:cut], argv[cut + 1 :]
+    pairs, bare_args, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
             print(format_help(cls, prog))
             raise SystemExit(0)
+        if not arg.startswith("--") and bare:
+            bare_args.append(arg)
+            i += 1
+            continue
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument {arg!r}; options look like --key=value.")
         key, eq, value = arg[2:].partition("=")
@@ -214,26 +256,16 @@ def parse_args(cls, argv=None):
     for key, value in pairs:
         if key == "config":
             continue
-        if key not in specs:
+        if key not in specs or key in (bare, rest):
             _unknown(cls, key)
         values[key] = convert(key, value, specs[key])
+    if bare and bare_args:
+        values[bare] = bare_args
+    if rest:
+        values[rest] = after
     cfg = cls(**values)
     check(cfg)
     return cfg
-
-
-def _fail(message: str, code: int) -> None:
-    """Print one sentence and exit. Under torchrun, ranks that fail with the very sentence rank 0
-    printed stay quiet, so a mistake every rank makes is printed once (see dist.say_once)."""
-    from minitrain.training.dist import say_once
-
-    if say_once(message):
-        print(f"error: {message}", file=sys.stderr, flush=True)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # no interpreter finalization under torchrun (see the end of run_cli)
-    raise SystemExit(code)
 
 
 def read_toml(cls, path) -> dict:
@@ -257,32 +289,3 @@ def read_toml(cls, path) -> dict:
             _unknown(cls, key)
         out[key] = convert(key, value, specs[key])
     return out
-
-
-def run_cli(main_fn, config_cls=None) -> None:
-    """Parse the command line into `config_cls` and run `main_fn` with it (or, without a config
-    class, run `main_fn()`, which reads sys.argv itself); a UserError becomes one sentence on stderr
-    and exit code 2."""
-    try:
-        main_fn(parse_args(config_cls)) if config_cls is not None else main_fn()
-    except UserError as e:
-        _fail(str(e), 2)
-    except OSError as e:  # a file-system fault no check could foresee: disk full, a path removed mid-run
-        where = f" ({e.filename})" if e.filename else ""
-        _fail(f"{e.strerror or e}{where}; the files written so far are complete, and the run stops here.", 2)
-    except RuntimeError as e:  # torch.OutOfMemoryError (CUDA): the peak and what to lower
-        if type(e).__name__ != "OutOfMemoryError":
-            raise
-        from minitrain.training.precision import oom_sentence
-
-        _fail(oom_sentence(), 2)
-    except KeyboardInterrupt:  # Ctrl-C before training started (the loop itself stops cleanly)
-        _fail("interrupted (Ctrl-C); nothing was trained, and no file was left half-written.", 130)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Under torchrun, leave without Python's interpreter finalization: gloo's worker threads
-        # can abort a process while it is torn down ("terminate called without an active
-        # exception", cf. pytorch/pytorch#179291), which would turn a finished run into a failed
-        # one. Everything is written and the process group is destroyed by now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)

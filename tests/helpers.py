@@ -99,7 +99,7 @@ def metrics(out_dir, key) -> dict[int, float]:
 
 
 def final_params(out_dir) -> dict[str, torch.Tensor]:
-    from minitrain.training.checkpoint import list_checkpoints
+    from minitrain.training.rundir import list_checkpoints
 
     ckpt = torch.load(list_checkpoints(out_dir)[-1], map_location="cpu", weights_only=True)
     return ckpt["model"]

@@ -5,7 +5,7 @@ import os
 import sys
 
 import train_gpt2
-from minitrain.config import run_cli
+from minitrain.cli import run_cli
 
 if os.environ.get("RANK") == "1":
     sys.argv += os.environ.get("MINITRAIN_RANK1_ARGS", "").split()

@@ -4,7 +4,8 @@ it midway (argv: prepare's options)."""
 import sys
 import time
 
-from minitrain.data import prepare, shards
+from minitrain.data import shards
+from minitrain.tools import prepare
 
 real = shards.ShardWriter.flush
 
@@ -19,7 +20,7 @@ def slow_flush(self):
 
 shards.ShardWriter.flush = slow_flush
 if __name__ == "__main__":
-    from minitrain.config import run_cli
+    from minitrain.cli import run_cli
 
     sys.argv[0] = "prepare"
     run_cli(prepare.main, prepare.PrepareConfig)

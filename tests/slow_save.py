@@ -7,8 +7,8 @@ import time
 import torch
 
 import train_gpt2
-from minitrain.config import run_cli
-from minitrain.training import checkpoint
+from minitrain.cli import run_cli
+from minitrain.training import state
 
 calls = {"n": 0}
 real_save = torch.save
@@ -24,6 +24,6 @@ def stalling_save(obj, f, *args, **kwargs):
     time.sleep(600)
 
 
-checkpoint.torch.save = stalling_save
+state.torch.save = stalling_save
 sys.argv[0] = "train_gpt2.py"
 run_cli(train_gpt2.main, train_gpt2.Config)

@@ -7,8 +7,8 @@ import time
 import torch
 
 import train_gpt2
-from minitrain.config import run_cli
-from minitrain.training import checkpoint
+from minitrain.cli import run_cli
+from minitrain.training import state
 
 real_save = torch.save
 
@@ -19,6 +19,6 @@ def slow_save(obj, f, *args, **kwargs):
     return real_save(obj, f, *args, **kwargs)
 
 
-checkpoint.torch.save = slow_save
+state.torch.save = slow_save
 sys.argv[0] = "train_gpt2.py"
 run_cli(train_gpt2.main, train_gpt2.Config)

@@ -94,7 +94,7 @@ def test_minilm_hidden_states_match_transformers(minilm_dir):
 def test_classifier_export_round_trip(minilm_dir, tmp_path):
     ours = BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
     assert ours.head_is_new
-    ours.save_pretrained(tmp_path / "export")
+    ours.save_pretrained(tmp_path / "export", tokenizer_dir=minilm_dir)  # the tokenizer travels with the model
     assert (tmp_path / "export" / "tokenizer.json").is_file()
     ref = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "export").eval()
     ids, mask, types = _batch(30522)

@@ -108,7 +108,7 @@ def test_accumulation_equals_one_big_batch_on_prompt_completion_data(sft_model, 
 
 
 def test_text_val_data_is_scored_as_evaluate_scores_that_file(sft_model, corpus, cache, tmp_path):
-    from minitrain.training import evaluate
+    from minitrain.tools import evaluate
 
     held_out = tmp_path / "held_out.txt"
     held_out.write_text(corpus.read_text()[60000:66000])

@@ -47,9 +47,9 @@ def test_epoch_order_is_seeded_a_permutation_and_maps_few_shards(three_shards):
 def test_batches_made_for_a_device_are_the_same_batches():
     import torch
 
-    tokens = np.arange(1000, dtype=np.uint16)
-    x, y = data.get_batch(tokens, [3, 7], 16)
+    tokens = data.Tokens([np.arange(1000, dtype=np.uint16)])
+    x, y = tokens.batch([3, 7], 16)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    xd, yd = data.get_batch(tokens, [3, 7], 16, torch.device(device))
+    xd, yd = tokens.batch([3, 7], 16, torch.device(device))
     assert torch.equal(x, xd.cpu()) and torch.equal(y, yd.cpu()) and xd.device.type == device
     assert torch.equal(x[0], torch.arange(48, 64)) and torch.equal(y[1], torch.arange(113, 129))

@@ -7,11 +7,14 @@ import torch
 
 from minitrain.data import pairs
 from minitrain.data import tokens as data
+from minitrain.data.hellaswag import read_hellaswag
 from minitrain.data.tokenizer import load_tokenizer
 from minitrain.models.bert import BertForSequenceClassification
 from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.tools import evaluate as evaluate_tool
 from minitrain.training import evaluate
 from minitrain.training.dist import Dist
+from minitrain.training.loader import load_model
 from minitrain.training.metrics import classification_metrics
 
 
@@ -20,7 +23,9 @@ def test_lm_loss_is_the_mean_over_every_target_of_the_blocks():
     model = GPT2(GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2, embd_pdrop=0.5))
     tokens = torch.randint(0, 50, (8 * 7 + 1,)).numpy()
     model.train()
-    got = evaluate.lm_loss(model, tokens, n_blocks=5, block_size=8, batch_size=2, d=Dist(), dtype=torch.float32)
+    got = evaluate.lm_loss(
+        model, data.Tokens([tokens]), n_blocks=5, block_size=8, batch_size=2, world=Dist(), dtype=torch.float32
+    )
     assert model.training  # left as it was found
     # by hand: the first 5 blocks, inputs tokens[i*8 : i*8+8], targets one position later
     model.eval()
@@ -73,8 +78,10 @@ def test_lm_on_an_exported_model_equals_transformers(corpus, cache, tmp_path, sf
     tok = load_tokenizer(folder)
     text = tmp_path / "held_out.txt"
     text.write_text(corpus.read_text()[50000:56000])
-    cfg = evaluate.EvalConfig(model=str(folder), data=str(text), block_size=16, cache_dir=str(cache), progress=False)
-    got = evaluate.main(cfg)
+    cfg = evaluate_tool.EvalConfig(
+        model=str(folder), data=str(text), block_size=16, cache_dir=str(cache), progress=False
+    )
+    got = evaluate_tool.main(cfg)
     # transformers on the same folder: the tokens of the text and an end-of-text, blocks of 16 + 1
     ids = np.array(tok.encode(text.read_text()).ids + [tok.token_to_id("<|endoftext|>")])
     n = (len(ids) - 1) // 16
@@ -96,10 +103,10 @@ def test_lm_on_a_runs_validation_text_reproduces_its_final_val_loss(corpus, cach
     run_main(corpus, out, cache, max_steps=6, eval_batches=0, export="final")
     val_loss, val_bpb = metrics(out, "val_loss")[6], metrics(out, "val_bpb")[6]
     for model in (out / "final", out / "ckpt-0000006.pt"):
-        cfg = evaluate.EvalConfig(
+        cfg = evaluate_tool.EvalConfig(
             model=str(model), data=str(corpus), split="validation", block_size=32, cache_dir=str(cache), progress=False
         )
-        got = evaluate.main(cfg)
+        got = evaluate_tool.main(cfg)
         assert abs(got["loss"] - val_loss) <= 1e-6 and abs(got["bits_per_byte"] - val_bpb) <= 1e-6, (got, val_loss)
 
 
@@ -119,8 +126,8 @@ def test_hellaswag_scores_equal_a_hand_computation(corpus, tmp_path, sft_model):
             json.dumps({"ctx": c, "endings": e, "label": y, "ind": i}) + "\n" for i, (c, e, y) in enumerate(examples)
         )
     )
-    got = evaluate.main(
-        evaluate.EvalConfig(task="hellaswag", model=str(folder), data=str(path), batch_size=2, progress=False)
+    got = evaluate_tool.main(
+        evaluate_tool.EvalConfig(task="hellaswag", model=str(folder), data=str(path), batch_size=2, progress=False)
     )
     model = GPT2.from_pretrained(folder).eval()
     correct = correct_norm = 0
@@ -154,7 +161,7 @@ def test_bad_hellaswag_lines_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "hellaswag_val.jsonl"
     path.write_text('{"ctx": "a", "endings": ["b", "c"], "label": 1}\n' + line + "\n")
     with pytest.raises(UserError, match=message):
-        evaluate.read_hellaswag(path)
+        read_hellaswag(path)
 
 
 def test_a_checkpoint_of_the_other_script_is_refused(tmp_path):
@@ -162,7 +169,7 @@ def test_a_checkpoint_of_the_other_script_is_refused(tmp_path):
 
     torch.save({"model": {"classifier.weight": torch.zeros(2, 4)}, "history": []}, tmp_path / "ckpt-0000001.pt")
     with pytest.raises(UserError, match="is not a train_gpt2.py checkpoint"):
-        evaluate.load_gpt2(str(tmp_path / "ckpt-0000001.pt"))
+        load_model(str(tmp_path / "ckpt-0000001.pt"), "causal")
     torch.save({"model": {}, "model_config": {}}, tmp_path / "ckpt-0000002.pt")
     with pytest.raises(UserError, match="is not a train_mrpc.py checkpoint"):
-        evaluate.load_classifier(str(tmp_path / "ckpt-0000002.pt"))
+        load_model(str(tmp_path / "ckpt-0000002.pt"), "classifier")

@@ -13,9 +13,9 @@ import torch
 
 import train_gpt2
 import train_mrpc
-from minitrain.config import run_cli
+from minitrain.cli import run_cli
 from minitrain.data import sources
-from minitrain.training import checkpoint
+from minitrain.training import rundir
 from tests.helpers import ROOT, metrics, run_main, script_cmd, script_env, start_script, tiny_gpt2_args
 
 
@@ -149,7 +149,7 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(corpus, cache, tmp_path
     line = cli_fails(tiny_argv(corpus, tmp_path / "out", cache, max_steps=8, save_interval=3), capsys)
     assert "No space left on device" in line and "metrics.jsonl" in line
     monkeypatch.setattr(logger.Logger, "log", real_log)
-    assert checkpoint.latest(tmp_path / "out").name == "ckpt-0000003.pt"
+    assert rundir.latest(tmp_path / "out").name == "ckpt-0000003.pt"
     assert run_main(corpus, tmp_path / "out", cache, max_steps=8, save_interval=3, resume="auto")["step"] == 8
 
 
@@ -230,7 +230,7 @@ def test_a_second_run_on_the_same_folder_is_refused_and_a_crash_leaves_no_stale_
     proc = start_script("train_gpt2.py", args, stderr=None)
     try:
         t0 = time.time()
-        while not checkpoint.list_checkpoints(out):
+        while not rundir.list_checkpoints(out):
             assert proc.poll() is None and time.time() - t0 < 120
             time.sleep(0.1)
         line = cli_fails(tiny_argv(corpus, out, cache, max_steps=10, resume="auto"), capsys)
@@ -244,7 +244,7 @@ def test_a_second_run_on_the_same_folder_is_refused_and_a_crash_leaves_no_stale_
 
 
 def checkpoint_step(out) -> int:
-    return int(checkpoint.latest(out).stem.split("-")[1])
+    return int(rundir.latest(out).stem.split("-")[1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def test_two_sigterms_during_the_checkpoint_write_exit_cleanly(corpus, cache, tm
     assert proc.returncode == 0, stderr
     assert "stopped by a signal at step" in stdout and "Traceback" not in stderr
     step = checkpoint_step(out)
-    assert torch.load(checkpoint.latest(out), weights_only=True)["step"] == step
+    assert torch.load(rundir.latest(out), weights_only=True)["step"] == step
     assert run_main(corpus, out, cache, max_steps=step + 2, resume="auto")["step"] == step + 2
 
 

@@ -146,7 +146,7 @@ def test_metric_patience_and_evaluate_cli_on_the_export(minilm_dir, tmp_path):
     """--metric loss picks the epoch with the lowest validation loss; --patience stops after the
     epochs without improvement; python -m minitrain.evaluate on the export (and on best.pt) gives
     the test scores the run printed."""
-    from minitrain.training import evaluate
+    from minitrain.tools import evaluate
 
     data = write_msr(tmp_path / "msr", TRAIN[:128], TEST)
     kw = dict(epochs=4, metric="loss", patience=1, min_delta=10.0, keep_last=0)

@@ -28,7 +28,7 @@ def test_autocast_runs_matmuls_in_bf16_and_fp32_is_untouched():
 
 
 def test_largest_batch_doubles_until_the_first_failure():
-    from minitrain.training.precision import largest_batch
+    from minitrain.training.batchsize import largest_batch
 
     tried = []
 
@@ -48,7 +48,7 @@ def test_out_of_memory_is_one_sentence(corpus, cache, tmp_path, capsys, monkeypa
     import sys
 
     import train_gpt2
-    from minitrain.config import run_cli
+    from minitrain.cli import run_cli
     from minitrain.models.gpt2 import GPT2
 
     def oom(self, *args, **kwargs):

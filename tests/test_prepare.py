@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from minitrain import UserError
-from minitrain.data import prepare, sources
+from minitrain.data import cache, prepare, sources
 from minitrain.data.shards import find_shards, read_shard
 from minitrain.data.tokenizer import EOT, train_bpe
+from minitrain.tools import prepare as prepare_tool
 from tests.helpers import PY, ROOT, script_env
 from tests.test_faults import cli_fails, snapshot
 
-PREPARE = types.SimpleNamespace(__file__="prepare", main=prepare.main, Config=prepare.PrepareConfig)
+PREPARE = types.SimpleNamespace(__file__="prepare", main=prepare_tool.main, Config=prepare_tool.PrepareConfig)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +106,10 @@ def test_a_killed_prepare_leaves_nothing_that_training_reads(tmp_path, tok):
     assert not (tmp_path / "out").exists()  # the shards so far are in a hidden folder, never read
     (partial,) = tmp_path.glob(".out.partial-*")
     assert list(partial.glob("*_train_*.bin")) or list(partial.glob("*_val_*.bin"))
-    cfg = prepare.PrepareConfig(
+    cfg = prepare_tool.PrepareConfig(
         data=spec, out=str(tmp_path / "out"), tokenizer=str(tmp_path / "tok"), shard_tokens=500, progress=False
     )
-    result = prepare.main(cfg)
+    result = prepare_tool.main(cfg)
     assert not list(tmp_path.glob(".out.*"))  # the killed one's folder is gone, the rerun complete
     prepare.prepare(spec, tmp_path / "fresh", tok, shard_tokens=500)
     assert result["train"]["shards"] == json.loads((tmp_path / "fresh/meta.json").read_text())["train"]["shards"]
@@ -179,16 +180,16 @@ def test_a_shard_folder_trains_and_bad_folders_are_refused(tmp_path, tok):
     """The loader's checks on a folder: no train shards, no validation, another tokenizer."""
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no training shards"):
-        prepare.open_folder(tmp_path / "empty", tok)
+        cache.open_folder(tmp_path / "empty", tok)
     spec = str(write_corpus(tmp_path / "texts", n=2))
     prepare.prepare(spec, tmp_path / "out", tok, val_fraction=0)
     with pytest.raises(UserError, match="has no validation shards"):
-        prepare.open_folder(tmp_path / "out", tok)
+        cache.open_folder(tmp_path / "out", tok)
     other = train_bpe(["something else entirely " * 30], 300)
     with pytest.raises(UserError, match="tokenized with another vocabulary"):
-        prepare.open_folder(tmp_path / "out", other, need_val=False)
-    train, val = prepare.open_folder(tmp_path / "out", tok, need_val=False)
+        cache.open_folder(tmp_path / "out", other, need_val=False)
+    train, val = cache.open_folder(tmp_path / "out", tok, need_val=False)
     assert val is None and train.num_blocks(16) == (len(train) - 1) // 16
     (tmp_path / "out/tokenizer.json").unlink()  # as llm.c writes it: shards only
     with pytest.raises(UserError, match="holds uint16 ids but the tokenizer has 70001 tokens"):
-        prepare.open_folder(tmp_path / "out", big_tokenizer(), need_val=False)
+        cache.open_folder(tmp_path / "out", big_tokenizer(), need_val=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minitrain import UserError
-from minitrain.training import checkpoint
+from minitrain.training import rundir
 from tests.helpers import (
     final_params,
     metrics,
@@ -41,7 +41,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(corpus, cache, tmp_path)
     assert proc.returncode == 0, stderr
     assert "stopped by a signal at step" in stdout and "--resume=auto" in stdout
     stopped_at = max(metrics(out, "train_loss"))
-    assert stopped_at < 40 and checkpoint.latest(out).name == f"ckpt-{stopped_at:07d}.pt"
+    assert stopped_at < 40 and rundir.latest(out).name == f"ckpt-{stopped_at:07d}.pt"
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, resume="auto", **kw))
     full, resumed = metrics(tmp_path / "full", "train_loss"), metrics(out, "train_loss")
     assert sorted(resumed) == list(range(1, 41))
@@ -58,14 +58,14 @@ def test_sigkill_during_checkpoint_write_keeps_previous(corpus, cache, tmp_path)
     time.sleep(0.2)
     proc.kill()
     proc.communicate()
-    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["ckpt-0000003.pt"]
-    assert checkpoint.latest(out).name == "ckpt-0000003.pt"
+    assert [p.name for p in rundir.list_checkpoints(out)] == ["ckpt-0000003.pt"]
+    assert rundir.latest(out).name == "ckpt-0000003.pt"
     result = run_main(corpus, out, cache, resume="auto", max_steps=12, save_interval=3)
     assert result["step"] == 12
 
 
 def test_failed_checkpoint_write_stops_and_keeps_previous(corpus, cache, tmp_path, monkeypatch):
-    real = checkpoint.save
+    real = rundir.save
     calls = []
 
     def disk_full(path, state):
@@ -74,14 +74,14 @@ def test_failed_checkpoint_write_stops_and_keeps_previous(corpus, cache, tmp_pat
             raise OSError(28, "No space left on device")
         real(path, state)
 
-    monkeypatch.setattr(checkpoint, "save", disk_full)
+    monkeypatch.setattr(rundir, "save", disk_full)
     with pytest.raises(
         UserError,
         match=r"could not write checkpoint .*ckpt-0000006.pt \(No space "
         r"left on device\); the previous checkpoint is kept",
     ):
         run_main(corpus, tmp_path / "full", cache, max_steps=12, save_interval=3)
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "full")] == ["ckpt-0000003.pt"]
+    assert [p.name for p in rundir.list_checkpoints(tmp_path / "full")] == ["ckpt-0000003.pt"]
 
 
 def test_existing_out_dir_is_never_overwritten(corpus, cache, tmp_path):
@@ -111,7 +111,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(corpus, cache, tmp_path
             save_interval=1,
             schedule="constant",
         )
-    for path in checkpoint.list_checkpoints(out):  # every checkpoint written has finite weights
+    for path in rundir.list_checkpoints(out):  # every checkpoint written has finite weights
         state = torch.load(path, weights_only=True)["model"]
         assert all(torch.isfinite(v).all() for v in state.values())
 
@@ -187,7 +187,7 @@ def test_sigterm_under_torchrun_every_rank_stops_at_the_same_step(corpus, cache,
     output, _ = proc.communicate(timeout=120)
     assert "stopped by a signal at step" in output, output[-3000:]
     stopped_at = max(metrics(out, "train_loss"))
-    assert checkpoint.latest(out).name == f"ckpt-{stopped_at:07d}.pt"
+    assert rundir.latest(out).name == f"ckpt-{stopped_at:07d}.pt"
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, resume="auto", **kw), nproc=2)
     full, resumed = metrics(tmp_path / "full", "train_loss"), metrics(out, "train_loss")
     assert sorted(resumed) == list(range(1, 61))

@@ -8,7 +8,9 @@ import zlib
 import pytest
 
 from minitrain import UserError
+from minitrain.config import parse_args
 from minitrain.tools import sweep
+from minitrain.tools.sweep import SweepConfig
 from minitrain.training import report
 from tests.helpers import PY, ROOT, run_main, tiny_gpt2_args
 
@@ -75,13 +77,15 @@ def test_sweep_runs_each_learning_rate_and_plots_them(corpus, cache, tmp_path):
     args = tiny_gpt2_args(corpus, "unused", cache, eval_interval=2, save_interval=4)
     passthrough = [f"--{k}={v}" for k, v in args.items() if k not in ("out_dir", "max_steps", "lr")]
     out = tmp_path / "sweep"
-    results = sweep.main(["--lr", "1e-3,4e-3", "--max_steps", "4", "--out_dir", str(out), "--", *passthrough])
+    results = sweep.main(
+        parse_args(SweepConfig, ["--lr", "1e-3,4e-3", "--max_steps", "4", "--out_dir", str(out), "--", *passthrough])
+    )
     assert [(r["lr"], r["exit"], r["step"]) for r in results] == [(1e-3, 0, 4), (4e-3, 0, 4)]
     assert results[0]["val_loss"] != results[1]["val_loss"]
     assert png_text(out / "sweep.png")["Description"] == "1 panels: Learning-rate sweep"
     assert png_text(out / "report.png")["Description"].startswith("6 panels")
     assert "| 0.004 |" in (out / "sweep.md").read_text()
     with pytest.raises(UserError, match="already holds a run"):  # a second sweep into the same folder
-        sweep.main(["--lr", "1e-3", "--out_dir", str(out), "--", *passthrough])
+        sweep.main(parse_args(SweepConfig, ["--lr", "1e-3", "--out_dir", str(out), "--", *passthrough]))
     with pytest.raises(UserError, match="every learning rate must be a positive number"):
-        sweep.main(["--lr", "1e-3,-2", "--out_dir", str(out)])
+        sweep.main(parse_args(SweepConfig, ["--lr", "1e-3,-2", "--out_dir", str(out)]))

@@ -177,11 +177,11 @@ def test_epochs_and_tokens_per_step_set_the_run_length(corpus, cache, tmp_path):
 def test_keep_last_prunes_and_best_is_kept(corpus, cache, tmp_path):
     out = tmp_path / "k"
     run_main(corpus, out, cache, max_steps=12, save_interval=3, eval_interval=3, keep_last=2)
-    from minitrain.training.checkpoint import list_checkpoints
+    from minitrain.training.rundir import list_checkpoints
 
     assert [p.name for p in list_checkpoints(out)] == ["ckpt-0000009.pt", "ckpt-0000012.pt"]
     best = torch.load(out / "best.pt", weights_only=True)
-    assert best["val_loss"] == best["best_val_loss"]
+    assert best["evals"][-1] == best["best"]  # best.pt holds the evaluation it is best by
     assert any((out / "tensorboard").iterdir())  # TensorBoard event files
 
 
@@ -203,7 +203,7 @@ def test_tokens_per_sec_counts_training_steps_only(corpus, cache, tmp_path, monk
     the first step's time is logged apart as warmup_s."""
     import time
 
-    from minitrain.training import checkpoint, evaluate
+    from minitrain.training import evaluate, rundir
 
     real, offset = time.perf_counter, [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
@@ -216,7 +216,7 @@ def test_tokens_per_sec_counts_training_steps_only(corpus, cache, tmp_path, monk
         return run
 
     monkeypatch.setattr(evaluate, "lm_loss", slowed(evaluate.lm_loss))
-    monkeypatch.setattr(checkpoint, "save_step", slowed(checkpoint.save_step))
+    monkeypatch.setattr(rundir, "save_step", slowed(rundir.save_step))
     first_training_forward = slowed(GPT2.forward)
     seen = []
 
@@ -281,7 +281,7 @@ def test_patience_stops_early_and_a_resume_has_nothing_left_to_do(corpus, cache,
 
 
 def checkpoint_names(out):
-    from minitrain.training.checkpoint import list_checkpoints
+    from minitrain.training.rundir import list_checkpoints
 
     return [p.name for p in list_checkpoints(out)]
 

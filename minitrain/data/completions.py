@@ -18,23 +18,25 @@ the batch (inputs with end-of-text, targets with -100, so padding never counts).
 means padding at the end changes nothing before it.
 """
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from minitrain import UserError
 from minitrain.data import sources
-from minitrain.data.shards import is_shard_folder
 from minitrain.data.tokens import to_device
 
 IGNORE = -100  # the target value cross_entropy skips
 
 
-def is_completions(spec: str) -> bool:
+def is_completions(spec: "str | sources.Source") -> bool:
     """Whether a source's records are prompt/completion pairs or chats (its first record says)."""
-    if is_shard_folder(spec):
+    src = sources.resolve(spec)
+    if src.is_shards:
         return False
-    if spec.startswith("hf:") or sources.record_files(spec):
-        record = sources.first_record(spec)
+    if src.is_hf or sources.record_files(src):
+        record = src.first_record()
         return record is not None and (("prompt" in record and "completion" in record) or "messages" in record)
     return False
 
@@ -81,13 +83,13 @@ def prompt_of(record: dict, where: str) -> str:
     return record["prompt"]
 
 
-def read(spec: str, val_fraction: float) -> tuple[list, list]:
+def read(spec: "str | sources.Source", val_fraction: float) -> tuple[list, list]:
     """(train, validation) lists of (prompt, completion): a data set's own validation split, else
     records chosen by training's fixed hash of the record number (val_fraction 0: none)."""
-    train, val = [], []
-    if spec.startswith("hf:"):
+    train, val, src = [], [], sources.resolve(spec)
+    if src.is_hf:
         has_val = False
-        for where, row, is_val in sources.hf_rows(spec):
+        for where, row, is_val in sources.hf_rows(src.spec):
             has_val = has_val or is_val
             pair = render(row, where)
             split = (
@@ -95,10 +97,10 @@ def read(spec: str, val_fraction: float) -> tuple[list, list]:
             )
             (val if split == "val" else train).append(pair)
         return train, val
-    paths = sources.record_files(spec)
-    others = [p for p in sources.files(spec) if p not in paths]
+    paths = sources.record_files(src)
+    others = [p for p in src.files if p not in paths]
     if others:
-        raise UserError(f"--data {spec!r} mixes prompt/completion records with other files, such as {others[0]}.")
+        raise UserError(f"--data {src.spec!r} mixes prompt/completion records with other files, such as {others[0]}.")
     index = 0
     for path in paths:
         for where, record in sources.rows(path):
@@ -109,8 +111,8 @@ def read(spec: str, val_fraction: float) -> tuple[list, list]:
 
 
 class Examples:
-    """Tokenized examples, read as blocks: block i is example i (the loader's interface of
-    data.Tokens: num_blocks, blocks_per_shard, first_block, batch, targets, target_bytes)."""
+    """Tokenized examples, read as blocks: block i is example i (a tokens.TokenSource, as the
+    shards of text are)."""
 
     def __init__(self, seqs: list[np.ndarray], prompt_lens: list[int], prompts: list[str], eot: int, dropped=0):
         self.seqs, self.prompt_lens, self.prompts, self.eot, self.dropped = seqs, prompt_lens, prompts, eot, dropped
@@ -143,6 +145,9 @@ class Examples:
         x, y = self.rows(ids, T)
         return to_device(torch.from_numpy(x), device), to_device(torch.from_numpy(y), device)
 
+    def sample_prompts(self, n: int) -> list[str]:
+        return self.prompts[:n]  # the end-of-run samples continue the first validation prompts
+
     def targets(self, ids, T: int) -> int:
         """The completion tokens (and end-of-text ids) that these examples' loss counts."""
         return sum(len(self.seqs[int(i)]) - max(1, self.prompt_lens[int(i)]) for i in ids)
@@ -169,11 +174,12 @@ def tokenize(pairs: list, tokenizer, eot: int, block_size: int) -> Examples:
     return Examples(seqs, lens, kept, eot, dropped)
 
 
-def load(spec: str, tokenizer, eot: int, block_size: int, val_fraction: float, val_spec: str = ""):
-    """(train Examples, validation Examples) of a prompt/completion source (and --val_data)."""
+def load(spec, tokenizer, eot: int, block_size: int, val_fraction: float, val_spec=None):
+    """(train Examples, validation Examples) of a prompt/completion source (and --val_data): specs
+    or resolved sources.Source."""
     if val_spec:
         if not is_completions(val_spec):
-            raise UserError(f"--val_data {val_spec!r} is not prompt/completion data, but --data is.")
+            raise UserError(f"--val_data {str(val_spec)!r} is not prompt/completion data, but --data is.")
         train_pairs, _ = read(spec, 0.0)
         val_pairs, _ = read(val_spec, 0.0)
     else:
@@ -192,9 +198,24 @@ def load(spec: str, tokenizer, eot: int, block_size: int, val_fraction: float, v
                 flush=True,
             )
     if not train.seqs:
-        raise UserError(f"--data {spec!r} has no training examples.")
+        raise UserError(f"--data {str(spec)!r} has no training examples.")
     if val.seqs:
         return train, val
     if val_fraction > 0 or val_spec:
         raise UserError("no validation examples: raise --val_fraction or pass --val_data.")
     return train, None
+
+
+def read_prompts(path) -> list[str]:
+    """The prompts of a --prompt_file: each non-empty line of a text file, or each record of a
+    JSONL file ('prompt', or a chat's messages rendered with training's template)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"--prompt_file {path} is not a file.")
+    if path.name.lower().endswith(sources.RECORD_SUFFIXES):
+        prompts = [prompt_of(record, where) for where, record in sources.rows(path)]
+    else:
+        prompts = [line for line in sources.read_text_file(path).splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"--prompt_file {path} holds no prompt.")
+    return prompts

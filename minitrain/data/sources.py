@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from minitrain import UserError, first_line
+from minitrain.data.shards import is_shard_folder
 
 DEFAULT_CORPUS = "shakespeare"
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -58,7 +59,38 @@ def _kind(path: Path) -> str | None:
     return "records" if name.endswith(RECORD_SUFFIXES) else None
 
 
-def files(spec: str) -> list[Path]:
+class Source:
+    """A --data spec resolved once: whether it is a hub data set, a folder of token shards, or
+    files (and which, each once, in path order), and its first record. The functions below take a
+    spec or a Source; a caller that resolves once and passes the Source walks the folders once."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.is_hf = spec.startswith("hf:")
+        self.is_shards = not self.is_hf and is_shard_folder(spec)
+        self.files = [] if self.is_hf or self.is_shards else _find_files(spec)
+        self._first = ()
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def first_record(self) -> dict | None:
+        """The first record (JSONL, parquet, hub row), to tell what the records hold; None for text."""
+        if self._first == ():
+            self._first = _first_record(self)
+        return self._first
+
+
+def resolve(spec: "str | Source") -> Source:
+    return spec if isinstance(spec, Source) else Source(spec)
+
+
+def files(spec: "str | Source") -> list[Path]:
+    """The files of a source that is not hf:, each once, in path order."""
+    return resolve(spec).files
+
+
+def _find_files(spec: str) -> list[Path]:
     """The files of a source that is not hf:, each once, in path order."""
     if spec == DEFAULT_CORPUS:
         return shakespeare_files()
@@ -90,17 +122,19 @@ def _unique(paths) -> list[Path]:
     return out
 
 
-def signature(spec: str) -> str:
+def signature(spec: "str | Source") -> str:
     """What identifies a source's content cheaply, for caches: each file's path, size and
     modification time (as make does); a hub data set's name."""
-    if spec.startswith("hf:"):
-        return spec
-    return "\n".join(f"{os.path.realpath(f)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}" for f in files(spec))
+    src = resolve(spec)
+    if src.is_hf:
+        return src.spec
+    return "\n".join(f"{os.path.realpath(f)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}" for f in src.files)
 
 
-def total_bytes(spec: str) -> int | None:
+def total_bytes(spec: "str | Source") -> int | None:
     """The size of a source on disk, for the progress bar (unknown for a streamed data set)."""
-    return None if spec.startswith("hf:") else sum(f.stat().st_size for f in files(spec))
+    src = resolve(spec)
+    return None if src.is_hf else sum(f.stat().st_size for f in src.files)
 
 
 def read_text_file(path: Path) -> str:
@@ -120,12 +154,13 @@ def _decode(raw: bytes, path: Path, offset: int) -> str:
         raise UserError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}).") from None
 
 
-def pieces(spec: str, text_field="text", val_fraction=0.1, val_tokens=0, piece_bytes=PIECE_BYTES) -> Iterator:
+def pieces(spec: "str | Source", text_field="text", val_fraction=0.1, val_tokens=0, piece_bytes=PIECE_BYTES):
     """(text, split, end) for every document of a source, in order (see the module's docstring)."""
-    if spec.startswith("hf:"):
-        yield from _hf_pieces(spec, text_field, val_fraction, val_tokens)
+    src = resolve(spec)
+    if src.is_hf:
+        yield from _hf_pieces(src.spec, text_field, val_fraction, val_tokens)
         return
-    paths = files(spec)
+    paths = src.files
     only_text = all(_kind(p) != "records" for p in paths)
     if only_text and val_tokens == 0 and val_fraction > 0 and len(paths) < 10:
         for p in paths:  # few documents: each one's last lines are validation
@@ -315,18 +350,22 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
             yield f"{path}:row {n}", record
 
 
-def record_files(spec: str) -> list[Path]:
+def record_files(spec: "str | Source") -> list[Path]:
     """The JSONL/parquet files of a source (none for text or hf: sources)."""
-    return [] if spec.startswith("hf:") else [p for p in files(spec) if _kind(p) == "records"]
+    return [p for p in resolve(spec).files if _kind(p) == "records"]
 
 
-def first_record(spec: str) -> dict | None:
+def first_record(spec: "str | Source") -> dict | None:
     """The first record of a source, to tell what its records hold (None for text files)."""
-    if spec.startswith("hf:"):
-        for _, record, _ in hf_rows(spec):
+    return resolve(spec).first_record()
+
+
+def _first_record(src: Source) -> dict | None:
+    if src.is_hf:
+        for _, record, _ in hf_rows(src.spec):
             return record
         return None
-    for path in record_files(spec):
+    for path in record_files(src):
         for _, record in rows(path):
             return record
     return None

@@ -14,12 +14,33 @@
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from minitrain import UserError
 from minitrain.data.shards import read_shard
+
+
+class TokenSource(Protocol):
+    """What the training loop and the evaluation need from a split of causal-LM data: text in token
+    shards (`Tokens`, below) or prompt/completion examples (`completions.Examples`). Data is read
+    as numbered blocks; `EpochOrder` orders them shard by shard."""
+
+    def num_blocks(self, T: int) -> int: ...  # blocks of T targets (an example is one block)
+
+    def blocks_per_shard(self, T: int) -> np.ndarray: ...
+
+    def first_block(self, T: int) -> np.ndarray: ...  # the global number of each shard's first block
+
+    def batch(self, block_ids, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]: ...  # inputs, targets
+
+    def targets(self, block_ids, T: int) -> int: ...  # the targets these blocks' loss counts
+
+    def target_bytes(self, n_blocks: int, T: int, table: np.ndarray) -> int: ...  # the text they stand for
+
+    def sample_prompts(self, n: int) -> list[str] | None: ...  # prompts for the end-of-run samples
 
 
 class Tokens:
@@ -71,9 +92,19 @@ class Tokens:
             out[r] = self.shard(s)[i : i + T + 1]
         return out
 
+    def batch(self, block_ids, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets (B, T) int64 of the given blocks. On a CUDA `device` the
+        rows go through page-locked memory and are copied asynchronously: a step's batches are
+        made at its start, and their copy runs while the GPU still computes the previous step."""
+        t = to_device(torch.from_numpy(self.rows(block_ids, T)), device)  # (B, T + 1)
+        return t[:, :-1], t[:, 1:]
+
     def targets(self, block_ids, T: int) -> int:
         """The targets these blocks' loss counts: T each."""
         return len(block_ids) * T
+
+    def sample_prompts(self, n: int) -> None:
+        return None  # text: the samples start from --prompt
 
     def target_bytes(self, n_blocks: int, T: int, table: np.ndarray) -> int:
         """The bytes of text that the targets of the first n_blocks blocks stand for."""
@@ -150,18 +181,6 @@ def accumulation_steps(tokens_per_step: int, grad_accum_steps: int, world_size: 
             f"world_size x batch_size x block_size = {per_micro_step}."
         )
     return tokens_per_step // per_micro_step
-
-
-def get_batch(tokens, block_ids, block_size: int, device=None):
-    """Inputs and next-token targets (B, T) int64 for the given block indices. On a CUDA `device`
-    the rows go through page-locked memory and are copied asynchronously: a step's batches are
-    made at its start, and their copy runs while the GPU still computes the previous step."""
-    if hasattr(tokens, "batch"):  # prompt/completion examples: padded rows, prompts masked
-        return tokens.batch(block_ids, block_size, device)
-    if not isinstance(tokens, Tokens):
-        tokens = Tokens([np.asarray(tokens)])
-    t = to_device(torch.from_numpy(tokens.rows(block_ids, block_size)), device)  # (B, T + 1)
-    return t[:, :-1], t[:, 1:]
 
 
 def to_device(t: torch.Tensor, device=None) -> torch.Tensor:

@@ -266,7 +266,6 @@ class BertModel(nn.Module):
         model = cls(cfg)
         state = _hf_state(model_dir, drop_prefix="bert.")
         hub.load_into(model.state_dict(), state, model_dir, skip=NOT_ENCODER + ("classifier.",))
-        model.source_dir = model_dir
         return model
 
 
@@ -278,6 +277,7 @@ class BertForSequenceClassification(nn.Module):
         p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.head_is_new = True  # a fresh head; from_pretrained says whether the checkpoint had one
         self.init_head()
 
     def compile_blocks(self) -> None:
@@ -321,7 +321,6 @@ class BertForSequenceClassification(nn.Module):
         model.head_is_new = not (head and all(head[k].shape == own_head[k].shape for k in head) and len(head) == 2)
         if not model.head_is_new:
             hub.load_into(own_head, head, model_dir)
-        model.source_dir = model_dir
         return model
 
     def save_pretrained(self, out_dir, tokenizer_dir=None) -> None:
@@ -331,7 +330,7 @@ class BertForSequenceClassification(nn.Module):
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         hub.write_safetensors(state, out_dir / "model.safetensors", {"format": "pt"})
         hub.write_config(self.config.to_hf(), out_dir)
-        hub.copy_tokenizer_files(tokenizer_dir or getattr(self, "source_dir", None), out_dir)
+        hub.copy_tokenizer_files(tokenizer_dir, out_dir)
 
 
 def _checked_config(model_dir) -> dict:

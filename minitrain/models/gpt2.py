@@ -299,7 +299,6 @@ class GPT2(nn.Module):
             state["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(pad, wte.size(1))])
         own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
         hub.load_into(own, state, model_dir, skip=cls.NOT_WEIGHTS, transposed=cls.CONV1D)
-        model.source_dir = model_dir
         return model
 
     def save_pretrained(self, out_dir, tokenizer_dir=None) -> None:
@@ -317,7 +316,7 @@ class GPT2(nn.Module):
             state[k] = v.contiguous()
         hub.write_safetensors(state, out_dir / "model.safetensors", {"format": "pt"})
         hub.write_config(self.config.to_hf(), out_dir)
-        hub.copy_tokenizer_files(tokenizer_dir or getattr(self, "source_dir", None), out_dir)
+        hub.copy_tokenizer_files(tokenizer_dir, out_dir)
 
 
 # ----------------------------------------------------------------------------------------------

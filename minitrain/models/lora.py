@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minitrain import UserError
+from minitrain.options import LoRAOptions
 
 DEFAULT_TARGETS = {  # the attention and MLP projections of each model
     "gpt2": ("c_attn", "c_proj", "c_fc"),
@@ -102,9 +103,9 @@ def describe(info: dict) -> str:
     )
 
 
-def check_resume(model: nn.Module, saved: dict | None) -> None:
-    """A checkpoint's adapters belong on the same frozen base, with the same shape of adapters."""
-    mine = getattr(model, "lora_info", None)
+def check_resume(mine: dict | None, saved: dict | None) -> None:
+    """A checkpoint's adapters (`saved`, its LoRA info) belong on the same frozen base, with the
+    same shape of adapters, as this run's (`mine`)."""
     if (saved is None) != (mine is None):
         raise UserError(
             "the checkpoint was trained with LoRA and this run is not, or the other way round: "
@@ -133,28 +134,25 @@ def targets_of(spec: str, kind: str) -> list[str]:
     return list(DEFAULT_TARGETS[kind]) if spec == "auto" else [t.strip() for t in spec.split(",") if t.strip()]
 
 
-def from_options(model: nn.Module, cfg, kind: str, keep_trainable=()) -> None:
-    """The scripts' --lora_* options applied to `model` (nothing when --lora_rank is 0); the counts
-    and the base's checksum go to `model.lora_info`, which checkpoints carry."""
-    if cfg.lora_rank:
-        targets = targets_of(cfg.lora_targets, kind)
-        model.lora_info = add(model, targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, keep_trainable)
+def from_options(model: nn.Module, opts: LoRAOptions, kind: str, keep_trainable=()) -> dict | None:
+    """The --lora_* options applied to `model`: with --lora_rank > 0 it is frozen and adapters go on
+    the target layers; returns their description (counts, the base's checksum), which the training
+    state carries, or None without LoRA."""
+    if not opts.lora_rank:
+        return None
+    targets = targets_of(opts.lora_targets, kind)
+    return add(model, targets, opts.lora_rank, opts.lora_alpha, opts.lora_dropout, keep_trainable)
 
 
 def has_adapters(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
 
 
-def model_state(model: nn.Module) -> dict:
-    """A checkpoint's model entries: "model" (see state_to_save) and "lora" (None without adapters)."""
-    return {"model": state_to_save(model), "lora": getattr(model, "lora_info", None)}
-
-
-def load_checkpoint(model: nn.Module, ckpt: dict) -> None:
-    """A checkpoint's weights into `model`, after checking that its adapters (or their absence)
-    match the model's: the same rank, alpha, targets and frozen base."""
-    check_resume(model, ckpt.get("lora"))
-    load_state(model, ckpt["model"])
+def load_checkpoint(model: nn.Module, info: dict | None, saved_info: dict | None, weights: dict) -> None:
+    """A checkpoint's weights into `model`, after checking that its adapters (`saved_info`), or
+    their absence, match the model's (`info`): the same rank, alpha, targets and frozen base."""
+    check_resume(info, saved_info)
+    load_state(model, weights)
 
 
 def state_to_save(model: nn.Module) -> dict:
@@ -209,13 +207,13 @@ def adapters(model: nn.Module) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in state_to_save(model).items()}
 
 
-def merge_for_export(model: nn.Module, export: str, base: str, folder=None) -> None:
-    """Before an export: with adapters, write them alone to `folder` (when --lora_export is
-    "adapters" and a folder is given: rank 0) and merge them into the weights; else nothing."""
-    if not has_adapters(model):
+def merge_for_export(model: nn.Module, info: dict | None, export: str, base: str, folder=None) -> None:
+    """Before an export: with adapters (`info`), write them alone to `folder` (when --lora_export
+    is "adapters" and a folder is given: rank 0) and merge them into the weights; else nothing."""
+    if info is None:
         return
     if export == "adapters" and folder is not None:
-        save_adapters(adapters(model), model.lora_info, base, folder)
+        save_adapters(adapters(model), info, base, folder)
     merge(model)
 
 

@@ -1,110 +1,118 @@
-"""A learning-rate sweep: one short run per value, then the final validation loss against it.
+"""python -m minitrain.sweep: a learning-rate sweep, one short run per value, then the final
+validation loss against the learning rate.
 
     python -m minitrain.sweep --lr 1e-3,2e-3,4e-3 --max_steps 200 -- --n_layer=2 --batch_size=8
     python -m minitrain.sweep --script train_mrpc.py --lr 1e-5,3e-5 -- --data_dir=glue/MRPC --epochs=1
     python -m minitrain.sweep --lr 3e-4,6e-4 --nproc 8 -- ...        # each run under torchrun
 
 The runs use a constant learning rate (`--schedule=constant`, after the script's warmup), the
-practice of choosing the rate before the schedule; options after `--` go to every run and can
-override that. Each run writes to OUT_DIR/lr-VALUE (a repeated sweep needs --overwrite);
-then OUT_DIR/sweep.png (final validation loss against the learning rate, log x axis), sweep.md (the
-table) and report.png (every run's curves overlaid). A run that fails (a diverged rate stops
-with exit 2) is listed as failed and left out of the plot; the sweep goes on.
+practice of choosing the rate before the schedule. Options after `--` go to every run, except the
+ones the sweep sets for each run (--lr, --out_dir, --schedule, --max_steps, --overwrite),
+which are refused there: each row of the table must describe the run that produced
+it (and a row whose folder holds a run of another learning rate says so). Each run writes to
+OUT_DIR/lr-VALUE (a repeated sweep needs --overwrite); then OUT_DIR/sweep.png (final validation
+loss against the learning rate, log x axis), sweep.md (the table) and report.png (every run's
+curves overlaid). A run that fails (a diverged rate stops with exit 2) is listed as failed and
+left out of the plot; the sweep goes on.
 """
 
 import json
 import math
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from minitrain import UserError
 from minitrain.atomic import atomic_write
-from minitrain.config import run_cli
+from minitrain.cli import run_cli
+from minitrain.config import NonNegativeInt, PositiveInt, check
 from minitrain.training.report import read_metrics, series, write_report
+from minitrain.training.rundir import latest
+from minitrain.training.state import load
 
-USAGE = (
-    "usage: python -m minitrain.sweep --lr A,B,C [--max_steps N] [--script S] [--nproc N] [--out_dir D] "
-    "[--overwrite] -- [script options]"
-)
 SCRIPTS = ("train_gpt2.py", "train_mrpc.py")
+SET_BY_SWEEP = ("lr", "out_dir", "schedule", "overwrite", "max_steps")  # refused after --
 
 
-def parse(argv: list[str]) -> dict:
-    opts = {
-        "lr": None,
-        "max_steps": None,
-        "script": "train_gpt2.py",
-        "nproc": "1",
-        "out_dir": "out/sweep",
-        "overwrite": False,
-    }
-    rest = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, rest = argv[:i], argv[i + 1 :]
-    it = iter(argv)
-    for arg in it:
-        if arg == "--overwrite":
-            opts["overwrite"] = True
-            continue
-        key, eq, value = arg.partition("=")
-        name = key[2:].replace("-", "_")
-        if not key.startswith("--") or name not in opts:
-            raise UserError(f"unknown sweep option {arg!r}; {USAGE}")
-        value = value if eq else next(it, None)
-        if value is None:
-            raise UserError(f"{key} needs a value; {USAGE}")
-        opts[name] = value
-    if not opts["lr"]:
-        raise UserError(f"--lr is required (comma-separated values); {USAGE}")
+@dataclass
+class SweepConfig:
+    """A constant-learning-rate sweep: one short run of a training script per value."""
+
+    lr: str = ""  # comma-separated learning rates, one run each (required)
+    max_steps: NonNegativeInt = 0  # optimizer steps of each run (0: the script's default)
+    script: Literal["train_gpt2.py", "train_mrpc.py"] = "train_gpt2.py"  # the training script
+    nproc: PositiveInt = 1  # processes per run (torchrun when > 1)
+    out_dir: str = "out/sweep"  # each run writes OUT_DIR/lr-VALUE; the sweep's pictures and table go here
+    overwrite: bool = False  # replace an earlier sweep's runs in out_dir
+    script_args: list[str] = field(default_factory=list, metadata={"after_dashes": True})  # options for every run
+
+
+def learning_rates(text: str) -> list[float]:
+    if not text:
+        raise UserError("--lr is required (comma-separated values, e.g. --lr 1e-3,2e-3).")
     try:
-        lrs = [float(v) for v in opts["lr"].split(",") if v.strip()]
+        lrs = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--lr={opts['lr']!r} is not a comma-separated list of numbers.") from None
+        raise UserError(f"--lr={text!r} is not a comma-separated list of numbers.") from None
     if not lrs or not all(math.isfinite(v) and v > 0 for v in lrs):
-        raise UserError(f"--lr={opts['lr']!r}: every learning rate must be a positive number.")
-    if opts["script"] not in SCRIPTS:
-        raise UserError(f"--script={opts['script']!r} is not one of {', '.join(SCRIPTS)}.")
-    for key in ("max_steps", "nproc"):
-        if opts[key] is not None and not (opts[key].isdigit() and int(opts[key]) > 0):
-            raise UserError(f"--{key}={opts[key]!r} must be a positive whole number.")
-    return {**opts, "lr": lrs, "nproc": int(opts["nproc"]), "rest": rest}
+        raise UserError(f"--lr={text!r}: every learning rate must be a positive number.")
+    return lrs
 
 
-def command(opts: dict, lr: float, out_dir: Path) -> list[str]:
-    script = str(Path(__file__).resolve().parent.parent / opts["script"])
-    if opts["nproc"] > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={opts['nproc']}"]
+def check_script_args(args: list[str]) -> None:
+    """Options after `--` go to every run; the ones the sweep sets itself would make every row
+    describe a run other than the one that produced it, so they are refused."""
+    for arg in args:
+        name = arg[2:].partition("=")[0].replace("-", "_") if arg.startswith("--") else ""
+        if name in SET_BY_SWEEP:
+            raise UserError(
+                f"{arg} after -- would override what the sweep sets for each run ({', '.join(SET_BY_SWEEP)}); "
+                f"give it as a sweep option instead (--lr A,B,C, --max_steps N, --out_dir D, --overwrite)."
+            )
+
+
+def command(cfg: SweepConfig, lr: float, out_dir: Path) -> list[str]:
+    script = str(Path(__file__).resolve().parent.parent.parent / cfg.script)
+    if cfg.nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"]
     else:
         launcher = [sys.executable]
-    args = [f"--lr={lr}", f"--out_dir={out_dir}", "--schedule=constant", f"--overwrite={opts['overwrite']}"]
+    args = [f"--lr={lr}", f"--out_dir={out_dir}", "--schedule=constant", f"--overwrite={cfg.overwrite}"]
     args.append("--progress=false")
-    if opts["max_steps"]:
-        args.append(f"--max_steps={opts['max_steps']}")
-    return launcher + [script] + args + opts["rest"]
+    if cfg.max_steps:
+        args.append(f"--max_steps={cfg.max_steps}")
+    return launcher + [script] + args + cfg.script_args
 
 
-def main(argv=None) -> list[dict]:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0 if argv else 2)
-    opts = parse(argv)
-    out = Path(opts["out_dir"])
-    used = [out / f"lr-{lr:g}" for lr in opts["lr"] if (out / f"lr-{lr:g}" / "metrics.jsonl").exists()]
-    if used and not opts["overwrite"]:
+def ran_with(run_dir: Path, lr: float) -> bool:
+    """Whether the run folder's checkpoint was written by a run with this learning rate (its
+    options are in the training state): a row must describe the run that produced it."""
+    path = latest(run_dir)
+    return path is not None and load(path).config.get("lr") == lr
+
+
+def main(cfg: SweepConfig) -> list[dict]:
+    check(cfg)
+    lrs = learning_rates(cfg.lr)
+    check_script_args(cfg.script_args)
+    out = Path(cfg.out_dir)
+    used = [out / f"lr-{lr:g}" for lr in lrs if (out / f"lr-{lr:g}" / "metrics.jsonl").exists()]
+    if used and not cfg.overwrite:
         raise UserError(
             f"{used[0]} already holds a run; pick another --out_dir, or pass --overwrite to replace the sweep."
         )
     results = []
-    for lr in opts["lr"]:
+    for lr in lrs:
         run_dir = out / f"lr-{lr:g}"
         print(f"--- sweep: lr {lr:g} -> {run_dir}", flush=True)
-        proc = subprocess.run(command(opts, lr, run_dir), stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(command(cfg, lr, run_dir), stderr=subprocess.PIPE, text=True)
         sys.stderr.write(proc.stderr)
         row = {"lr": lr, "run": str(run_dir), "exit": proc.returncode}
-        if (run_dir / "metrics.jsonl").is_file():
+        if proc.returncode == 0 and not ran_with(run_dir, lr):
+            row["exit"] = "not this lr"  # the folder does not hold the run this row is about
+        elif (run_dir / "metrics.jsonl").is_file():
             rows = read_metrics(run_dir)
             steps, vals = series(rows, "val_loss")
             if vals:
@@ -127,7 +135,7 @@ def main(argv=None) -> list[dict]:
         )
     text = "\n".join(table)
     with atomic_write(out / "sweep.md", "w") as f:
-        f.write(f"# Learning-rate sweep ({opts['script']})\n\n![sweep](sweep.png)\n\n{text}\n")
+        f.write(f"# Learning-rate sweep ({cfg.script})\n\n![sweep](sweep.png)\n\n{text}\n")
     with atomic_write(out / "sweep.json", "w") as f:
         json.dump(results, f, indent=2)
     print(text)
@@ -165,4 +173,4 @@ def plot(done: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, SweepConfig)

@@ -19,11 +19,12 @@ A tied parameter (GPT-2's wte / lm_head) is one tensor with one gradient, so it 
 """
 
 import contextlib
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from minitrain.options import DDPKind
 
 
 class Bucket:
@@ -117,11 +118,12 @@ class BucketedDDP(nn.Module):
         self._callback_queued = False
 
 
-Kind = Literal["minitrain", "torch"]  # the choices of the scripts' --ddp
-
-
-def wrap(model: nn.Module, kind: Kind, device: torch.device) -> nn.Module:
-    """`minitrain`: BucketedDDP above; `torch`: PyTorch's DistributedDataParallel."""
+def wrap(model: nn.Module, kind: DDPKind, world) -> nn.Module:
+    """The model the training loop calls under torchrun: `minitrain`, BucketedDDP above; `torch`,
+    PyTorch's DistributedDataParallel. In one process, the model itself."""
+    if not world.multi_process:
+        return model
+    device = world.device
     if kind == "minitrain":
         return BucketedDDP(model)
     if kind == "torch":
@@ -131,13 +133,11 @@ def wrap(model: nn.Module, kind: Kind, device: torch.device) -> nn.Module:
     raise ValueError(f"unknown ddp kind {kind!r}")
 
 
-def compile_and_wrap(raw_model: nn.Module, compile: bool | None, scope: str, kind: Kind, d) -> nn.Module:
-    """The model the training loop calls: compiled (None: only on CUDA, where it pays off; scope
-    'blocks' compiles each block in place, 'model' the whole module), then wrapped for data
-    parallelism under torchrun. `raw_model` stays the unwrapped module that is saved."""
-    if compile if compile is not None else d.device.type == "cuda":
-        if scope == "blocks":
-            raw_model.compile_blocks()
-        else:
-            raw_model = torch.compile(raw_model)
-    return wrap(raw_model, kind, d.device) if d.multi_process else raw_model
+def accumulate(model: nn.Module, batches: list, multi_process: bool):
+    """`for x, y in accumulate(model, batches, ...):` the micro-batches of one optimizer step, with
+    no gradient communication until the last: for every other one, model.no_sync() is held open
+    while the loop body (forward and backward) runs, since the generator is paused inside it."""
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        with model.no_sync() if multi_process and not last else contextlib.nullcontext():
+            yield batch

@@ -83,9 +83,9 @@ def setup(device: str = "auto") -> Dist:
 def process_group(device: str = "auto"):
     """`with process_group(cfg.device) as d:` joins torchrun's process group (if any) and leaves
     it at the end: after waiting for every rank when the body finished, at once after an error."""
-    d = setup(device)
+    world = setup(device)
     try:
-        yield d
+        yield world
     except BaseException:
         teardown(clean=False)
         raise
@@ -93,14 +93,14 @@ def process_group(device: str = "auto"):
 
 
 @contextlib.contextmanager
-def main_first(d: Dist):
+def main_first(world: Dist):
     """Run the body on rank 0 first, then on the other ranks: rank 0 fills the caches (trained
     tokenizer, token files) that the others then find, instead of every rank computing them."""
-    if not d.is_main:
-        barrier(d)
+    if not world.is_main:
+        barrier(world)
     yield
-    if d.is_main:
-        barrier(d)
+    if world.is_main:
+        barrier(world)
 
 
 def teardown(clean: bool = True) -> None:
@@ -130,12 +130,12 @@ def say_once(message: str, wait_s: float = 3.0) -> bool:
         return True
 
 
-def same_everywhere(d: Dist, what: str, value) -> None:
+def same_everywhere(world: Dist, what: str, value) -> None:
     """Refuse, naming the first rank that differs, when `value` (a config, a data fingerprint) is
     not the same on every rank: ranks that train on different data or options silently diverge."""
-    if not d.multi_process:
+    if not world.multi_process:
         return
-    values = [None] * d.world_size
+    values = [None] * world.world_size
     dist.all_gather_object(values, value)
     for rank, other in enumerate(values):
         if other != values[0]:
@@ -154,30 +154,30 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def barrier(d: Dist) -> None:
-    if d.multi_process:
+def barrier(world: Dist) -> None:
+    if world.multi_process:
         dist.barrier()
 
 
-def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor, world: Dist) -> torch.Tensor:
     """Sum a tensor over all ranks (in place; returns it). A no-op for one process."""
-    if d.multi_process:
+    if world.multi_process:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
-def all_reduce_min(value: float, d: Dist) -> float:
+def all_reduce_min(value: float, world: Dist) -> float:
     """The smallest of every rank's `value`."""
-    if not d.multi_process:
+    if not world.multi_process:
         return value
-    t = torch.tensor([float(value)], device=d.device)
+    t = torch.tensor([float(value)], device=world.device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t.item()
 
 
-def broadcast_object(obj, d: Dist):
+def broadcast_object(obj, world: Dist):
     """Rank 0's value of a small picklable object, on every rank."""
-    if not d.multi_process:
+    if not world.multi_process:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -215,15 +215,15 @@ class StopFlag:
     def _handler(self, signum, frame):
         self._local = True
 
-    def requested(self, d, sync: bool = True) -> bool:
+    def requested(self, world, sync: bool = True) -> bool:
         """Whether to stop now. Under torchrun the flag is all-reduced, a collective and so a host
         sync: with sync=False (a step that is not a log step) the ranks do not stop yet."""
-        if not d.multi_process:
+        if not world.multi_process:
             self.was_requested = self._local
             return self._local
         if not sync:
             return False
-        flag = torch.tensor([1.0 if self._local else 0.0], device=d.device)
+        flag = torch.tensor([1.0 if self._local else 0.0], device=world.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         self.was_requested = bool(flag.item())
         return self.was_requested

@@ -1,11 +1,12 @@
 """AdamW parameter groups and learning-rate schedules as pure functions of the step."""
 
 import math
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 
-Schedule = Literal["linear", "cosine", "constant"]  # the choices of the scripts' --schedule
+from minitrain.options import Schedule
+
 SCHEDULES = get_args(Schedule)
 
 

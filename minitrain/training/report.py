@@ -1,7 +1,5 @@
-"""A run's metrics.jsonl as pictures: report.png (and report.md with the final numbers).
-
-    python -m minitrain.report out/gpt2                      # out/gpt2/report.png, report.md
-    python -m minitrain.report out/lr-1e-3 out/lr-2e-3 --out cmp.png   # several runs, overlaid
+"""A run's metrics.jsonl as pictures: report.png (and report.md with the final numbers); the
+command line is minitrain/tools/report.py.
 
 Both training scripts write their report at the end of a run. GPT-2 runs get six panels (loss
 against steps and against tokens, validation bits per byte, learning rate, gradient norm, tokens/s),
@@ -12,12 +10,10 @@ backend, no display needed.
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 from minitrain import UserError
 from minitrain.atomic import atomic_write
-from minitrain.config import run_cli
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -217,32 +213,3 @@ def report_run(out_dir, log=print) -> None:
         log(f"wrote {Path(out_dir) / 'report.png'} and report.md")
     except ImportError:
         log("matplotlib is not installed: no report.png (pip install matplotlib)")
-
-
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0 if argv else 2)
-    out, dirs = None, []
-    it = iter(argv)
-    for arg in it:
-        if arg.startswith("--out"):
-            out = arg.partition("=")[2] or next(it, None)
-            if not out:
-                raise UserError("--out needs a file name (--out=report.png).")
-        elif arg.startswith("--"):
-            raise UserError(
-                f"unknown option {arg}; usage: python -m minitrain.report RUN_DIR [RUN_DIR ...] [--out FILE.png]"
-            )
-        else:
-            dirs.append(arg)
-    if not dirs:
-        raise UserError("name at least one run folder (one that holds metrics.jsonl).")
-    titles = write_report(dirs, out)
-    target = Path(out) if out else (Path(dirs[0]) / "report.png" if len(dirs) == 1 else Path("report.png"))
-    print(f"wrote {target} ({len(titles)} panels) and {target.with_suffix('.md')}")
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -1,102 +1,50 @@
-"""The whole training state as plain data, written atomically, read with weights_only=True.
-
-A checkpoint holds: the model (unwrapped, uncompiled), optimizer, GradScaler, step, the data
-position, RNG states, the config, and the best validation loss so far. Files are named
-`ckpt-0000200.pt` in the run folder; `best.pt` is the best of them (a hard link to it).
-"""
+"""The run folder: one run per folder (locked while it trains), what a new run may replace, which
+checkpoint a run continues from, and the step checkpoints in it (ckpt-0000200.pt, best.pt)."""
 
 import contextlib
 import fcntl
 import os
-import pickle
-import random
 import re
 import shutil
 import socket
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from minitrain import UserError, first_line
-from minitrain.atomic import atomic_write, check_writable_folder
+from minitrain import UserError
+from minitrain.atomic import check_writable_folder
+from minitrain.models import lora
 from minitrain.training.dist import barrier, broadcast_object
 from minitrain.training.logger import Logger
+from minitrain.training.state import TrainState, gather_rng_states, load, save
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 
 
-def rng_state() -> dict:
-    """The random generators' states as plain Python lists (easy to gather across ranks)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
+def save_step(
+    state: TrainState, raw_model, optimizer, scaler, out_dir, world, *, keep_last: int, is_best: bool
+) -> Path:
+    """Write the run's state at `state.step` as out_dir/ckpt-STEP.pt. Every rank calls it:
 
-
-def gather_rng_states(d) -> list[dict]:
-    """Every rank's RNG states (a collective: all ranks call it), for rank 0 to save."""
-    if not d.multi_process:
-        return [rng_state()]
-    states = [None] * d.world_size
-    torch.distributed.all_gather_object(states, rng_state())
-    return states
-
-
-def restore_training(ckpt: dict, optimizer, scaler, d, seed: int) -> None:
-    """A checkpoint's optimizer, loss scaler and random state. With the world size it was saved
-    with, every rank continues its own random stream; with another, each rank starts a stream
-    seeded by the step (not a replay of the run's first steps)."""
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    if len(ckpt["rng"]) == d.world_size:
-        set_rng_state(ckpt["rng"][d.rank])
-    else:
-        torch.manual_seed(seed + d.rank + 1_000_003 * ckpt["step"])
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    np_state = state["numpy"]
-    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def save(path, state: dict) -> None:
-    """torch.save to a temporary file, fsync, rename: a crash never leaves a half file."""
-    with atomic_write(path) as f:
-        torch.save(state, f)
-
-
-def save_step(state: dict, out_dir, step: int, d, *, keep_last: int, is_best: bool = False) -> Path:
-    """Write `state` (what the script chose to save) as out_dir/ckpt-STEP.pt. Every rank calls it:
-
-    - the RNG states of all ranks go into state["rng"], so that each rank continues its own random
-      stream after a resume with the same number of processes;
+    - the model's weights (with LoRA the trainable tensors), the optimizer and the scaler go into
+      `state`, and the RNG states of all ranks, so that each rank continues its own random stream
+      after a resume with the same number of processes;
+    - `is_best`: the latest evaluation (of this step) becomes `state.best`, and best.pt this file;
     - weights that are not finite are refused: there would be nothing worth resuming;
-    - rank 0 writes atomically, makes best.pt point at the file when `is_best`, and deletes all but
-      the newest `keep_last` step checkpoints (0 keeps them all);
+    - rank 0 writes atomically and deletes all but the newest `keep_last` step checkpoints (0 keeps
+      them all);
     - a failed write (disk full, ...) keeps the previous checkpoint and stops the run on every rank
       with one sentence. No rank goes on before the write is done.
     """
-    state["rng"] = gather_rng_states(d)
-    floats = [t for t in state["model"].values() if t.is_floating_point()]
+    state.model = lora.state_to_save(raw_model)
+    state.optimizer, state.scaler = optimizer.state_dict(), scaler.state_dict()
+    state.rng = gather_rng_states(world)
+    if is_best:
+        state.best = state.evals[-1]
+    floats = [t for t in state.model.values() if t.is_floating_point()]
     if floats and sum(t.isfinite().logical_not().sum() for t in floats).item():  # one host sync
-        raise UserError(f"the weights are not finite at step {step}; no checkpoint was written.")
-    path, error = checkpoint_path(out_dir, step), None
-    if d.is_main:
+        raise UserError(f"the weights are not finite at step {state.step}; no checkpoint was written.")
+    path, error = checkpoint_path(out_dir, state.step), None
+    if world.is_main:
         try:
             save(path, state)
             if is_best:
@@ -107,21 +55,19 @@ def save_step(state: dict, out_dir, step: int, d, *, keep_last: int, is_best: bo
                 f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is kept, "
                 f"and the run stops here."
             )
-    error = broadcast_object(error, d)  # also the barrier that keeps every rank behind the write
+    error = broadcast_object(error, world)  # also the barrier that keeps every rank behind the write
     if error:
         raise UserError(error)
     return path
 
 
-def load_best(model, out_dir) -> dict | None:
+def load_best(model, out_dir) -> TrainState | None:
     """Put best.pt's weights into `model` (for the export); its state, or None when there is none."""
     path = Path(out_dir) / "best.pt"
     if not path.is_file():
         return None
-    from minitrain.models import lora
-
     state = load(path)
-    lora.load_state(model, state["model"])  # with LoRA: the adapters
+    lora.load_state(model, state.model)  # with LoRA: the adapters
     return state
 
 
@@ -137,34 +83,6 @@ def mark_best(path) -> None:
     except OSError:
         shutil.copyfile(path, tmp)
     os.replace(tmp, best)
-
-
-def load(path, script: str | None = None) -> dict:
-    """A checkpoint's contents, read with weights_only=True (plain data only: loading never runs
-    code). With `script`, refuse one that is not a minitrain checkpoint of that script."""
-    path = Path(path)
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise UserError(f"{path} is not a checkpoint file (torch.save writes a zip archive; this is none).")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist.") from None
-    except IsADirectoryError:
-        raise UserError(f"checkpoint {path} is a folder; pass a ckpt-*.pt file in it.") from None
-    except pickle.UnpicklingError:
-        raise UserError(
-            f"{path} is not a minitrain checkpoint: it holds Python objects that are not plain data, and "
-            f"loading those could run code, so it is refused."
-        ) from None
-    except Exception as e:
-        raise UserError(f"{path} is not a checkpoint file ({first_line(e)}).") from None
-    if script is not None:
-        if not isinstance(state, dict) or "model" not in state or "step" not in state:
-            raise UserError(f"{path} is not a minitrain checkpoint (it has no model and step).")
-        found = state.get("script") or ("train_gpt2" if "model_config" in state else "train_mrpc")
-        if found != script:
-            raise UserError(f"{path} is a {found}.py checkpoint; {script}.py cannot resume from it.")
-    return state
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -248,46 +166,46 @@ def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
     return None
 
 
-def open_run(out_dir: Path, resume: str, overwrite: bool, d, script: str) -> tuple[Path | None, dict | None]:
+def open_run(out_dir: Path, resume: str, overwrite: bool, world, script: str) -> tuple[Path | None, TrainState | None]:
     """Where this run starts: (checkpoint path, its contents), or (None, None) for a new run. Rank 0
     decides and every rank gets the same answer, or the same one-sentence refusal. Nothing on disk
     changes here: `start_run` prepares the folder once every check has passed."""
     decision = None
-    if d.is_main:
+    if world.is_main:
         try:
             decision = ("ok", find_resume(resume, out_dir, overwrite))
         except UserError as e:
             decision = ("error", str(e))
-    status, value = broadcast_object(decision, d)
+    status, value = broadcast_object(decision, world)
     if status == "error":
         raise UserError(value)
     return value, (load(value, script) if value else None)
 
 
-def start_run(out_dir: Path, new: bool, outputs, d) -> None:
+def start_run(out_dir: Path, new: bool, outputs, world) -> None:
     """Right before training: a new run deletes what an earlier run wrote into out_dir (the run
     was allowed to replace it: --overwrite, or --resume=auto over logs only): step checkpoints,
     best.pt, the logs and the script's `outputs`; anything else in the folder is left alone."""
-    if d.is_main and new:
+    if world.is_main and new:
         for name in ("best.pt", *Logger.FILES, *outputs):
             p = out_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         for p in list_checkpoints(out_dir):
             p.unlink()
-    if d.is_main:  # who holds the lock (see `locked`), for the message a second run gets
+    if world.is_main:  # who holds the lock (see `locked`), for the message a second run gets
         (out_dir / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}")
-    barrier(d)
+    barrier(world)
 
 
 @contextlib.contextmanager
-def locked(out_dir: str, d):
+def locked(out_dir: str, world):
     """`with locked(cfg.out_dir, d) as out_dir:` holds an exclusive lock on the run folder (rank 0,
     an flock on the folder itself), so a second run started on the same folder is refused; the
     kernel drops the lock when a process dies, so a crash leaves no stale lock. Once training
     starts, out_dir/.lock names the process (see start_run). A folder this creates and a refused
     run leaves empty is removed again: a refused run leaves the file system as it found it."""
     error, path, created, fd = None, Path(os.path.expanduser(str(out_dir))), False, None
-    if d.is_main:
+    if world.is_main:
         try:
             path = check_writable_folder(out_dir, "--out_dir")
             created = not path.exists()
@@ -309,7 +227,7 @@ def locked(out_dir: str, d):
             error = str(e)
             if created and path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
-    error = broadcast_object(error, d)
+    error = broadcast_object(error, world)
     if error:
         raise UserError(error)
     try:

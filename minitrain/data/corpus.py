@@ -1,0 +1,55 @@
+"""The data of a causal-LM run (train_gpt2.py, minitrain.evaluate): its tokenizer, and its
+training and validation token sources, from --data and --val_data."""
+
+import os
+from pathlib import Path
+
+from minitrain import UserError
+from minitrain.data import completions, sources
+from minitrain.data.cache import cached, open_folder
+from minitrain.data.prepare import bpe_sample
+from minitrain.data.tokenizer import cached_bpe, eot_id, load_tokenizer
+from minitrain.data.tokens import Tokens, fingerprint
+
+SAMPLE_BYTES = 100_000_000  # the most text a BPE is trained on
+
+
+def pick_tokenizer(resume_path, init_from: str, folder: str, source, vocab_size: int, val_fraction, cache_dir):
+    """A training run's tokenizer: a resumed run's own (beside its checkpoint); a fine-tuned
+    model's (`init_from`); a given `folder`'s; a shard folder's `tokenizer.json`; else a byte-level
+    BPE trained on a sample of the source's training documents, cached."""
+    if resume_path is not None and (Path(resume_path).parent / "tokenizer.json").is_file():
+        return load_tokenizer(Path(resume_path).parent)
+    if init_from != "scratch":
+        return load_tokenizer(init_from)
+    if folder:
+        return load_tokenizer(folder)
+    src = sources.resolve(source)
+    if src.is_shards:
+        if not (Path(os.path.expanduser(src.spec)) / "tokenizer.json").is_file():
+            raise UserError(
+                f"{src.spec} has token shards but no tokenizer.json: name their tokenizer with --tokenizer "
+                f"(gpt2 for llm.c's and build-nanogpt's FineWeb shards) or --init_from."
+            )
+        return load_tokenizer(src.spec)
+    key = fingerprint(sources.signature(src), val_fraction, SAMPLE_BYTES)
+    return cached_bpe(bpe_sample(src, "text", val_fraction, 0, SAMPLE_BYTES), vocab_size, cache_dir, key)
+
+
+def open_splits(source, tokenizer, val_fraction, cache_dir, progress=True, val_source=None, block_size=None):
+    """(train, validation) token sources for --data and --val_data (each a spec or a resolved
+    sources.Source): prompt/completion records as completions.Examples; a shard folder as it is;
+    any other source through its cached shards (val_fraction 0: all of it in train, no
+    validation, which is None then)."""
+    src = sources.resolve(source)
+    val_src = sources.resolve(val_source) if val_source else None
+    if completions.is_completions(src):
+        return completions.load(src, tokenizer, eot_id(tokenizer), block_size, val_fraction, val_src)
+    if val_src and completions.is_completions(val_src):
+        raise UserError(f"--val_data {val_src.spec!r} is prompt/completion data, but --data is text.")
+    if val_src:  # all of --data trains; all of --val_data validates
+        train, _ = open_splits(src, tokenizer, 0.0, cache_dir, progress)
+        val, held = open_splits(val_src, tokenizer, 0.0, cache_dir, progress)  # a shard folder: all of it
+        return train, val if held is None else Tokens(held.shards + val.shards)
+    folder = src.spec if src.is_shards else cached(src, tokenizer, val_fraction, cache_dir, progress=progress)
+    return open_folder(folder, tokenizer, need_val=val_fraction > 0)
