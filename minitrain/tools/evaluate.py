@@ -77,7 +77,11 @@ def score_lm(cfg: EvalConfig, world, dtype) -> dict:
     val_fraction = 0.0 if split == "all" else cfg.val_fraction
     with dist.main_first(world):  # rank 0 tokenizes a text source into cached shards
         train, val = corpus.open_splits(cfg.data, tokenizer, val_fraction, cfg.cache_dir, cfg.progress, None, T)
-    every = train if val is None else Tokens(val.shards + train.shards)
+    every = (
+        train
+        if val is None
+        else Tokens(val.shards + train.shards, holds=train.holds + val.holds, vocab_size=train.vocab_size)
+    )
     tokens = {"all": every, "train": train, "validation": val}[split]
     n_blocks = tokens.num_blocks(T)
     if cfg.max_blocks:
