@@ -153,6 +153,9 @@ def read_utf8(path: Path, option: str = "--data") -> str:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise UserError(f"{option} file {path} cannot be read ({e.strerror}).") from None
+    if b"\x00" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
+        raise UserError(f"{path}:{line} holds a NUL byte: it looks like a binary file, not text.")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
