@@ -406,3 +406,12 @@ def test_checkpoints_with_fields_of_the_wrong_type(tmp_path, capsys, raw, words)
         state.load(tmp_path / "ckpt.pt")
     if raw.get("step") == "3" and "format" in raw:
         refused(tmp_path, capsys, GENERATE, [f"--model={tmp_path / 'ckpt.pt'}", "--prompt=hi"], words)
+
+
+def test_a_resumed_logger_keeps_earlier_rows_as_logged_and_refuses_a_bad_middle_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_bytes(GOOD + b'{"step": 2, "train_loss": 6.0}\n{"step": 3, "tr')
+    logger.Logger(tmp_path, initial=1, progress=False).close()
+    assert (tmp_path / "metrics.jsonl").read_bytes() == GOOD  # "nan" stays the string Logger.log writes
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": "0"}\n' + GOOD)
+    with pytest.raises(UserError, match="metrics.jsonl:1: step is '0'"):
+        logger.Logger(tmp_path, initial=1, progress=False)

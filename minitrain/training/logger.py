@@ -28,7 +28,7 @@ class Logger:
         path = out_dir / "metrics.jsonl"
         if initial and path.exists():
             keep = [row for row in read_rows(path) if row["step"] <= initial]
-            path.write_text("".join(json.dumps(row) + "\n" for row in keep))
+            path.write_text("".join(json.dumps(_as_logged(row)) + "\n" for row in keep))
         self.jsonl = open(path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -94,6 +94,11 @@ class Logger:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def _as_logged(row: dict) -> dict:
+    """A row as Logger.log writes it: a value that is not finite as the string "nan", "inf", "-inf"."""
+    return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def read_rows(path) -> list[dict]:
