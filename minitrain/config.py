@@ -168,6 +168,8 @@ def convert(name: str, raw, s: Spec):
             raise ValueError
         if isinstance(raw, bool) or (base is int and isinstance(raw, float)):
             raise ValueError  # TOML's `lr = true` is not 1.0, nor `batch_size = 2.5` 2
+        if base in (int, float) and isinstance(raw, str) and not raw.isascii():
+            raise ValueError  # int("١٢") is 12 and float("١.٥") 1.5 in Python: digits are 0-9 here
         if base is int:
             return int(str(raw).replace("_", ""))
         return base(raw)
@@ -271,7 +273,8 @@ def parse_args(cls, argv=None):
 def read_toml(cls, path) -> dict:
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read().decode("utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist.") from None
     except IsADirectoryError:
@@ -287,5 +290,28 @@ def read_toml(cls, path) -> dict:
     for key, value in data.items():
         if key not in specs:
             _unknown(cls, key)
+        _check_toml_type(path, text, key, value, specs[key])
         out[key] = convert(key, value, specs[key])
     return out
+
+
+def _check_toml_type(path, text: str, key: str, value, s: Spec) -> None:
+    """TOML has types: a number in quotes where a number belongs is a mistake (`lr = "1e-3"`), as
+    `lr = true` is, and so is a number where text belongs (`out_dir = 5`). Named values (`"auto"`,
+    and "none" for an option that may be unset) are the strings a number field takes."""
+    if isinstance(value, str) and (value in s.words or (s.optional and value.lower() in ("none", "null", "auto", ""))):
+        return
+    base = typing.get_origin(s.base) or s.base
+    wanted = {
+        bool: ("true or false", lambda v: isinstance(v, bool)),
+        int: ("an integer", lambda v: type(v) is int),
+        float: ("a number", lambda v: type(v) in (int, float)),
+        str: ("text in quotes", lambda v: isinstance(v, str)),
+        list: ("a list of texts in quotes", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    }.get(base)
+    if wanted is None or wanted[1](value):
+        return
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "text in quotes", list: "a list"}
+    kind = kinds.get(type(value), "a table" if isinstance(value, dict) else type(value).__name__)
+    line = next((f":{n}" for n, t in enumerate(text.splitlines(), 1) if re.match(rf"\s*{re.escape(key)}\s*=", t)), "")
+    raise UserError(f"config file {path}{line}: {key} = {value!r} is {kind}, but --{key} takes {wanted[0]}.")

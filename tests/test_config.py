@@ -79,8 +79,8 @@ def test_mrpc_optional_dropout_is_checked_when_set():
 @pytest.mark.parametrize(
     "toml,message",
     [
-        ("lr = true", "--lr=True is not a valid float"),
-        ("batch_size = 2.5", "--batch_size=2.5 is not a valid int"),
+        ("lr = true", "lr = True is a boolean, but --lr takes a number"),
+        ("batch_size = 2.5", "batch_size = 2.5 is a number, but --batch_size takes an integer"),
         ('schedule = "wavy"', "--schedule='wavy' is not one of"),
         ("batch_size = 0", "--batch_size=0 must be a positive number"),
         ("bach_size = 4", "unknown option --bach_size (did you mean --batch_size?)"),

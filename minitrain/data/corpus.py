@@ -50,6 +50,8 @@ def open_splits(source, tokenizer, val_fraction, cache_dir, progress=True, val_s
     if val_src:  # all of --data trains; all of --val_data validates
         train, _ = open_splits(src, tokenizer, 0.0, cache_dir, progress)
         val, held = open_splits(val_src, tokenizer, 0.0, cache_dir, progress)  # a shard folder: all of it
-        return train, val if held is None else Tokens(held.shards + val.shards)
+        if held is None:
+            return train, val
+        return train, Tokens(held.shards + val.shards, holds=held.holds + val.holds, vocab_size=val.vocab_size)
     folder = src.spec if src.is_shards else cached(src, tokenizer, val_fraction, cache_dir, progress=progress)
     return open_folder(folder, tokenizer, need_val=val_fraction > 0)

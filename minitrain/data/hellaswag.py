@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from minitrain import UserError
+from minitrain.data import sources
 
 
 def read_hellaswag(path) -> list:
@@ -13,7 +14,7 @@ def read_hellaswag(path) -> list:
     if not path.is_file():
         raise UserError(f"--data={path} is not a file; HellaSwag needs a .jsonl such as hellaswag_val.jsonl.")
     examples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(sources.read_lines(path, "--data"), start=1):
         if not line.strip():
             continue
         try:
@@ -22,7 +23,8 @@ def read_hellaswag(path) -> list:
             raise UserError(f"{path}:{n}: not a JSON object ({e.msg}).") from None
         ok = isinstance(rec, dict) and isinstance(rec.get("ctx"), str) and isinstance(rec.get("endings"), list)
         ok = ok and len(rec["endings"]) >= 2 and all(isinstance(e, str) for e in rec["endings"])
-        if not ok or not isinstance(rec.get("label"), int) or not 0 <= rec["label"] < len(rec["endings"]):
+        label = rec.get("label") if ok else None  # an integer: not true/false, not "2" (a string)
+        if type(label) is not int or not 0 <= label < len(rec["endings"]):
             raise UserError(
                 f"{path}:{n}: needs ctx (text), endings (a list of texts) and label (the right ending's index)."
             )

@@ -11,20 +11,24 @@ MRPC's sentences contain quote characters, so the TSV files are split on tabs wi
 """
 
 import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from minitrain import UserError, first_line
+from minitrain.data import sources
 
 MRPC_COLUMNS = 5
+INTEGER = re.compile(r"^-?[0-9]+$")  # ASCII digits only: str.isdigit and int() also take "²" and "١"
 
 
 def _read_mrpc_tsv(path: Path, labelled: bool | None = None):
     """Rows of an MRPC TSV file as (sentence1, sentence2, label or None, index)."""
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = sources.read_lines(path, "pairs")
     if not lines:
         raise UserError(f"{path} is empty.")
     header = lines[0].split("\t")
@@ -43,7 +47,7 @@ def _read_mrpc_tsv(path: Path, labelled: bool | None = None):
         if len(cols) != MRPC_COLUMNS:
             raise UserError(f"{path}:{n}: expected {MRPC_COLUMNS} tab-separated columns, found {len(cols)}.")
         first = cols[0].strip()
-        if not first.lstrip("-").isdigit():
+        if not INTEGER.match(first):
             what = "label" if labelled else "index"
             raise UserError(f"{path}:{n}: the {what} {first!r} is not an integer.")
         if labelled:
@@ -59,36 +63,39 @@ def _read_table(path: Path):
     """Rows of a CSV or JSONL file with sentence1, sentence2 and (optionally) label."""
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty.")
-    records = []
-    if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    records, is_json = [], path.suffix == ".jsonl"
+    text = sources.read_utf8(path, "pairs")  # the encoding checked once, with the line it fails on
+    if is_json:
+        for n, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     records.append((n, json.loads(line)))
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{n}: not a JSON object ({e.msg}).") from None
     else:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            for n, rec in enumerate(reader, start=2):
+        try:
+            for n, rec in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
                 if None in rec or None in rec.values():
                     raise UserError(f"{path}:{n}: the row has a different number of columns than the header.")
                 records.append((n, rec))
+        except csv.Error as e:  # a NUL byte, an unclosed quote at the end
+            raise UserError(f"{path}: not a CSV file ({e}).") from None
     rows = []
     for n, rec in records:
         if not isinstance(rec, dict) or "sentence1" not in rec or "sentence2" not in rec:
             raise UserError(f"{path}:{n}: needs the columns sentence1, sentence2 and label.")
         label = rec.get("label")
-        if label is not None and label != "":
-            try:
-                if isinstance(label, float) or not str(label).strip().lstrip("-").isdigit():
-                    raise ValueError
-                label = int(label)
-            except ValueError:
-                raise UserError(f"{path}:{n}: the label {label!r} is not an integer.") from None
-        else:
-            label = None
-        rows.append((str(rec["sentence1"]), str(rec["sentence2"]), label, len(rows)))
+        # JSON: an integer (not true, 1.0 or "1"); CSV: text of ASCII digits (int("١") is 1 in Python)
+        if is_json and label is not None and type(label) is not int:
+            raise UserError(f"{path}:{n}: the label {label!r} is not an integer.")
+        if not is_json and label is not None and label != "":
+            if not INTEGER.match(label.strip()):
+                raise UserError(f"{path}:{n}: the label {label!r} is not an integer.")
+            label = int(label)
+        label = None if label == "" else label
+        for key in ("sentence1", "sentence2"):
+            sources.check_text(rec[key], f"{path}:{n}", key)
+        rows.append((rec["sentence1"], rec["sentence2"], label, len(rows)))
     if not rows:
         raise UserError(f"{path} has no examples.")
     return rows

@@ -10,9 +10,10 @@ in flight, and results come back in order. Each document's ids, then the end-of-
 validation or the training ShardWriter, which writes a shard whenever its buffer of
 `--shard_tokens` ids is full. So memory is one shard plus a few batches, whatever the corpus.
 
-Everything is written into a hidden `.OUT.partial-PID` folder beside `--out` and renamed to `--out`
+Everything is written into a hidden `.OUT.partial-PID-XXXX` folder beside `--out` and renamed to `--out`
 at the end, with `meta.json` (counts, tokenizer, source, split rule) and `tokenizer.json`: a killed
-prepare leaves no folder that training would read, and a rerun starts afresh.
+prepare leaves no folder that training would read, and a rerun starts afresh (and removes the dead
+one's hidden folder). What may replace or delete a prepared folder is minitrain.data.prepared.
 
 train_gpt2.py goes through the same code for a text `--data`: the shards are then cached under
 `--cache_dir` (minitrain.data.cache). The command line is minitrain/tools/prepare.py.
@@ -22,12 +23,14 @@ only, never torch (a worker would pay ~1 s and ~300 MB for it); the tokenizer an
 helpers that need torch are imported inside the functions that use them.
 """
 
+import fcntl
 import itertools
 import json
 import multiprocessing
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -38,10 +41,10 @@ import numpy as np
 
 from minitrain import UserError
 from minitrain.atomic import atomic_write
-from minitrain.data import sources
+from minitrain.data import prepared, sources
+from minitrain.data.prepared import FORMAT, FORMAT_VERSION
 from minitrain.data.shards import ShardWriter, dtype_for
 
-FORMAT_VERSION = 1  # of the cached shards: a change of the rules makes new cache keys
 BATCH_CHARS = 512 << 10  # text per batch sent to a worker
 SMALL_SOURCE = 8 << 20  # a source smaller than this is tokenized in this process: workers would cost more
 
@@ -137,9 +140,13 @@ def prepare(
     progress: bool = False,
     prefix: str = "",
     piece_bytes: int = sources.PIECE_BYTES,
+    replacing: "prepared.Replacing | None" = None,
+    keep_existing: bool = False,
 ) -> dict:
-    """Tokenize a source into shards in `out` (which must not exist yet, or be empty); returns
-    meta.json's content. Documents are separated by the end-of-text id, as in GPT-2's training."""
+    """Tokenize a source into shards in `out` (which must not exist yet, or be empty, or be the
+    earlier prepare that `replacing` holds); returns meta.json's content. Documents are separated
+    by the end-of-text id, as in GPT-2's training. If another process publishes `out` first, this
+    one fails in one sentence, or, with `keep_existing` (a content-addressed cache), uses that."""
     from minitrain.data.tokenizer import EOT, eot_id
 
     out = Path(os.path.expanduser(str(out)))
@@ -152,8 +159,14 @@ def prepare(
     if total is not None and total < SMALL_SOURCE:
         num_proc = 1
     _remove_stale_partials(out)
-    work = out.parent / f".{out.name}.partial-{os.getpid()}"
-    work.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the pid tells a dead prepare's folder; the random tail keeps two prepares of one process apart
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    busy = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # held while this process writes: a later prepare knows the folder is not a dead one's
+        fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass
     val = ShardWriter(work, prefix, "val", shard_tokens, dtype)
     train = ShardWriter(work, prefix, "train", shard_tokens, dtype)
     try:
@@ -181,7 +194,7 @@ def prepare(
         train.flush()
         n_tokens = train.tokens + val.tokens
         meta = {
-            "format": "llm.c token shards (256 int32 header, then the ids)",
+            "format": FORMAT,
             "version": FORMAT_VERSION,
             "source": spec,
             "text_field": text_field,
@@ -202,12 +215,15 @@ def prepare(
             f.write(tokenizer.to_str())
         with atomic_write(work / "meta.json", "w") as f:
             json.dump(meta, f, indent=2)
-        _publish(work, out)
+        if not prepared.publish(work, out, replacing=replacing, keep_existing=keep_existing):
+            shutil.rmtree(work)  # another process wrote the same cache first: ours is not needed
     except BaseException:
         val.close()
         train.close()
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # this process's own hidden folder
         raise
+    finally:
+        os.close(busy)
     return meta
 
 
@@ -248,11 +264,36 @@ def _check_splits(spec: str, documents: dict, val_fraction: float, val_tokens: i
 
 
 def _remove_stale_partials(out: Path) -> None:
-    """The hidden folders of prepares that were killed (their process is gone)."""
+    """The hidden folders of prepares that were killed: named so by a prepare, no longer locked
+    by their writer (its flock went with its process; a pid check alone would misjudge a folder
+    another host writes on a shared file system), and holding only what a prepare writes."""
     for old in out.parent.glob(f".{out.name}.partial-*"):
-        pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
+        pid = old.name.removeprefix(f".{out.name}.partial-").split("-")[0]
+        if not (pid.isdigit() and old.is_dir()) or _alive(int(pid)):
+            continue
+        try:
+            fd = os.open(old, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            names = [p for p in old.iterdir()]
+            if all(p.is_file() and not p.is_symlink() and _written_by_prepare(p.name) for p in names):
+                prepared.remove_owned(old, names)
+        except OSError:  # still locked by a live writer, or not ours to judge
+            pass
+        finally:
+            os.close(fd)
+
+
+def _written_by_prepare(name: str) -> bool:
+    """The names a prepare gives files in its hidden folder: shards, their temporary files
+    (".NAME.bin.tmp"), meta.json and tokenizer.json and their atomic_write temporary files."""
+    if prepared.SHARD_NAME.match(name) or name in ("meta.json", prepared.TOKENIZER):
+        return True
+    return name.endswith(".tmp") and (
+        bool(prepared.SHARD_NAME.match(name[1:-4])) or name.startswith((".meta.json.", ".tokenizer.json."))
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -263,16 +304,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _publish(work: Path, out: Path) -> None:
-    """Rename the finished folder into place: atomic, so `out` is complete or absent."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if out.exists():  # another process finished the same work first (a shared cache)
-        shutil.rmtree(work)
-        return
-    os.rename(work, out)
 
 
 def bpe_sample(spec, text_field: str, val_fraction: float, val_tokens: int, sample_bytes: int):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,42 @@ def read_text_file(path: Path) -> str:
     except OSError as e:
         raise UserError(f"--data file {path} cannot be read ({e.strerror}).") from None
     return _decode(raw, path, 0)
+
+
+def read_utf8(path: Path, option: str = "--data") -> str:
+    """A small UTF-8 text file (a JSONL or CSV of examples, a TSV) whole, a byte-order mark
+    dropped, or one sentence naming the file and the line where it is not UTF-8 text."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{option} file {path} cannot be read ({e.strerror}).") from None
+    if b"\x00" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
+        raise UserError(f"{path}:{line} holds a NUL byte: it looks like a binary file, not text.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}:{line} is not UTF-8 text (bad byte at offset {e.start}).") from None
+
+
+def read_lines(path: Path, option: str = "--data") -> list[str]:
+    return read_utf8(path, option).splitlines()
+
+
+def check_text(value, where: str, field: str) -> str:
+    """A string read from JSON or parquet, refused when it is not a string or holds a lone surrogate
+    (JSON's "\\ud800" escape): the tokenizer cannot encode that, and would fail with a traceback."""
+    if not isinstance(value, str):
+        raise UserError(f"{where}: the {field!r} field is {type(value).__name__}, not a string.")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(
+                f"{where}: the {field!r} field holds a lone surrogate (\\ud800-\\udfff), not text."
+            ) from None
+    return value
 
 
 def _decode(raw: bytes, path: Path, offset: int) -> str:
@@ -301,9 +338,7 @@ def _records(path: Path, field: str) -> Iterator[str]:
     for where, record in rows(path):
         if field not in record:
             raise UserError(f"{where} has no {field!r} field (set --text_field to the text's field).")
-        text = record[field]
-        if not isinstance(text, str):
-            raise UserError(f"{where}: the {field!r} field is {type(text).__name__}, not a string.")
+        text = check_text(record[field], where, field)
         if text.strip():
             yield text
 
@@ -330,7 +365,7 @@ def rows(path: Path) -> Iterator[tuple[str, dict]]:
                 yield f"{path}:{n}", record
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({first_line(e)}).") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a .gz whose compressed data is damaged
         raise UserError(f"{path} cannot be read ({first_line(e)}).") from None
 
 
@@ -343,9 +378,16 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
         table = pq.ParquetFile(path)
     except Exception as e:
         raise UserError(f"{path} is not a readable parquet file ({first_line(e)}).") from None
-    n = 0
-    for batch in table.iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
+    n, batches = 0, table.iter_batches(batch_size=1024)
+    while True:
+        try:  # a damaged page or invalid UTF-8 in a string column is met only here
+            batch = next(batches, None)
+            records = batch.to_pylist() if batch is not None else []
+        except Exception as e:
+            raise UserError(f"{path} is damaged after row {n} ({first_line(e)}).") from None
+        if batch is None:
+            return
+        for record in records:
             n += 1
             yield f"{path}:row {n}", record
 

@@ -22,7 +22,7 @@ from tokenizers import (
     trainers,
 )
 
-from minitrain import UserError
+from minitrain import UserError, first_line
 from minitrain.atomic import atomic_write, digest, file_digest
 from minitrain.models import hub
 
@@ -32,9 +32,10 @@ EOT = "<|endoftext|>"  # GPT-2's end-of-text token, placed between documents
 def load_tokenizer(name_or_dir) -> Tokenizer:
     folder = hub.resolve_model_dir(name_or_dir, allow_patterns=list(hub.TOKENIZER_FILES) + ["config.json"])
     if (folder / "tokenizer.json").is_file():
-        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok = _read(folder / "tokenizer.json", lambda: Tokenizer.from_file(str(folder / "tokenizer.json")))
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+        files = str(folder / "vocab.json"), str(folder / "merges.txt")
+        tok = Tokenizer(_read(folder / "vocab.json", lambda: models.BPE.from_file(*files), "+ merges.txt"))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
     elif (folder / "vocab.txt").is_file():
@@ -46,12 +47,27 @@ def load_tokenizer(name_or_dir) -> Tokenizer:
     return tok
 
 
+def _read(path: Path, load, also: str = ""):
+    """`load()` of a tokenizer file, its failure (not JSON, not UTF-8, not a tokenizer: the
+    `tokenizers` library raises a bare Exception) as one sentence naming the file."""
+    try:
+        return load()
+    except Exception as e:
+        raise UserError(f"{path}{' ' + also if also else ''} is not a tokenizer file ({first_line(e)}).") from None
+
+
 def _wordpiece(folder: Path) -> Tokenizer:
-    settings = {}
-    if (folder / "tokenizer_config.json").is_file():
-        settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings, path = {}, folder / "tokenizer_config.json"
+    if path.is_file():
+        settings = _read(path, lambda: json.loads(path.read_bytes().decode("utf-8")))
+        kinds = {"do_lower_case": bool, "tokenize_chinese_chars": bool, "strip_accents": (bool, type(None))}
+        if not isinstance(settings, dict) or any(not isinstance(settings.get(k, False), t) for k, t in kinds.items()):
+            raise UserError(
+                f"{path} must be a JSON object whose do_lower_case and tokenize_chinese_chars are true or false."
+            )
     lower = settings.get("do_lower_case", True)
-    tok = Tokenizer(models.WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"))
+    vocab = folder / "vocab.txt"
+    tok = Tokenizer(_read(vocab, lambda: models.WordPiece.from_file(str(vocab), unk_token="[UNK]")))
     tok.normalizer = normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
@@ -98,9 +114,9 @@ def cached_bpe(texts, vocab_size: int, cache_dir, key: str = "") -> Tokenizer:
         return train_bpe(texts, vocab_size)
     path = Path(os.path.expanduser(str(cache_dir))) / f"bpe-{vocab_size}-{key}.json"
     digest_path = path.with_suffix(".blake2b")  # the checksum recorded when it was written
-    if path.is_file():
-        if digest_path.is_file() and digest_path.read_text().strip() == file_digest(path):
-            return Tokenizer.from_file(str(path))
+    if path.is_file():  # the sidecar read as bytes: a damaged one is a mismatch, not a traceback
+        if digest_path.is_file() and digest_path.read_bytes().strip() == file_digest(path).encode():
+            return _read(path, lambda: Tokenizer.from_file(str(path)))
         print(f"warning: the tokenizer cache {path} does not match its checksum; training again", flush=True)
     print(f"training a byte-level BPE with {vocab_size} tokens on the training text", flush=True)
     tok = train_bpe(texts, vocab_size, path)

@@ -44,12 +44,15 @@ class TokenSource(Protocol):
 
 
 class Tokens:
-    """Token ids in one or more shards (paths, or arrays in memory), read as blocks."""
+    """Token ids in one or more shards (paths, or arrays in memory), read as blocks. `holds`: the
+    locks that keep the shards' folders from being replaced while these are read (kept as long as
+    this object lives); `vocab_size` > 0: each shard's ids are checked to be below it when the
+    shard is first mapped (an id past the tokenizer would index past the embedding)."""
 
     OPEN = 2  # shards kept mapped: the current one and the one a global batch may run on into
 
-    def __init__(self, shards):
-        self.shards = list(shards)
+    def __init__(self, shards, *, holds=(), vocab_size: int = 0):
+        self.shards, self.holds, self.vocab_size, self._checked = list(shards), tuple(holds), vocab_size, set()
         arrays = [read_shard(s) if isinstance(s, (str, Path)) else s for s in self.shards]  # headers checked
         self.sizes = [len(a) for a in arrays]
         self.itemsize = max((a.dtype.itemsize for a in arrays), default=0)  # 2: uint16 ids, 4: uint32
@@ -76,6 +79,14 @@ class Tokens:
             return self.shards[s]
         if s not in self._mapped:
             self._mapped[s] = read_shard(self.shards[s])
+            if self.vocab_size and s not in self._checked and len(self._mapped[s]):
+                top = int(self._mapped[s].max())  # one pass over the shard, once per process
+                if top >= self.vocab_size:
+                    raise UserError(
+                        f"{self.shards[s]} holds token id {top}, but the tokenizer has {self.vocab_size} tokens: "
+                        f"the shards were made with another tokenizer; prepare them again or train with theirs."
+                    )
+                self._checked.add(s)
             while len(self._mapped) > self.OPEN:  # unmapping drops its pages from this process
                 self._mapped.popitem(last=False)
         self._mapped.move_to_end(s)

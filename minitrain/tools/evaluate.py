@@ -77,7 +77,11 @@ def score_lm(cfg: EvalConfig, world, dtype) -> dict:
     val_fraction = 0.0 if split == "all" else cfg.val_fraction
     with dist.main_first(world):  # rank 0 tokenizes a text source into cached shards
         train, val = corpus.open_splits(cfg.data, tokenizer, val_fraction, cfg.cache_dir, cfg.progress, None, T)
-    every = train if val is None else Tokens(val.shards + train.shards)
+    every = (
+        train
+        if val is None
+        else Tokens(val.shards + train.shards, holds=train.holds + val.holds, vocab_size=train.vocab_size)
+    )
     tokens = {"all": every, "train": train, "validation": val}[split]
     n_blocks = tokens.num_blocks(T)
     if cfg.max_blocks:
@@ -98,16 +102,15 @@ def score_lm(cfg: EvalConfig, world, dtype) -> dict:
 
 
 def score_hellaswag(cfg: EvalConfig, world, dtype) -> dict:
+    examples = read_hellaswag(cfg.data)  # a bad file is refused before the model is loaded
     model, tokenizer = load_model(cfg.model, "causal")
     model.to(world.device)
-    return hellaswag(model, tokenizer, read_hellaswag(cfg.data), cfg.batch_size, world, dtype, cfg.progress)
+    return hellaswag(model, tokenizer, examples, cfg.batch_size, world, dtype, cfg.progress)
 
 
 def score_mrpc(cfg: EvalConfig, world, dtype) -> dict:
     """Accuracy, F1 (and macro-F1) of a sentence-pair classifier on labelled pairs; predictions of
     any pairs (labelled or not) with --predictions."""
-    model, tokenizer = load_model(cfg.model, "classifier")
-    model.to(world.device)
     if cfg.data_dir:
         split = "validation" if cfg.split == "auto" else cfg.split
         if split == "all":
@@ -120,6 +123,8 @@ def score_mrpc(cfg: EvalConfig, world, dtype) -> dict:
         if not path.is_file():
             raise UserError(f"--data={cfg.data} is not a pairs file (TSV, CSV or JSONL); or pass --data_dir.")
         rows = pairs.read_pairs_file(path)
+    model, tokenizer = load_model(cfg.model, "classifier")  # after the pairs: a bad file is refused first
+    model.to(world.device)
     num_labels = model.config.num_labels
     found = sorted({r[2] for r in rows if r[2] is not None})
     if found and not 0 <= found[0] <= found[-1] < num_labels:

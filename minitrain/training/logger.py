@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from minitrain import UserError
+
 
 class Logger:
     """`with Logger(out_dir, ...) as log:` closes the progress bar and the files when the block ends."""
@@ -25,8 +27,8 @@ class Logger:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "metrics.jsonl"
         if initial and path.exists():
-            keep = [line for line in path.read_text().splitlines() if _step_of(line) <= initial]
-            path.write_text("".join(line + "\n" for line in keep))
+            keep = [row for row in read_rows(path) if row["step"] <= initial]
+            path.write_text("".join(json.dumps(_as_logged(row)) + "\n" for row in keep))
         self.jsonl = open(path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -94,10 +96,49 @@ class Logger:
             self.jsonl.close()
 
 
-def _step_of(line: str) -> float:
-    """The step of a metrics.jsonl line; a blank or torn line (a crash mid-write) counts as past
-    every step, so that a resume drops it."""
+def _as_logged(row: dict) -> dict:
+    """A row as Logger.log writes it: a value that is not finite as the string "nan", "inf", "-inf"."""
+    return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def read_rows(path) -> list[dict]:
+    """The rows of a metrics.jsonl, checked as Logger.log writes them: a JSON object per line with
+    an integer `step` (and `epoch`) and numbers (non-finite ones as "nan", "inf", "-inf") for the
+    rest. A blank line is skipped, and a torn last line (a crash mid-write) dropped; anything else
+    is refused in one sentence naming the file and line."""
+    path = Path(path)
     try:
-        return json.loads(line).get("step", 0)
-    except (json.JSONDecodeError, AttributeError):
-        return math.inf
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror}).") from None
+    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
+    rows = []
+    for n, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            if n == last:
+                break
+            raise UserError(f"{path}:{n + 1} is not UTF-8 text (bad byte at column {e.start + 1}).") from None
+        except ValueError:
+            if n == last:
+                break  # torn by a crash mid-write: the run resumes from before it
+            raise UserError(f"{path}:{n + 1} is not valid JSON, so not a line minitrain logged.") from None
+        rows.append(_checked_row(row, f"{path}:{n + 1}"))
+    return rows
+
+
+def _checked_row(row, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise UserError(f"{where} is not a JSON object, so not a line minitrain logged.")
+    for key in ("step", "epoch"):
+        if (key in row or key == "step") and (type(row.get(key)) is not int or row[key] < 0):
+            raise UserError(f"{where}: {key} is {row.get(key)!r}; minitrain logs it as a whole number, at least 0.")
+    for key, v in row.items():
+        if isinstance(v, str) and v in ("nan", "inf", "-inf"):
+            row[key] = float(v)  # how Logger.log writes a value that is not finite
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"{where}: {key} is {v!r}, not a number.")
+    return row

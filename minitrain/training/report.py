@@ -7,28 +7,22 @@ MRPC runs four (loss, accuracy and F1 per epoch, learning rate, gradient norm). 
 backend, no display needed.
 """
 
-import json
 import math
 import statistics
 from pathlib import Path
 
 from minitrain import UserError
 from minitrain.atomic import atomic_write
+from minitrain.training.logger import read_rows
 
 
 def read_metrics(run_dir) -> list[dict]:
+    """The checked rows of a run's metrics.jsonl (see logger.read_rows: one sentence with file and
+    line for anything Logger.log would not have written)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir} has no metrics.jsonl: it is not a minitrain run folder.")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a crashed run
-        if isinstance(row, dict) and "step" in row:
-            rows.append({k: (float(v) if v in ("nan", "inf", "-inf") else v) for k, v in row.items()})
-    return rows
+    return read_rows(path)
 
 
 def series(rows, key, x="step"):

@@ -88,9 +88,39 @@ def load(path, script: str | None = None) -> TrainState:
     if not isinstance(raw, dict) or "model" not in raw or ("step" not in raw and script is not None):
         raise UserError(f"{path} is not a minitrain checkpoint (it has no model and step).")
     state = _from_format_1(raw) if "format" not in raw else _from_dict(raw, path)
+    _check_types(state, path)
     if script is not None and state.script != script:
         raise UserError(f"{path} is a {state.script}.py checkpoint; {script}.py cannot resume from it.")
     return state
+
+
+# what each field of a loaded checkpoint must be (bool is an int in Python: refused where a count belongs)
+KINDS = {
+    "script": str,
+    "config": dict,
+    "step": int,
+    "epoch": int,
+    "pos": int,
+    "evals": list,
+    "best": (dict, type(None)),
+}
+KINDS |= {"epoch_loss_sum": (int, float), "epoch_steps": int, "model_config": (dict, type(None))}
+KINDS |= {"lora": (dict, type(None)), "data": (dict, type(None)), "model": dict, "optimizer": dict, "scaler": dict}
+
+
+def _check_types(state: TrainState, path) -> None:
+    """A checkpoint's fields with the types TrainState declares (a dict with `step: "5"` or a list
+    of weights would fail later with a traceback), every evaluation a dict and every weight a tensor."""
+    for name, kind in KINDS.items():
+        value = getattr(state, name)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
+            raise UserError(f"{path} is not a checkpoint this minitrain wrote: its {name} is {type(value).__name__}.")
+    if not all(isinstance(e, dict) for e in state.evals) or not isinstance(state.rng, list):
+        raise UserError(
+            f"{path} is not a checkpoint this minitrain wrote: its evaluations or rng are not lists of dicts."
+        )
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.model.items()):
+        raise UserError(f"{path} is not a checkpoint this minitrain wrote: its model holds something besides tensors.")
 
 
 def _from_dict(raw: dict, path) -> TrainState:
