@@ -36,10 +36,10 @@ from minitrain import UserError
 from minitrain.atomic import check_writable_folder
 from minitrain.cli import run_cli
 from minitrain.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, check
-from minitrain.data import sources
+from minitrain.data import corpus, sources
 from minitrain.data.corpus import open_splits, pick_tokenizer
 from minitrain.data.tokenizer import EOT, eot_id, save_for_transformers, token_bytes
-from minitrain.data.tokens import EpochOrder, accumulation_steps, fingerprint
+from minitrain.data.tokens import EpochOrder, accumulation_steps
 from minitrain.models import hub, lora
 from minitrain.models.gpt2 import GPT2, GPT2Config
 from minitrain.options import LoRAOptions, OptimOptions, RunOptions, SamplingOptions, SystemOptions
@@ -121,14 +121,19 @@ def main(cfg: Config) -> dict:
         # tokenized once, in parallel, and cached: rank 0 does it while the others wait)
         with dist.main_first(world):
             source = sources.resolve(cfg.data)  # what --data is, and its files: worked out once
-            val_source = sources.resolve(cfg.val_data) if cfg.val_data else None
+            val_source = sources.resolve(cfg.val_data, "--val_data") if cfg.val_data else None
             tokenizer = pick_tokenizer(
                 resume_path, cfg.init_from, cfg.tokenizer, source, cfg.vocab_size, cfg.val_fraction, cfg.cache_dir
             )
             train_tokens, val_tokens = open_splits(
                 source, tokenizer, cfg.val_fraction, cfg.cache_dir, cfg.progress, val_source, cfg.block_size
             )
-        dist.same_everywhere(world, "data", fingerprint(tokenizer.to_str(), len(train_tokens), len(val_tokens)))
+        # what the run reads, as the checkpoint records it: every rank must read the same, and a
+        # resume continues on the data it started with (or restarts its evaluations: --new_data)
+        data = corpus.identity(source, val_source, train_tokens, val_tokens, tokenizer)
+        dist.same_everywhere(world, "data", data["fingerprint"])
+        if state is not None:
+            rundir.check_same_data(state, data, resume_path, cfg.new_data, out_dir, world)
 
         # the model (with LoRA: frozen, adapters on the target layers; lora_info describes them)
         raw_model, lora_info = build_model(cfg, tokenizer, state)
@@ -165,7 +170,9 @@ def main(cfg: Config) -> dict:
         scaler = make_scaler(world.device, dtype)
         torch.manual_seed(cfg.seed + world.rank)  # dropout differs between ranks, as their data does
         if state is None:
-            state = TrainState("train_gpt2", asdict(cfg), model_config=asdict(raw_model.config), lora=lora_info)
+            state = TrainState(
+                "train_gpt2", asdict(cfg), model_config=asdict(raw_model.config), lora=lora_info, data=data
+            )
         else:  # optimizer moments, loss scale, every rank's random stream, data position
             restore_training(state, optimizer, scaler, world, cfg.seed)
             where = f"step {state.step} (epoch {state.epoch}, {state.pos} sequences into it)"
@@ -187,11 +194,11 @@ def main(cfg: Config) -> dict:
 
         # ------------------------------------------------------------------------------------------
         # the training loop
-        if resume_path is None:  # step 0: the loss before training
+        if not state.evals:  # the loss before training (step 0, or the first step on --new_data)
             val = {f"val_{k}": v for k, v in validate(raw_model, world, dtype).items()}
-            state.evals.append({"step": 0, **val})
-            log.log(0, **val)
-            log.write(f"step 0: val {validate.line(val)}")
+            state.evals.append({"step": state.step, **val})
+            log.log(state.step, **val)
+            log.write(f"step {state.step}: val {validate.line(val)}")
         first_val_loss, train_loss, stop_early = state.val_loss, float("nan"), False
         # what the next log line reports: the loss summed over its steps, and the tokens timed
         loss_acc, loss_steps, timed_tokens = torch.zeros((), device=world.device), 0, 0
@@ -331,7 +338,12 @@ def check_together(cfg: Config) -> None:
 def check_sizes(train_tokens, val_tokens, T: int, blocks_per_step: int) -> int:
     """The training split's number of blocks, once it is known to hold a global batch (and the
     validation split a block)."""
-    n_train_blocks = train_tokens.num_blocks(T)
+    n_train_blocks, unused = train_tokens.num_blocks(T), train_tokens.unused(T)
+    if n_train_blocks < blocks_per_step and unused > len(train_tokens) / 2:
+        raise UserError(
+            f"most training tokens lie in shard tails shorter than a block of {T} + 1 tokens (blocks do not cross "
+            f"a shard's end): prepare the data with a larger --shard_tokens, or lower --block_size."
+        )
     if n_train_blocks < blocks_per_step:
         raise UserError(
             f"the training split has {n_train_blocks} blocks of {T} tokens, fewer than "
@@ -339,6 +351,12 @@ def check_sizes(train_tokens, val_tokens, T: int, blocks_per_step: int) -> int:
         )
     if val_tokens.num_blocks(T) == 0:
         raise UserError(f"the validation split is shorter than one block of {T} tokens.")
+    if unused > 0.05 * len(train_tokens):
+        share = unused / len(train_tokens)
+        dist.print0(
+            f"warning: {share:.0%} of the training tokens are never trained: blocks do not cross a shard's end, "
+            f"and these shards are short (prepare with a larger --shard_tokens)"
+        )
     return n_train_blocks
 
 

@@ -28,7 +28,7 @@ from minitrain.cli import run_cli
 from minitrain.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check
 from minitrain.data import pairs
 from minitrain.data.tokenizer import load_tokenizer
-from minitrain.data.tokens import fingerprint, to_device
+from minitrain.data.tokens import to_device
 from minitrain.models import hub, lora
 from minitrain.models.bert import BertForSequenceClassification
 from minitrain.options import LoRAOptions, OptimOptions, RunOptions, Schedule, SystemOptions
@@ -96,7 +96,11 @@ def main(cfg: Config) -> dict:
         # data: sentence pairs, checked before the model is loaded
         splits = pairs.load_local(cfg.data_dir, cfg.val_fraction) if cfg.data_dir else pairs.load_hub_mrpc()
         num_labels = pairs.count_labels(splits)
-        dist.same_everywhere(world, "data", fingerprint(*(repr(rows) for rows in splits.values())))
+        # every rank must read the same pairs, and a resume continues on the pairs it started with
+        data = pairs.identity(cfg.data_dir or "GLUE MRPC (hub)", splits)
+        dist.same_everywhere(world, "data", data["fingerprint"])
+        if state is not None:
+            rundir.check_same_data(state, data, resume_path, cfg.new_data, out_dir, world)
 
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
         raw_model, tokenizer, lora_info = build_model(cfg, num_labels, state)
@@ -137,7 +141,7 @@ def main(cfg: Config) -> dict:
         scaler = make_scaler(world.device, dtype)
         torch.manual_seed(cfg.seed + world.rank)  # dropout differs between ranks
         if state is None:
-            state = TrainState("train_mrpc", asdict(cfg), lora=lora_info)
+            state = TrainState("train_mrpc", asdict(cfg), lora=lora_info, data=data)
         else:  # optimizer moments, loss scale, every rank's random stream, data position
             restore_training(state, optimizer, scaler, world, cfg.seed)
             where = f"step {state.step} (epoch {state.epoch + 1}, {state.pos} pairs into it)"

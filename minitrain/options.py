@@ -64,6 +64,7 @@ class RunOptions:
     min_delta: NonNegativeFloat = 0.0  # how much the validation metric must improve to count as an improvement
     keep_last: NonNegativeInt = 2  # keep the newest N step checkpoints (0: all; best.pt is kept as well)
     resume: str = ""  # a checkpoint file to continue from, or 'auto' for the newest in out_dir
+    new_data: bool = False  # resume on other data than the checkpoint's (a curriculum): evaluations and best restart
     overwrite: bool = False  # allow starting a new run in an out_dir that holds another run
 
 

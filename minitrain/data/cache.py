@@ -14,15 +14,18 @@ from minitrain.data.tokenizer import load_tokenizer
 from minitrain.data.tokens import Tokens, fingerprint
 
 
-def open_folder(folder, tokenizer=None, need_val: bool = True):
+def open_folder(folder, tokenizer=None, need_val: bool = True, whole: bool = False):
     """(train Tokens, validation Tokens or None) of a shard folder, checked: shards present and
     intact, and, when the folder records its tokenizer, the same vocabulary as `tokenizer`. The
     Tokens hold a shared lock on the folder while they live, so no prepare --overwrite replaces
-    it under a running job."""
+    it under a running job. With `whole`: (every shard of both splits, None), as --val_data reads
+    a folder."""
 
     folder = Path(os.path.expanduser(str(folder)))
     hold = prepared.Hold(folder)  # first: what is checked below is what will be read
     train, val = find_shards(folder)
+    if whole:
+        train, val = val + train, []
     if not train:
         raise UserError(f"{folder} has no training shards (*_train_*.bin).")
     if need_val and not val:

@@ -18,6 +18,7 @@ the batch (inputs with end-of-text, targets with -100, so padding never counts).
 means padding at the end changes nothing before it.
 """
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,17 @@ class Examples:
         x, y = self.rows(ids, T)
         return to_device(torch.from_numpy(x), device), to_device(torch.from_numpy(y), device)
 
+    def identity(self) -> list[str]:
+        """A checksum of every example's ids and prompt length."""
+        h = hashlib.blake2b(digest_size=16)
+        for s, n in zip(self.seqs, self.prompt_lens):
+            h.update(np.asarray(s, dtype=np.int64).tobytes())
+            h.update(n.to_bytes(8, "little"))
+        return [f"examples:{len(self.seqs)}:{h.hexdigest()}"]
+
+    def unused(self, T: int) -> int:
+        return 0  # an example is cut to the block, never split
+
     def sample_prompts(self, n: int) -> list[str]:
         return self.prompts[:n]  # the end-of-run samples continue the first validation prompts
 
@@ -190,6 +202,9 @@ def load(spec, tokenizer, eot: int, block_size: int, val_fraction: float, val_sp
         val_pairs, _ = read(val_spec, 0.0)
     else:
         train_pairs, val_pairs = read(spec, val_fraction)
+    empty = [p for p in train_pairs + val_pairs if not p[1].strip()]
+    if empty:
+        print(f"warning: {len(empty)} examples have an empty completion: they teach only the end of text", flush=True)
     train = tokenize(train_pairs, tokenizer, eot, block_size)
     val = tokenize(val_pairs, tokenizer, eot, block_size)
     for name, ex, n in (("training", train, len(train_pairs)), ("validation", val, len(val_pairs))):
@@ -207,8 +222,13 @@ def load(spec, tokenizer, eot: int, block_size: int, val_fraction: float, val_sp
         raise UserError(f"--data {str(spec)!r} has no training examples.")
     if val.seqs:
         return train, val
-    if val_fraction > 0 or val_spec:
-        raise UserError("no validation examples: raise --val_fraction or pass --val_data.")
+    if val_spec:
+        raise UserError(f"--val_data {str(val_spec)!r} has no examples.")
+    if val_fraction > 0:
+        raise UserError(
+            f"none of the {len(train_pairs)} examples of --data {str(spec)!r} fell into the validation split: "
+            f"raise --val_fraction, or pass --val_data."
+        )
     return train, None
 
 

@@ -9,7 +9,7 @@ from minitrain.data import completions, sources
 from minitrain.data.cache import cached, open_folder
 from minitrain.data.prepare import bpe_sample
 from minitrain.data.tokenizer import cached_bpe, eot_id, load_tokenizer
-from minitrain.data.tokens import Tokens, fingerprint
+from minitrain.data.tokens import fingerprint
 
 SAMPLE_BYTES = 100_000_000  # the most text a BPE is trained on
 
@@ -43,15 +43,30 @@ def open_splits(source, tokenizer, val_fraction, cache_dir, progress=True, val_s
     validation, which is None then)."""
     src = sources.resolve(source)
     val_src = sources.resolve(val_source) if val_source else None
+    shared = sources.overlap(src, val_src) if val_src else None
+    if shared:
+        raise UserError(
+            f"--val_data {val_src.spec!r} holds training data ({shared} is also in --data): a validation loss on "
+            f"training text hides overfitting; pass a held-out source, or leave --val_data empty to hold out "
+            f"--val_fraction of --data."
+        )
     if completions.is_completions(src):
         return completions.load(src, tokenizer, eot_id(tokenizer), block_size, val_fraction, val_src)
     if val_src and completions.is_completions(val_src):
         raise UserError(f"--val_data {val_src.spec!r} is prompt/completion data, but --data is text.")
     if val_src:  # all of --data trains; all of --val_data validates
         train, _ = open_splits(src, tokenizer, 0.0, cache_dir, progress)
-        val, held = open_splits(val_src, tokenizer, 0.0, cache_dir, progress)  # a shard folder: all of it
-        if held is None:
-            return train, val
-        return train, Tokens(held.shards + val.shards, holds=held.holds + val.holds, vocab_size=val.vocab_size)
+        if val_src.is_shards:  # a shard folder validates with all its shards, of either split
+            return train, open_folder(val_src.spec, tokenizer, need_val=False, whole=True)[0]
+        val, _ = open_splits(val_src, tokenizer, 0.0, cache_dir, progress)
+        return train, val
     folder = src.spec if src.is_shards else cached(src, tokenizer, val_fraction, cache_dir, progress=progress)
     return open_folder(folder, tokenizer, need_val=val_fraction > 0)
+
+
+def identity(source, val_source, train, val, tokenizer) -> dict:
+    """What a run trains and validates on, as a checkpoint records it: the sources as given, and a
+    fingerprint of the tokenizer and every shard (name, size, checksum) or example. Two runs with
+    the same fingerprint read the same token ids."""
+    parts = [tokenizer.to_str(), *train.identity(), "|", *(val.identity() if val is not None else [])]
+    return {"data": str(source), "val_data": str(val_source or ""), "fingerprint": fingerprint(parts)}

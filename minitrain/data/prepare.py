@@ -189,7 +189,7 @@ def prepare(
             bar.set_postfix(tokens=f"{train.tokens + val.tokens:,}")
         bar.close()
         seconds = time.perf_counter() - start
-        _check_splits(spec, documents, val_fraction, val_tokens)
+        _check_splits(src, documents, val_fraction, val_tokens)
         val.flush()
         train.flush()
         n_tokens = train.tokens + val.tokens
@@ -251,14 +251,14 @@ def _bar(total: int | None, progress: bool):
     )
 
 
-def _check_splits(spec: str, documents: dict, val_fraction: float, val_tokens: int) -> None:
+def _check_splits(src, documents: dict, val_fraction: float, val_tokens: int) -> None:
     if documents["train"] + documents["val"] == 0:
-        raise UserError(f"--data {spec!r} is empty: there is no text in it.")
+        raise UserError(f"{src.option} {src.spec!r} is empty: there is no text in it.")
     if documents["train"] == 0:
-        raise UserError(f"every document of {spec!r} went to validation: lower --val_tokens or --val_fraction.")
+        raise UserError(f"every document of {src.spec!r} went to validation: lower --val_tokens or --val_fraction.")
     if documents["val"] == 0 and (val_fraction > 0 or val_tokens > 0):
         raise UserError(
-            f"none of the {documents['train']} documents of {spec!r} fell into the validation split: "
+            f"none of the {documents['train']} documents of {src.spec!r} fell into the validation split: "
             f"raise --val_fraction, or set --val_tokens, or give a separate validation source."
         )
 

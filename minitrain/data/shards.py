@@ -76,8 +76,9 @@ def find_shards(folder) -> tuple[list[Path], list[Path]]:
 
 
 def is_shard_folder(spec: str) -> bool:
+    """A folder with llm.c token shards of either split (a folder of validation shards is one too)."""
     folder = Path(os.path.expanduser(spec))
-    return folder.is_dir() and any(folder.glob("*_train_*.bin"))
+    return folder.is_dir() and (any(folder.glob("*_train_*.bin")) or any(folder.glob("*_val_*.bin")))
 
 
 class ShardWriter:

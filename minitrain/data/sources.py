@@ -65,11 +65,11 @@ class Source:
     files (and which, each once, in path order), and its first record. The functions below take a
     spec or a Source; a caller that resolves once and passes the Source walks the folders once."""
 
-    def __init__(self, spec: str):
-        self.spec = spec
+    def __init__(self, spec: str, option: str = "--data"):
+        self.spec, self.option = spec, option  # option: which flag gave it, for messages (--data, --val_data)
         self.is_hf = spec.startswith("hf:")
         self.is_shards = not self.is_hf and is_shard_folder(spec)
-        self.files = [] if self.is_hf or self.is_shards else _find_files(spec)
+        self.files = [] if self.is_hf or self.is_shards else _find_files(spec, option)
         self._first = ()
 
     def __str__(self) -> str:
@@ -82,8 +82,8 @@ class Source:
         return self._first
 
 
-def resolve(spec: "str | Source") -> Source:
-    return spec if isinstance(spec, Source) else Source(spec)
+def resolve(spec: "str | Source", option: str = "--data") -> Source:
+    return spec if isinstance(spec, Source) else Source(spec, option)
 
 
 def files(spec: "str | Source") -> list[Path]:
@@ -91,7 +91,7 @@ def files(spec: "str | Source") -> list[Path]:
     return resolve(spec).files
 
 
-def _find_files(spec: str) -> list[Path]:
+def _find_files(spec: str, option: str) -> list[Path]:
     """The files of a source that is not hf:, each once, in path order."""
     if spec == DEFAULT_CORPUS:
         return shakespeare_files()
@@ -99,16 +99,16 @@ def _find_files(spec: str) -> list[Path]:
     if path.is_dir():
         found = _unique(p for p in path.rglob("*") if p.is_file() and _kind(p))
         if not found:
-            raise UserError(f"--data folder {spec} has no .txt, .jsonl, .jsonl.gz or .parquet files.")
+            raise UserError(f"{option} folder {spec} has no .txt, .jsonl, .jsonl.gz or .parquet files.")
         return found
     if path.is_file():
         return [path]  # a file of another name is read as text (and refused if it is binary)
     if any(c in spec for c in "*?["):
         found = _unique(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
         if not found:
-            raise UserError(f"--data pattern {spec!r} matches no files.")
+            raise UserError(f"{option} pattern {spec!r} matches no files.")
         return found
-    raise UserError(f"--data {spec!r} is not a file, a folder, a glob, 'shakespeare' or hf:NAME.")
+    raise UserError(f"{option} {spec!r} is not a file, a folder, a glob, 'shakespeare' or hf:NAME.")
 
 
 def _unique(paths) -> list[Path]:
@@ -442,6 +442,7 @@ def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int) -> I
             strings = [k for k, v in row.items() if isinstance(v, str)]
             if not strings:
                 raise UserError(f"{where} has no text column (--text_field={field!r}).")
+            print(f"{spec} has no {field!r} column: reading its first text column, {strings[0]!r} (--text_field)")
             field = strings[0]
         text = row[field]
         if not (isinstance(text, str) and text.strip()):
@@ -451,3 +452,14 @@ def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int) -> I
         index += not is_val
         for piece, end in _split_text(text, PIECE_BYTES):
             yield piece, split, end
+
+
+def overlap(a: "str | Source", b: "str | Source") -> str | None:
+    """A file (or the hub data set, or the shard folder) that two sources share, or None: a
+    validation source must not be (part of) the training source."""
+    a, b = resolve(a), resolve(b)
+    if a.is_hf or b.is_hf or a.is_shards or b.is_shards:
+        same = os.path.realpath(os.path.expanduser(a.spec)) == os.path.realpath(os.path.expanduser(b.spec))
+        return a.spec if (a.is_hf == b.is_hf and a.is_shards == b.is_shards and same) else None
+    mine = {os.path.realpath(f): f for f in a.files}
+    return next((str(mine[os.path.realpath(f)]) for f in b.files if os.path.realpath(f) in mine), None)

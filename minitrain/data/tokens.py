@@ -12,6 +12,7 @@
 """
 
 import hashlib
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,10 @@ class TokenSource(Protocol):
 
     def sample_prompts(self, n: int) -> list[str] | None: ...  # prompts for the end-of-run samples
 
+    def identity(self) -> list[str]: ...  # what identifies the content (a checkpoint records it)
+
+    def unused(self, T: int) -> int: ...  # token ids that are never a target (shard tails)
+
 
 class Tokens:
     """Token ids in one or more shards (paths, or arrays in memory), read as blocks. `holds`: the
@@ -67,6 +72,11 @@ class Tokens:
 
     def num_blocks(self, T: int) -> int:
         return int(self.blocks_per_shard(T).sum())
+
+    def unused(self, T: int) -> int:
+        """Token ids that are never a block's target: blocks do not cross a shard's end, so each
+        shard's tail shorter than a block is left out (and a shard of T ids or fewer entirely)."""
+        return sum(n - 1 - (n - 1) // T * T if n > 0 else 0 for n in self.sizes)
 
     def first_block(self, T: int) -> np.ndarray:
         """The global number of each shard's first block (blocks are numbered shard after shard)."""
@@ -117,12 +127,38 @@ class Tokens:
     def sample_prompts(self, n: int) -> None:
         return None  # text: the samples start from --prompt
 
+    def identity(self) -> list[str]:
+        """Each shard's folder, name and token count, and the checksum of its ids where the folder's
+        meta.json records one (a prepared folder): a shard added, removed, resized or rewritten
+        changes it. In-memory arrays are hashed."""
+        out, checksums = [], {}
+        for s, n in zip(self.shards, self.sizes):
+            if isinstance(s, np.ndarray):
+                out.append(
+                    f"array:{n}:{hashlib.blake2b(np.ascontiguousarray(s).tobytes(), digest_size=16).hexdigest()}"
+                )
+                continue
+            s = Path(s)
+            if s.parent not in checksums:
+                checksums[s.parent] = _recorded_checksums(s.parent)
+            out.append(f"{s.parent.name}/{s.name}:{n}:{checksums[s.parent].get(s.name, '')}")
+        return out
+
     def target_bytes(self, n_blocks: int, T: int, table: np.ndarray) -> int:
         """The bytes of text that the targets of the first n_blocks blocks stand for."""
         total = 0
         for a in range(0, n_blocks, 1024):
             total += int(table[self.rows(range(a, min(n_blocks, a + 1024)), T)[:, 1:]].sum())
         return total
+
+
+def _recorded_checksums(folder: Path) -> dict:
+    """{shard name: ids checksum} from a prepared folder's meta.json ({} without a readable one)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        return {s["file"]: s["ids_blake2b"] for split in ("train", "val") for s in meta[split]["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 class EpochOrder:

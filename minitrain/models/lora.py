@@ -68,6 +68,15 @@ def add(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: 
         raise UserError(
             f"--lora_targets={','.join(targets)} names no linear layer of the model (it has {', '.join(kinds)})."
         )
+    never = [name for name in chosen if name not in called_linears(model, chosen)]
+    if never:
+        reached = sorted({n.rsplit(".", 1)[-1] for n in called_linears(model, list(linears))})
+        kinds = sorted({n.rsplit(".", 1)[-1] for n in never})
+        raise UserError(
+            f"--lora_targets={','.join(targets)}: {', '.join(kinds)} is never called as a layer by the model's "
+            f"forward (an output layer tied to the token embedding is applied as a matrix), so its adapter would "
+            f"never get a gradient; choose among {', '.join(reached)}."
+        )
     smallest = min(min(linears[n].in_features, linears[n].out_features) for n in chosen)
     if rank > smallest:
         raise UserError(f"--lora_rank={rank} is larger than the smallest adapted dimension, {smallest}.")
@@ -94,6 +103,26 @@ def add(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: 
         "total": total,
         "base": base,
     }
+
+
+@torch.no_grad()
+def called_linears(model: nn.Module, names: list[str]) -> set[str]:
+    """Which of the named linear layers the model's forward calls as modules, found by one forward
+    pass of two token ids with a hook on each (a layer whose weight the forward only reads, as
+    GPT-2's tied output layer, is not called, so an adapter on it would never train)."""
+    called, hooks = set(), []
+    for name in names:
+        hooks.append(model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: called.add(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        model(torch.zeros((1, 2), dtype=torch.long, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return called
 
 
 def describe(info: dict) -> str:

@@ -4,6 +4,7 @@ torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for ever
 without them we are a single process and no process group is created.
 """
 
+import atexit
 import contextlib
 import os
 import signal
@@ -184,6 +185,11 @@ def broadcast_object(obj, world: Dist):
     return box[0]
 
 
+def _ignore_stop_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class StopFlag:
     """`with StopFlag() as stop:` SIGTERM / SIGINT ask the loop to stop after the current step
     (and save a checkpoint); the previous signal handlers are back when the block ends.
@@ -207,12 +213,18 @@ class StopFlag:
 
     def __exit__(self, *exc):
         if self._local:
-            return False  # stopping already: a second signal is noted and ignored until the clean exit
+            return False  # stopping already: a later signal is noted and ignored until the clean exit
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
 
     def _handler(self, signum, frame):
+        """The first SIGTERM/SIGINT asks for the clean stop; later ones are noted and ignored. The
+        interpreter's shutdown resets a Python-level handler to the default (kill), so a signal
+        arriving then would turn the clean stop into a kill: once a stop is asked for, the shutdown
+        starts by making the operating system ignore both signals."""
+        if not self._local:
+            atexit.register(_ignore_stop_signals)
         self._local = True
 
     def requested(self, world, sync: bool = True) -> bool:

@@ -85,6 +85,36 @@ def mark_best(path) -> None:
     os.replace(tmp, best)
 
 
+def check_same_data(state: TrainState, data: dict, resume_path, new_data: bool, out_dir: Path, world) -> None:
+    """A resumed run continues on the data it started with: a checkpoint records its data's identity
+    (TrainState.data), and another identity is refused in one sentence naming both, since the best
+    step and the export compare validation losses, which mean nothing across data sets. With
+    --new_data (a curriculum) the run goes on: its evaluations, best step and place in the epoch
+    restart, and best.pt (a step judged on the old data) is removed."""
+    old = state.data
+    if old is None or old["fingerprint"] == data["fingerprint"]:
+        state.data = data
+        return
+    if not new_data:
+
+        def what(d):
+            return f"--data={d['data']}" + (f" --val_data={d['val_data']}" if d["val_data"] else "")
+
+        same_name = what(old) == what(data)
+        raise UserError(
+            f"{resume_path} was trained on {what(old)}{' as it was then' if same_name else ''}, not on "
+            f"{what(data)}{' as it is now (its shards or tokenizer changed)' if same_name else ''}; resume with "
+            f"the checkpoint's data, or pass --new_data to continue on this data (evaluations and the best step "
+            f"restart)."
+        )
+    print(f"--new_data: continuing {resume_path} on {data['data']}; evaluations and the best step restart", flush=True)
+    state.data, state.evals, state.best, state.epoch, state.pos = data, [], None, 0, 0
+    state.epoch_loss_sum, state.epoch_steps = 0.0, 0
+    if world.is_main:
+        (Path(out_dir) / "best.pt").unlink(missing_ok=True)
+    barrier(world)
+
+
 def list_checkpoints(out_dir) -> list[Path]:
     """Complete checkpoints in `out_dir`, oldest first (never a crashed write's temp file)."""
     out = Path(out_dir)
