@@ -92,13 +92,13 @@ def check_same_data(state: TrainState, data: dict, resume_path, new_data: bool, 
     --new_data (a curriculum) the run goes on: its evaluations, best step and place in the epoch
     restart, and best.pt (a step judged on the old data) is removed."""
     old = state.data
-    if old is None or old["fingerprint"] == data["fingerprint"]:
+    if old is None or old.get("fingerprint") == data["fingerprint"]:
         state.data = data
         return
     if not new_data:
 
         def what(d):
-            return f"--data={d['data']}" + (f" --val_data={d['val_data']}" if d["val_data"] else "")
+            return f"--data={d.get('data')}" + (f" --val_data={d['val_data']}" if d.get("val_data") else "")
 
         same_name = what(old) == what(data)
         raise UserError(
