@@ -54,6 +54,7 @@ def _shrink(folder):
 def test_resume_on_other_data_is_refused_naming_both(texts, cache, tmp_path, capsys, change):
     shards = tmp_path / "shards"
     shutil.copytree(texts / "shards", shards)
+    (shards / "meta.json").unlink()  # an llm.c folder (no listing): the checkpoint's record is the only witness
     first = dict(data=str(texts / "a.txt"))
     then = dict(data=str(texts / "b.txt"))
     if change == "another --val_data":
@@ -74,6 +75,33 @@ def test_resume_on_other_data_is_refused_naming_both(texts, cache, tmp_path, cap
         assert str(texts / "a.txt") in line and str(texts / "b.txt") in line
     if change.startswith("a shard folder"):
         assert "as it was then" in line and "its shards or tokenizer changed" in line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("change", ["lost a shard", "gained a shard", "a shard changed size"])
+def test_a_prepared_folder_is_checked_against_its_meta_json(texts, cache, tmp_path, capsys, change):
+    shards = tmp_path / "shards"
+    shutil.copytree(texts / "shards", shards)
+    if change == "lost a shard":
+        _shrink(shards)
+    if change == "gained a shard":
+        _grow(shards)
+    if change == "a shard changed size":
+        last = sorted(shards.glob("*_train_*.bin"))[-1]
+        last.write_bytes(last.read_bytes()[:-2])  # one uint16 id fewer: the header is rewritten below
+        import numpy as np
+
+        header = np.frombuffer(last.read_bytes()[:1024], dtype="<i4").copy()
+        header[2] -= 1
+        last.write_bytes(header.tobytes() + last.read_bytes()[1024:])
+    before = snapshot(tmp_path)
+    line = cli_fails(tiny_argv(texts / "a.txt", tmp_path / "run", cache, data=str(shards)), capsys)
+    words = {
+        "lost a shard": "which its meta.json lists",
+        "gained a shard": "does not list",
+        "a shard changed size": "it changed",
+    }
+    assert words[change] in line, line
     assert snapshot(tmp_path) == before
 
 

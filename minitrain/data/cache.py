@@ -9,7 +9,7 @@ from minitrain import UserError
 from minitrain.data import prepared, sources
 from minitrain.data.prepare import cpu_count, prepare
 from minitrain.data.prepared import FORMAT_VERSION
-from minitrain.data.shards import find_shards, ids_digest
+from minitrain.data.shards import HEADER_BYTES, find_shards, ids_digest
 from minitrain.data.tokenizer import load_tokenizer
 from minitrain.data.tokens import Tokens, fingerprint
 
@@ -24,6 +24,8 @@ def open_folder(folder, tokenizer=None, need_val: bool = True, whole: bool = Fal
     folder = Path(os.path.expanduser(str(folder)))
     hold = prepared.Hold(folder)  # first: what is checked below is what will be read
     train, val = find_shards(folder)
+    if (folder / "meta.json").is_file():  # a prepared folder: exactly the shards it lists, each complete
+        check_listed(folder, prepared.read_meta(folder), train + val)
     if whole:
         train, val = val + train, []
     if not train:
@@ -45,6 +47,29 @@ def open_folder(folder, tokenizer=None, need_val: bool = True, whole: bool = Fal
         if t is not None and t.itemsize == 2 and limit > 2**16:
             raise UserError(f"{paths[0]} holds uint16 ids but the tokenizer has {limit} tokens.")
     return tokens
+
+
+def check_listed(folder: Path, meta: dict, found: list[Path]) -> None:
+    """A prepared folder holds exactly the shards its meta.json lists, each with the token count
+    written there: a shard lost or added since (a copy interrupted, a file moved in) would train on
+    another corpus than the one prepared, or on part of it, without a word."""
+    listed = {s["file"]: s["tokens"] for split in ("train", "val") for s in meta[split]["shards"]}
+    names = {p.name for p in found}
+    missing, extra = sorted(set(listed) - names), sorted(names - set(listed))
+    if missing:
+        raise UserError(
+            f"{folder} lacks {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}, which its "
+            f"meta.json lists: the folder is incomplete; copy it again, or prepare it again."
+        )
+    if extra:
+        raise UserError(
+            f"{folder} holds {extra[0]}{f' and {len(extra) - 1} more' if len(extra) > 1 else ''}, which its "
+            f"meta.json does not list: move unlisted shards out, or prepare the folder again."
+        )
+    for p in found:
+        n = (p.stat().st_size - HEADER_BYTES) // (2 if meta["dtype"] == "uint16" else 4)
+        if n != listed[p.name]:
+            raise UserError(f"{p} holds {n:,} tokens, but {folder}/meta.json says {listed[p.name]:,}: it changed.")
 
 
 def cached(spec, tokenizer, val_fraction: float, cache_dir, num_proc: int = 0, progress: bool = True) -> Path:
