@@ -65,6 +65,10 @@ class RunOptions:
     keep_last: NonNegativeInt = 2  # keep the newest N step checkpoints (0: all; best.pt is kept as well)
     resume: str = ""  # a checkpoint file to continue from, or 'auto' for the newest in out_dir
     overwrite: bool = False  # allow starting a new run in an out_dir that holds another run
+    report_to: str = "tensorboard"  # trackers that get every metric, comma-separated: tensorboard, wandb, mlflow, none
+    run_name: str = ""  # the run's name in W&B and MLflow (empty: out_dir's name)
+    project: str = "minitrain"  # the W&B project / MLflow experiment
+    log_model: bool = False  # also upload final/ (the exported model) to W&B / MLflow at the end of the run
 
 
 @dataclass
