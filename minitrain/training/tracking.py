@@ -100,12 +100,18 @@ def check_tracking_uri(uri: str) -> None:
         path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
         if path is None or not str(path):
             return  # sqlite:// (in memory): nothing to write
-        check_writable_folder(path.parent, "MLFLOW_TRACKING_URI")
+        _writable(path.parent, uri)
         if path.exists() and not os.access(path, os.W_OK):
             raise UserError(f"MLFLOW_TRACKING_URI={uri} cannot be written: {path} is read-only.")
-        return
-    if parsed.scheme in ("", "file"):
-        check_writable_folder(parsed.path if parsed.scheme else uri, "MLFLOW_TRACKING_URI")
+    elif parsed.scheme in ("", "file"):
+        _writable(Path(parsed.path if parsed.scheme else uri), uri)
+
+
+def _writable(folder: Path, uri: str) -> None:
+    try:
+        check_writable_folder(folder, "MLFLOW_TRACKING_URI")
+    except UserError as e:  # "MLFLOW_TRACKING_URI=FOLDER is a file, ..." -> said of the URI itself
+        raise UserError(f"MLFLOW_TRACKING_URI={uri} cannot be written: {str(e).split('=', 1)[1]}") from None
 
 
 def _reachable(host: str, port: int, timeout: float) -> bool:
@@ -274,6 +280,8 @@ class MLflow:
 
         self.out_dir = out_dir
         self.uri, default = tracking_uri(out_dir)
+        if self.uri.startswith("sqlite:///"):  # sqlite creates the file, not its folder
+            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         self.client = client = mlflow_client(self.uri)
         run = None
         if ids and ids.get("run_id"):
