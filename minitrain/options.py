@@ -55,7 +55,7 @@ class SystemOptions:
 
 @dataclass
 class RunOptions:
-    """logging, checkpoints, the run folder"""
+    """logging and experiment tracking, checkpoints, the run folder"""
 
     log_interval: PositiveInt = 10  # log the training loss every this many steps
     progress: bool = True  # show a progress bar

@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import train_mrpc
 from minitrain import UserError
 from minitrain.config import parse_args
 from minitrain.tools import sweep
 from minitrain.tools.sweep import SweepConfig
-from minitrain.training import tracking
+from minitrain.training import report, tracking
 from minitrain.training.logger import Logger
 from minitrain.training.rundir import list_checkpoints
 from minitrain.training.state import TrainState
 from tests.helpers import PY, ROOT, run_main, script_env, tiny_gpt2_args
+from tests.mrpc_data import make_pairs, write_glue
 
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
@@ -139,6 +141,7 @@ def test_mlflow_run_holds_every_metric_the_config_and_the_artifacts_and_a_resume
     readme = Path(client.download_artifacts(run_id, "final/README.md", str(out.parent / "dl")))
     assert readme.read_text() == (out / "final/README.md").read_text()
     assert (out / "tensorboard").is_dir()  # TensorBoard as before
+    assert len(report.write_report([out], out.parent / "again.png")) == 6  # minitrain.report reads local files
 
 
 def test_wandb_offline_run_holds_every_metric_and_a_resume_keeps_its_id(tracked):
@@ -284,3 +287,20 @@ def test_sweep_groups_its_runs(corpus, cache, tmp_path, monkeypatch):
         assert of_kind(part, "run")[0].run_group == "sweep"
     with pytest.raises(UserError, match="is a sweep option"):
         sweep.main(parse_args(SweepConfig, ["--lr", "1e-3", "--out_dir", str(tmp_path / "x"), "--", "--project=p"]))
+
+
+def test_mrpc_run_goes_to_the_default_mlflow_store_under_out_dir(minilm_dir, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    offline(monkeypatch, tmp_path)
+    data = write_glue(tmp_path / "glue", make_pairs(32, 0), make_pairs(8, 1), make_pairs(8, 2))
+    out = tmp_path / "mrpc"
+    cfg = dict(model=str(minilm_dir), data_dir=str(data), out_dir=str(out), batch_size=16, epochs=1, progress=False)
+    train_mrpc.main(train_mrpc.Config(**cfg, log_interval=1, report_to="mlflow", run_name="pairs", project="mrpc"))
+    assert not (out / "tensorboard").exists()  # --report_to names every tracker: TensorBoard was not asked for
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("mrpc").experiment_id])
+    assert run.info.run_name == "pairs" and run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
+    for key, series in histories(jsonl(out)).items():  # per-step losses, the epoch's row, the test scores
+        assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)) == sorted(series)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"report.png", "report.md"}
