@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlparse
 
 from minitrain import UserError, first_line
@@ -122,7 +123,18 @@ def _reachable(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-def start(out_dir, config: dict, ids: dict | None) -> tuple[list, dict]:
+class Tracker(Protocol):
+    """What the Logger calls; each call that raises drops the tracker (see `forward`)."""
+
+    name: str
+    ids: dict | None  # what a resumed run needs to continue the tracked run (None: nothing)
+
+    def log(self, step: int, scalars: dict) -> None: ...  # one metrics.jsonl row, at its step
+    def text(self, step: int, tag: str, text: str) -> None: ...  # a sample
+    def close(self, ok: bool, log_model: bool) -> None: ...  # end-of-run artifacts (when ok), then finish
+
+
+def start(out_dir, config: dict, ids: dict | None) -> tuple[list[Tracker], dict]:
     """The trackers --report_to names, started (a resumed run's `ids` continue its tracked runs),
     and the ids to keep in the training state. A tracker that cannot start is left out with one
     warning line."""
@@ -152,7 +164,7 @@ def start(out_dir, config: dict, ids: dict | None) -> tuple[list, dict]:
     return trackers, ids
 
 
-def forward(trackers: list, method: str, *args) -> None:
+def forward(trackers: list[Tracker], method: str, *args) -> None:
     """Call `method` on every tracker; one that fails (a server gone) is dropped with one warning
     line, and training goes on with the others and metrics.jsonl."""
     for tracker in list(trackers):
@@ -180,7 +192,7 @@ def end_files(out_dir: Path, log_model: bool) -> tuple[list[Path], Path | None]:
 
 
 # ----------------------------------------------------------------------------------------------
-# the trackers: log(step, scalars), text(step, tag, text), close(ok, log_model)
+# the trackers (see Tracker)
 
 
 class TensorBoard:
