@@ -118,6 +118,8 @@ def test_mlflow_run_holds_every_metric_the_config_and_the_artifacts_and_a_resume
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.info.artifact_uri.startswith((Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri())
+    assert not (ROOT / "mlruns").exists()  # not MLflow's default, ./mlruns in the working directory
     assert client.get_experiment(run.info.experiment_id).name == "minitrain"
     expected = histories(jsonl(out))
     assert {r["step"] for r in jsonl(out)} == set(range(7))

@@ -98,8 +98,8 @@ def check_tracking_uri(uri: str) -> None:
             raise UserError(f"MLFLOW_TRACKING_URI={uri} cannot be reached; start the server or unset it.")
         return
     if parsed.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-        if path is None or not str(path):
+        path = _sqlite_path(uri)
+        if path is None:
             return  # sqlite:// (in memory): nothing to write
         _writable(path.parent, uri)
         if path.exists() and not os.access(path, os.W_OK):
@@ -291,9 +291,9 @@ class MLflow:
         from mlflow.entities import Param
 
         self.out_dir = out_dir
-        self.uri, default = tracking_uri(out_dir)
-        if self.uri.startswith("sqlite:///"):  # sqlite creates the file, not its folder
-            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        self.uri = tracking_uri(out_dir)
+        if _sqlite_path(self.uri):  # sqlite creates the file, not its folder
+            _sqlite_path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         self.client = client = mlflow_client(self.uri)
         run = None
         if ids and ids.get("run_id"):
@@ -304,7 +304,7 @@ class MLflow:
         if run is None:
             parent = os.environ.get(PARENT_ENV)
             tags = {"mlflow.parentRunId": parent} if parent else None
-            run = client.create_run(experiment(client, project, out_dir, default), run_name=name, tags=tags)
+            run = client.create_run(experiment(client, project, self.uri), run_name=name, tags=tags)
             before = {}
         else:
             client.update_run(run.info.run_id, status="RUNNING")
@@ -342,12 +342,9 @@ class MLflow:
         print(f"MLflow: run {self.run_id} in {self.uri}", flush=True)
 
 
-def tracking_uri(out_dir) -> tuple[str, bool]:
-    """(MLflow's tracking URI, whether it is the default one under out_dir)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri, False
-    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}", True
+def tracking_uri(out_dir) -> str:
+    """MLflow's tracking URI: MLFLOW_TRACKING_URI, else sqlite:///OUT_DIR/mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
 
 
 def mlflow_client(uri: str):
@@ -358,13 +355,21 @@ def mlflow_client(uri: str):
     return MlflowClient(uri)
 
 
-def experiment(client, project: str, out_dir: Path, default: bool) -> str:
-    """The id of the MLflow experiment named --project, created when new (in the default store, with
-    its artifacts in OUT_DIR/mlartifacts)."""
+def experiment(client, project: str, uri: str) -> str:
+    """The id of the MLflow experiment named --project, created when new. In a local sqlite store
+    (the default one too) its artifacts go beside the database, in mlartifacts/: MLflow's own
+    default, ./mlruns, would be relative to wherever the command was started."""
     found = client.get_experiment_by_name(project)
     if found is not None:
         return found.experiment_id
-    return client.create_experiment(project, (out_dir.resolve() / "mlartifacts").as_uri() if default else None)
+    path = _sqlite_path(uri)
+    return client.create_experiment(project, (path.resolve().parent / "mlartifacts").as_uri() if path else None)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:///PATH URI (None for any other store, or sqlite in memory)."""
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+    return Path(path) if path else None
 
 
 def mlflow_parent(out_dir, name: str, project: str, config: dict) -> tuple[object, str, dict]:
@@ -374,8 +379,8 @@ def mlflow_parent(out_dir, name: str, project: str, config: dict) -> tuple[objec
     from mlflow.entities import Param
 
     out_dir = Path(out_dir)
-    uri, default = tracking_uri(out_dir)
+    uri = tracking_uri(out_dir)
     client = mlflow_client(uri)
-    run_id = client.create_run(experiment(client, project, out_dir, default), run_name=name).info.run_id
+    run_id = client.create_run(experiment(client, project, uri), run_name=name).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in config.items()])
     return client, run_id, {"MLFLOW_TRACKING_URI": uri, PARENT_ENV: run_id}
