@@ -7,7 +7,7 @@ STAMP := .venv/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-data.txt requirements-test.txt
+$(STAMP): requirements.txt requirements-data.txt requirements-test.txt requirements-tracking.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --no-warn-script-location --upgrade pip
 	$(PY) -m pip install -q --no-warn-script-location -r requirements.txt -r requirements-test.txt

@@ -43,7 +43,7 @@ from minitrain.data.tokens import EpochOrder, accumulation_steps
 from minitrain.models import hub, lora
 from minitrain.models.gpt2 import GPT2, GPT2Config
 from minitrain.options import LoRAOptions, OptimOptions, RunOptions, SamplingOptions, SystemOptions
-from minitrain.training import ddp, dist, report, rundir
+from minitrain.training import ddp, dist, report, rundir, tracking
 from minitrain.training.batchsize import auto_batch_size
 from minitrain.training.compile import compile_model
 from minitrain.training.evaluate import LMScores
@@ -101,6 +101,7 @@ OUTPUTS = (
 
 def main(cfg: Config) -> dict:
     check(cfg)  # each option against what its field declares
+    tracking.check(cfg.report_to, cfg.project)  # --report_to's packages and names, before any work
     check_together(cfg)  # options that depend on each other or on the file system, before any work
     with contextlib.ExitStack() as stack:
         # ------------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def main(cfg: Config) -> dict:
             save_for_transformers(tokenizer, out_dir, raw_model.config.n_positions)
         flops_token = flops_per_token(n_params, raw_model.config.n_layer, raw_model.config.n_embd, T)
         peak = peak_tflops(torch.cuda.get_device_name(world.device)) if world.device.type == "cuda" else None
-        log = stack.enter_context(Logger(out_dir, world.is_main, max_steps, state.step, cfg.progress))
+        log = stack.enter_context(Logger(out_dir, world.is_main, max_steps, state.step, cfg.progress, state=state))
         stop = stack.enter_context(dist.StopFlag())
 
         # ------------------------------------------------------------------------------------------

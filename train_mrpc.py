@@ -32,7 +32,7 @@ from minitrain.data.tokens import to_device
 from minitrain.models import hub, lora
 from minitrain.models.bert import BertForSequenceClassification
 from minitrain.options import LoRAOptions, OptimOptions, RunOptions, Schedule, SystemOptions
-from minitrain.training import ddp, dist, evaluate, report, rundir
+from minitrain.training import ddp, dist, evaluate, report, rundir, tracking
 from minitrain.training.compile import compile_model
 from minitrain.training.logger import Logger
 from minitrain.training.metrics import stopped_early
@@ -75,6 +75,7 @@ OUTPUTS = ("final", "test_predictions.tsv", "report.png", "report.md")  # what t
 
 def main(cfg: Config) -> dict:
     check(cfg)
+    tracking.check(cfg.report_to, cfg.project)  # --report_to's packages and names, before any work
     hub.check_local_model(cfg.model, "bert")
     with contextlib.ExitStack() as stack:
         # ------------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def main(cfg: Config) -> dict:
 
         # the run folder is ours now (a new run replaces what an earlier one left), and the logs
         rundir.start_run(out_dir, resume_path is None, OUTPUTS, world)
-        log = stack.enter_context(Logger(out_dir, world.is_main, total_steps, state.step, cfg.progress))
+        log = stack.enter_context(Logger(out_dir, world.is_main, total_steps, state.step, cfg.progress, state=state))
         stop = stack.enter_context(dist.StopFlag())
 
         # ------------------------------------------------------------------------------------------

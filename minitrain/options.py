@@ -55,7 +55,7 @@ class SystemOptions:
 
 @dataclass
 class RunOptions:
-    """logging, checkpoints, the run folder"""
+    """logging and experiment tracking, checkpoints, the run folder"""
 
     log_interval: PositiveInt = 10  # log the training loss every this many steps
     progress: bool = True  # show a progress bar
@@ -66,6 +66,10 @@ class RunOptions:
     resume: str = ""  # a checkpoint file to continue from, or 'auto' for the newest in out_dir
     new_data: bool = False  # resume on other data than the checkpoint's (a curriculum): evaluations and best restart
     overwrite: bool = False  # allow starting a new run in an out_dir that holds another run
+    report_to: str = "tensorboard"  # trackers that get every metric, comma-separated: tensorboard, wandb, mlflow, none
+    run_name: str = ""  # the run's name in W&B and MLflow (empty: out_dir's name)
+    project: str = "minitrain"  # the W&B project / MLflow experiment
+    log_model: bool = False  # also upload final/ (the exported model) to W&B / MLflow at the end of the run
 
 
 @dataclass

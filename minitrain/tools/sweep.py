@@ -7,20 +7,26 @@ validation loss against the learning rate.
 
 The runs use a constant learning rate (`--schedule=constant`, after the script's warmup), the
 practice of choosing the rate before the schedule. Options after `--` go to every run, except the
-ones the sweep sets for each run (--lr, --out_dir, --schedule, --max_steps, --overwrite),
-which are refused there: each row of the table must describe the run that produced
+ones the sweep sets for each run (--lr, --out_dir, --schedule, --max_steps, --overwrite, and the
+tracking options), which are refused there: each row of the table must describe the run that produced
 it (and a row whose folder holds a run of another learning rate says so). Each run writes to
 OUT_DIR/lr-VALUE (a repeated sweep needs --overwrite); then OUT_DIR/sweep.png (final validation
 loss against the learning rate, log x axis), sweep.md (the table) and report.png (every run's
 curves overlaid). A run that fails (a diverged rate stops with exit 2) is listed as failed and
 left out of the plot; the sweep goes on.
+
+--report_to, --project and --log_model go to every run. The sweep groups its runs under --run_name
+(default: OUT_DIR's name): a W&B group (WANDB_RUN_GROUP, unless set), and an MLflow parent run
+that holds sweep.png, sweep.md and sweep.json, with the runs as its children in one store (the
+sweep's OUT_DIR/mlflow.db unless MLFLOW_TRACKING_URI is set).
 """
 
 import json
 import math
+import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,12 +34,14 @@ from minitrain import UserError
 from minitrain.atomic import atomic_write
 from minitrain.cli import run_cli
 from minitrain.config import NonNegativeInt, PositiveInt, check
+from minitrain.training import tracking
 from minitrain.training.report import read_metrics, series, write_report
 from minitrain.training.rundir import latest
 from minitrain.training.state import load
 
 SCRIPTS = ("train_gpt2.py", "train_mrpc.py")
 SET_BY_SWEEP = ("lr", "out_dir", "schedule", "overwrite", "max_steps")  # refused after --
+TRACKING = ("report_to", "project", "run_name", "log_model")  # sweep options passed to every run: refused after --
 
 
 @dataclass
@@ -46,6 +54,10 @@ class SweepConfig:
     nproc: PositiveInt = 1  # processes per run (torchrun when > 1)
     out_dir: str = "out/sweep"  # each run writes OUT_DIR/lr-VALUE; the sweep's pictures and table go here
     overwrite: bool = False  # replace an earlier sweep's runs in out_dir
+    report_to: str = "tensorboard"  # trackers of every run, comma-separated: tensorboard, wandb, mlflow, none
+    run_name: str = ""  # the sweep's W&B group / MLflow parent run (empty: out_dir's name); runs are named lr-VALUE
+    project: str = "minitrain"  # the W&B project / MLflow experiment
+    log_model: bool = False  # each run also uploads final/ (its exported model)
     script_args: list[str] = field(default_factory=list, metadata={"after_dashes": True})  # options for every run
 
 
@@ -71,6 +83,8 @@ def check_script_args(args: list[str]) -> None:
                 f"{arg} after -- would override what the sweep sets for each run ({', '.join(SET_BY_SWEEP)}); "
                 f"give it as a sweep option instead (--lr A,B,C, --max_steps N, --out_dir D, --overwrite)."
             )
+        if name in TRACKING:  # each run is named by its folder, in the sweep's group
+            raise UserError(f"{arg} after -- is a sweep option: give it before -- (--{name}=...), for every run.")
 
 
 def command(cfg: SweepConfig, lr: float, out_dir: Path) -> list[str]:
@@ -80,6 +94,7 @@ def command(cfg: SweepConfig, lr: float, out_dir: Path) -> list[str]:
     else:
         launcher = [sys.executable]
     args = [f"--lr={lr}", f"--out_dir={out_dir}", "--schedule=constant", f"--overwrite={cfg.overwrite}"]
+    args += [f"--report_to={cfg.report_to}", f"--project={cfg.project}", f"--log_model={cfg.log_model}"]
     args.append("--progress=false")
     if cfg.max_steps:
         args.append(f"--max_steps={cfg.max_steps}")
@@ -95,6 +110,7 @@ def ran_with(run_dir: Path, lr: float) -> bool:
 
 def main(cfg: SweepConfig) -> list[dict]:
     check(cfg)
+    trackers = tracking.check(cfg.report_to, cfg.project)
     lrs = learning_rates(cfg.lr)
     check_script_args(cfg.script_args)
     out = Path(cfg.out_dir)
@@ -103,11 +119,19 @@ def main(cfg: SweepConfig) -> list[dict]:
         raise UserError(
             f"{used[0]} already holds a run; pick another --out_dir, or pass --overwrite to replace the sweep."
         )
+    # the runs' group: W&B's WANDB_RUN_GROUP, and an MLflow parent run in a store shared with them
+    group, env, parent = cfg.run_name or out.resolve().name, dict(os.environ), None
+    if "wandb" in trackers:
+        env.setdefault("WANDB_RUN_GROUP", group)
+    if "mlflow" in trackers:
+        out.mkdir(parents=True, exist_ok=True)
+        client, parent, extra = tracking.mlflow_parent(out, group, cfg.project, asdict(cfg))
+        env |= extra
     results = []
     for lr in lrs:
         run_dir = out / f"lr-{lr:g}"
         print(f"--- sweep: lr {lr:g} -> {run_dir}", flush=True)
-        proc = subprocess.run(command(cfg, lr, run_dir), stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(command(cfg, lr, run_dir), stderr=subprocess.PIPE, text=True, env=env)
         sys.stderr.write(proc.stderr)
         row = {"lr": lr, "run": str(run_dir), "exit": proc.returncode}
         if proc.returncode == 0 and not ran_with(run_dir, lr):
@@ -142,6 +166,12 @@ def main(cfg: SweepConfig) -> list[dict]:
     if done:
         best = min(done, key=lambda r: r["val_loss"])
         print(f"lowest final validation loss: {best['val_loss']:.4f} at lr {best['lr']:g}; see {out / 'sweep.png'}")
+    if parent is not None:  # the sweep's own files on the parent run
+        for name in ("sweep.png", "sweep.md", "sweep.json"):
+            if (out / name).is_file():
+                client.log_artifact(parent, str(out / name))
+        client.set_terminated(parent)
+        print(f"MLflow: the sweep's runs are children of run {parent} in {env['MLFLOW_TRACKING_URI']}")
     return results
 
 

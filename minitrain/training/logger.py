@@ -1,4 +1,5 @@
-"""What a run reports: a progress bar, TensorBoard scalars and text, and metrics.jsonl.
+"""What a run reports: a progress bar, metrics.jsonl, and the trackers --report_to names
+(TensorBoard by default, W&B, MLflow: see tracking.py), which get every row metrics.jsonl gets.
 
 Everything is written by rank 0 only; the other ranks get a logger that does nothing.
 """
@@ -9,18 +10,24 @@ import sys
 from pathlib import Path
 
 from minitrain import UserError
+from minitrain.training import tracking
 
 
 class Logger:
     """`with Logger(out_dir, ...) as log:` closes the progress bar and the files when the block ends."""
 
-    FILES = ("metrics.jsonl", "tensorboard")  # what it writes into out_dir
+    FILES = ("metrics.jsonl", *tracking.FILES)  # what it writes into out_dir
 
-    def __init__(self, out_dir, enabled=True, total=None, initial=0, progress=True, desc="train"):
+    def __init__(self, out_dir, enabled=True, total=None, initial=0, progress=True, desc="train", state=None):
         """`initial`: the step a resumed run starts from. Lines a crashed run logged after it are
-        dropped, so metrics.jsonl holds each step once."""
+        dropped, so metrics.jsonl holds each step once. `state`: the run's TrainState, whose config
+        names the trackers (--report_to, --run_name, --project, --log_model) and is logged as their
+        hyper-parameters; its `tracking` ids continue a resumed run's tracked runs, and are set for
+        the next checkpoint. Without it: TensorBoard only."""
         self.enabled = enabled
-        self.writer = self.bar = self.jsonl = None
+        self.bar = self.jsonl = None
+        self.trackers, self.out_dir = [], Path(out_dir)
+        self.log_model = bool(state and state.config.get("log_model"))
         if not enabled:
             return
         out_dir = Path(out_dir)
@@ -30,12 +37,9 @@ class Logger:
             keep = [row for row in read_rows(path) if row["step"] <= initial]
             path.write_text("".join(json.dumps(_as_logged(row)) + "\n" for row in keep))
         self.jsonl = open(path, "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-        except ImportError:  # tensorboard is in requirements.txt; tolerate its absence anyway
-            print("tensorboard is not installed: no TensorBoard logs", file=sys.stderr)
+        self.trackers, ids = tracking.start(out_dir, state.config if state else {}, state.tracking if state else None)
+        if state is not None:
+            state.tracking = ids or None
         if progress:
             from tqdm import tqdm
 
@@ -49,21 +53,20 @@ class Logger:
             )
 
     def log(self, step: int, **scalars) -> None:
-        """One metrics.jsonl line and one TensorBoard scalar per value."""
+        """One metrics.jsonl line; each tracker gets its numbers at the same step."""
         if not self.enabled:
             return
-        row = {"step": step}
+        row, values = {"step": step}, {}
         for k, v in scalars.items():
-            v = float(v) if not isinstance(v, (int, str)) else v
+            values[k] = v = float(v) if not isinstance(v, (int, str)) else v
             row[k] = v if not (isinstance(v, float) and not math.isfinite(v)) else str(v)
-            if self.writer is not None and isinstance(v, (int, float)):
-                self.writer.add_scalar(k, v, step)
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
+        tracking.forward(self.trackers, "log", step, values)
 
     def text(self, step: int, tag: str, text: str) -> None:
-        if self.enabled and self.writer is not None:
-            self.writer.add_text(tag, text, step)
+        if self.enabled:
+            tracking.forward(self.trackers, "text", step, tag, text)
 
     def progress(self, n=1, **postfix) -> None:
         if self.bar is not None:
@@ -83,17 +86,21 @@ class Logger:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(ok=exc_type is None)
         return False
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """Close the progress bar and the files; the trackers upload the end-of-run files (report,
+        final/README.md; final/ with --log_model) after a run that ended well, and finish."""
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+            self.bar = None
+        tracking.forward(self.trackers, "close", ok, self.log_model)
+        self.trackers = []
         if self.jsonl is not None:
             self.jsonl.close()
+            self.jsonl = None
 
 
 def _as_logged(row: dict) -> dict:

@@ -41,6 +41,7 @@ class TrainState:
     model_config: dict | None = None  # the architecture, when the script builds its model from it (GPT-2)
     lora: dict | None = None  # the adapters' rank, alpha, targets and the frozen base's checksum
     data: dict | None = None  # the identity of the data the run trains on
+    tracking: dict | None = None  # the tracked runs' ids (W&B, MLflow), so that a resumed run continues them
     model: dict = field(default_factory=dict)  # the weights (with LoRA: the trainable tensors only)
     optimizer: dict = field(default_factory=dict)  # AdamW's state_dict
     scaler: dict = field(default_factory=dict)  # GradScaler's state_dict
