@@ -37,7 +37,7 @@ from minitrain.training.compile import compile_model
 from minitrain.training.logger import Logger
 from minitrain.training.metrics import stopped_early
 from minitrain.training.optim import lr_at, make_optimizer, report_skipped, step_unless
-from minitrain.training.precision import allow_tf32, autocast, make_scaler, resolve_dtype
+from minitrain.training.precision import allow_tf32, autocast, choose_dtype, make_scaler
 from minitrain.training.state import TrainState, restore_training
 
 
@@ -82,7 +82,8 @@ def main(cfg: Config) -> dict:
         # setup: processes, device, precision, the run folder (locked: one run at a time)
         world = stack.enter_context(dist.process_group(cfg.device))
         out_dir = stack.enter_context(rundir.locked(cfg.out_dir, world))
-        dtype = resolve_dtype(cfg.dtype, world.device)
+        dtype, why = choose_dtype(cfg.dtype, world.device)
+        dist.print0(f"precision: {str(dtype).removeprefix('torch.')} ({why})")
         allow_tf32(world.device)  # on CUDA: TF32 matmuls, ~8x fp32 on Ampere and later
         # a checkpoint to continue from, or None for a new run; every rank must have the same options
         resume_path, state = rundir.open_run(out_dir, cfg.resume, cfg.overwrite, world, "train_mrpc")

@@ -46,7 +46,7 @@ class SystemOptions:
     """system"""
 
     device: str = "auto"  # auto, cpu or cuda
-    dtype: DtypeName = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    dtype: DtypeName = "auto"  # auto: bf16 where the hardware computes it (GPU, CPU with AVX-512 BF16/AMX), else fp32
     compile: bool | None = None  # torch.compile: true, false, or auto (on for CUDA, off for CPU)
     compile_scope: Literal["blocks", "model"] = "blocks"  # compile each block apart (regional) or the whole model
     ddp: DDPKind = "minitrain"  # data parallelism under torchrun: minitrain (hand-written) or torch

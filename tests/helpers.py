@@ -42,6 +42,7 @@ def tiny_gpt2_args(corpus, out_dir, cache_dir, **kw) -> dict:
         num_samples=0,
         progress=False,
         lr=3e-3,
+        dtype="fp32",  # equivalence tests compare bit for bit: no autocast, whatever the CPU has
     )
     args.update(kw)
     return args

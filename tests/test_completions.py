@@ -114,7 +114,9 @@ def test_text_val_data_is_scored_as_evaluate_scores_that_file(sft_model, corpus,
     held_out.write_text(corpus.read_text()[60000:66000])
     kw = dict(init_from=str(sft_model), data=str(corpus), val_data=str(held_out), block_size=32, eval_batches=0)
     run_main(corpus, tmp_path / "run", cache, max_steps=1, **kw)
-    cfg = evaluate.EvalConfig(model=str(sft_model), data=str(held_out), block_size=32, cache_dir=str(cache))
+    cfg = evaluate.EvalConfig(
+        dtype="fp32", model=str(sft_model), data=str(held_out), block_size=32, cache_dir=str(cache)
+    )
     cfg.progress = False
     assert abs(metrics(tmp_path / "run", "val_loss")[0] - evaluate.main(cfg)["loss"]) <= 1e-6
 

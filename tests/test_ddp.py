@@ -211,7 +211,7 @@ def test_evaluate_on_two_ranks_equals_one(corpus, cache, tmp_path):
         out = tmp_path / f"scores{nproc}.json"
         launcher = [PY] if nproc == 1 else [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         args = [f"--model={tmp_path / 'run/final'}", f"--data={corpus}", "--block_size=32", f"--cache_dir={cache}"]
-        cmd = launcher + ["-m", "minitrain.evaluate", *args, "--progress=false", f"--out={out}"]
+        cmd = launcher + ["-m", "minitrain.evaluate", *args, "--progress=false", "--dtype=fp32", f"--out={out}"]
         proc = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[nproc] = json.loads(out.read_text())

@@ -79,7 +79,7 @@ def test_lm_on_an_exported_model_equals_transformers(corpus, cache, tmp_path, sf
     text = tmp_path / "held_out.txt"
     text.write_text(corpus.read_text()[50000:56000])
     cfg = evaluate_tool.EvalConfig(
-        model=str(folder), data=str(text), block_size=16, cache_dir=str(cache), progress=False
+        dtype="fp32", model=str(folder), data=str(text), block_size=16, cache_dir=str(cache), progress=False
     )
     got = evaluate_tool.main(cfg)
     # transformers on the same folder: the tokens of the text and an end-of-text, blocks of 16 + 1
@@ -104,7 +104,13 @@ def test_lm_on_a_runs_validation_text_reproduces_its_final_val_loss(corpus, cach
     val_loss, val_bpb = metrics(out, "val_loss")[6], metrics(out, "val_bpb")[6]
     for model in (out / "final", out / "ckpt-0000006.pt"):
         cfg = evaluate_tool.EvalConfig(
-            model=str(model), data=str(corpus), split="validation", block_size=32, cache_dir=str(cache), progress=False
+            dtype="fp32",
+            model=str(model),
+            data=str(corpus),
+            split="validation",
+            block_size=32,
+            cache_dir=str(cache),
+            progress=False,
         )
         got = evaluate_tool.main(cfg)
         assert abs(got["loss"] - val_loss) <= 1e-6 and abs(got["bits_per_byte"] - val_bpb) <= 1e-6, (got, val_loss)
@@ -127,7 +133,9 @@ def test_hellaswag_scores_equal_a_hand_computation(corpus, tmp_path, sft_model):
         )
     )
     got = evaluate_tool.main(
-        evaluate_tool.EvalConfig(task="hellaswag", model=str(folder), data=str(path), batch_size=2, progress=False)
+        evaluate_tool.EvalConfig(
+            dtype="fp32", task="hellaswag", model=str(folder), data=str(path), batch_size=2, progress=False
+        )
     )
     model = GPT2.from_pretrained(folder).eval()
     correct = correct_norm = 0

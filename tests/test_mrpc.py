@@ -24,6 +24,7 @@ def args(model, data_dir, out_dir, **kw):
         epochs=2,
         progress=False,
         log_interval=1,
+        dtype="fp32",  # resume and equivalence compare exact losses: no autocast, whatever the CPU has
     )
     a.update(kw)
     return train_mrpc.Config(**a)
@@ -154,7 +155,9 @@ def test_metric_patience_and_evaluate_cli_on_the_export(minilm_dir, tmp_path):
     assert [r["epoch"] for r in result["history"]] == [1, 2] and result["stopped_early"]
     assert result["best"] == min(result["history"], key=lambda r: r["val_loss"])
     for model in ("final", "best.pt"):
-        cfg = evaluate.EvalConfig(task="mrpc", model=str(tmp_path / "run" / model), data_dir=str(data), split="test")
+        cfg = evaluate.EvalConfig(
+            dtype="fp32", task="mrpc", model=str(tmp_path / "run" / model), data_dir=str(data), split="test"
+        )
         got = evaluate.main(cfg)
         assert got["pairs"] == len(TEST)
         assert got["accuracy"] == result["test"]["accuracy"] and got["f1"] == result["test"]["f1"], (got, result)

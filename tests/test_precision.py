@@ -4,13 +4,25 @@ import pytest
 import torch
 
 from minitrain import UserError
-from minitrain.training.precision import autocast, make_scaler, resolve_dtype
+from minitrain.training.precision import autocast, choose_dtype, make_scaler, resolve_dtype
 
 CPU = torch.device("cpu")
 
 
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected",
+    [(False, False, torch.float32), (True, False, torch.bfloat16), (False, True, torch.bfloat16)],
+)
+def test_auto_is_bf16_exactly_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    """The capability faked both ways: auto follows torch's probes, whatever this machine has."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    dtype, why = choose_dtype("auto", CPU)
+    assert dtype == expected and ("natively" in why) == (expected == torch.bfloat16)
+    assert choose_dtype("fp32", CPU) == (torch.float32, "--dtype fp32")  # an explicit choice is kept
+
+
 def test_dtype_names_and_the_scaler():
-    assert resolve_dtype("auto", CPU) == torch.float32  # no GPU: full precision
     assert resolve_dtype("bf16", CPU) == torch.bfloat16
     assert make_scaler(CPU, torch.float16).is_enabled()
     assert not make_scaler(CPU, torch.bfloat16).is_enabled()
