@@ -136,9 +136,7 @@ def test_kv_cache_generation_equals_recomputation_and_transformers(pair):
     cached = ours.generate(prompt, 6, temperature=0)
     full = ours.generate(prompt, 6, temperature=0, use_cache=False)
     ref.generation_config.eos_token_id = None  # exactly 6 new tokens, as ours here
-    hf = ref.generate(
-        prompt, max_new_tokens=6, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt)
-    )
+    hf = ref.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
     assert torch.equal(cached, full)
     assert torch.equal(cached, hf)
 
@@ -241,8 +239,9 @@ def test_activation_checkpointing_and_compiled_blocks_give_the_same_gradients():
     import copy
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32)  # fmt: skip
+    shape = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32)
+    shape["num_hidden_layers"] = 2
+    cfg = LlamaConfig(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=48, **shape)
     a = Llama(cfg)
     b, c = copy.deepcopy(a), copy.deepcopy(a)
     b.activation_checkpointing = True
@@ -260,8 +259,8 @@ def test_activation_checkpointing_and_compiled_blocks_give_the_same_gradients():
 
 def test_loss_equals_the_logits_path_and_sum_reduction():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False)  # fmt: skip
+    shape = dict(num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, **shape)
     model = Llama(cfg)
     x, y = _ids(64, T=10), _ids(64, T=10, seed=2)
     y[0, :4] = -100
