@@ -161,7 +161,9 @@ def tokenize(pairs: list, tokenizer, eot: int, block_size: int) -> Examples:
     token left are dropped."""
     prompts = [p for p, _ in pairs]
     p_ids = [e.ids for e in tokenizer.encode_batch(prompts)] if pairs else []
-    c_ids = [e.ids for e in tokenizer.encode_batch([c for _, c in pairs])] if pairs else []
+    # the completion continues the prompt: the ids a tokenizer starts a text with (Llama 3's
+    # <|begin_of_text|>) go before the prompt only
+    c_ids = [e.ids for e in tokenizer.encode_batch([c for _, c in pairs], add_special_tokens=False)] if pairs else []
     seqs, lens, kept, dropped = [], [], [], 0
     for prompt, p, c in zip(prompts, p_ids, c_ids):
         s = (p + c + [eot])[: block_size + 1]
