@@ -186,8 +186,8 @@ def check_model_type(config: dict, model_dir, expected: str | tuple[str, ...]) -
     expected = (expected,) if isinstance(expected, str) else tuple(expected)
     got = config.get("model_type")
     if got not in expected:
-        names = " or ".join(expected)
-        raise UserError(f"{model_dir} holds a {got!r} model, not {names}; pass a {names} checkpoint.")
+        quoted, names = " or ".join(map(repr, expected)), " or ".join(expected)
+        raise UserError(f"{model_dir} holds a {got!r} model, not {quoted}; pass a {names} checkpoint.")
 
 
 def load_state_dict(model_dir) -> dict[str, torch.Tensor]:
