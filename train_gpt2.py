@@ -38,10 +38,11 @@ from minitrain.cli import run_cli
 from minitrain.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, check
 from minitrain.data import corpus, sources
 from minitrain.data.corpus import open_splits, pick_tokenizer
-from minitrain.data.tokenizer import EOT, eot_id, save_for_transformers, token_bytes
+from minitrain.data.tokenizer import eot_id, save_for_transformers, token_bytes
 from minitrain.data.tokens import EpochOrder, accumulation_steps
-from minitrain.models import hub, lora
+from minitrain.models import hub, lora, registry
 from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.models.llama import Llama, LlamaConfig
 from minitrain.options import LoRAOptions, OptimOptions, RunOptions, SamplingOptions, SystemOptions
 from minitrain.training import ddp, dist, report, rundir, tracking
 from minitrain.training.batchsize import auto_batch_size
@@ -65,11 +66,13 @@ class Config(LoRAOptions, OptimOptions, SystemOptions, RunOptions, SamplingOptio
     val_data: str = ""  # a separate validation source (any kind --data takes); empty: --val_fraction of --data
     cache_dir: str = "~/.cache/minitrain"  # where tokenized data and trained tokenizers are cached
     # model
-    init_from: str = "scratch"  # 'scratch', a hub id (gpt2, gpt2-medium, ...) or a local HF folder
+    init_from: str = "scratch"  # 'scratch', a hub id (gpt2, ...) or a local HF folder (gpt2, llama, qwen2, qwen3)
+    arch: Literal["gpt2", "llama"] = "gpt2"  # scratch only: the architecture to build
     tokenizer: str = ""  # scratch only: a tokenizer folder; empty trains a byte-level BPE on the data
     vocab_size: PositiveInt = 2048  # scratch only: size of the BPE vocabulary to train
     n_layer: PositiveInt = 4  # scratch only: transformer blocks
     n_head: PositiveInt = 4  # scratch only: attention heads
+    n_kv_head: NonNegativeInt = 0  # scratch llama only: key/value heads (grouped-query attention); 0: n_head
     n_embd: PositiveInt = 128  # scratch only: width of the residual stream
     block_size: PositiveInt = 128  # context length in tokens (at most the model's n_positions)
     dropout: Fraction = 0.0  # dropout on embeddings, attention and residual branches
@@ -332,9 +335,15 @@ def check_together(cfg: Config) -> None:
         raise UserError(
             f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head} (each head gets n_embd / n_head)."
         )
+    if cfg.init_from == "scratch" and cfg.arch == "llama":
+        kv = cfg.n_kv_head or cfg.n_head
+        if cfg.n_head % kv:
+            raise UserError(f"--n_head={cfg.n_head} is not a multiple of --n_kv_head={kv}.")
+        if (cfg.n_embd // cfg.n_head) % 2:
+            raise UserError(f"--n_embd / --n_head = {cfg.n_embd // cfg.n_head} is odd: RoPE rotates pairs.")
     check_writable_folder(cfg.cache_dir, "--cache_dir")
     if cfg.init_from != "scratch":
-        hub.check_local_model(cfg.init_from, "gpt2")
+        registry.check_local(cfg.init_from)  # a family minitrain trains, with a config its model implements
 
 
 def check_sizes(train_tokens, val_tokens, T: int, blocks_per_step: int) -> int:
@@ -362,18 +371,30 @@ def check_sizes(train_tokens, val_tokens, T: int, blocks_per_step: int) -> int:
     return n_train_blocks
 
 
-def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2, dict | None]:
-    """(the model to train, its LoRA description or None): new from --init_from, checked against
-    the tokenizer and --block_size, with a checkpoint's weights when resuming."""
+def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2 | Llama, dict | None]:
+    """(the model to train, its LoRA description or None): new from --init_from (its config.json's
+    model_type picks the class) or --arch, checked against the tokenizer and --block_size, with a
+    checkpoint's weights when resuming."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    drop = dict(embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
     if cfg.init_from == "scratch":
-        eot = tokenizer.token_to_id(EOT)
-        shape = dict(n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head)
-        config = GPT2Config(vocab_size=tokenizer.get_vocab_size(), **shape, **drop, bos_token_id=eot, eos_token_id=eot)
-        model = GPT2(config)
+        eot, V = eot_id(tokenizer), tokenizer.get_vocab_size()
+        if cfg.arch == "gpt2":
+            drop = dict(embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
+            shape = dict(n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head)
+            model = GPT2(GPT2Config(vocab_size=V, **shape, **drop, bos_token_id=eot, eos_token_id=eot))
+        else:
+            # SwiGLU's three matrices at 8/3 of the width hold as many weights as GPT-2's two at 4x
+            # (Shazeer 2020), rounded up to a multiple of 64 for the matmuls
+            hidden = (8 * cfg.n_embd // 3 + 63) // 64 * 64
+            shape = dict(hidden_size=cfg.n_embd, intermediate_size=hidden, num_hidden_layers=cfg.n_layer)
+            heads = dict(num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head or cfg.n_head)
+            config = LlamaConfig(vocab_size=V, max_position_embeddings=cfg.block_size, **shape, **heads,
+                                 attention_dropout=cfg.dropout, bos_token_id=eot, eos_token_id=eot)  # fmt: skip
+            model = Llama(config)
     else:
-        model = GPT2.from_pretrained(hub.resolve_model_dir(cfg.init_from), **drop)
+        folder = hub.resolve_model_dir(cfg.init_from)
+        cls = registry.load_model_class(folder)
+        model = cls.from_pretrained(folder, **{k: cfg.dropout for k in cls.config_class.DROPOUT})
     n_positions, vocab_size = model.config.n_positions, model.config.vocab_size
     if cfg.block_size > n_positions:
         raise UserError(
@@ -385,9 +406,10 @@ def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2,
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only {vocab_size}: "
             f"they do not belong together."
         )
-    lora_info = lora.from_options(model, cfg, "gpt2")  # --lora_rank: frozen model, adapters on the targets
+    # --lora_rank: frozen model, adapters on the targets (the family's projections by default)
+    lora_info = lora.from_options(model, cfg, model.config.model_type)
     if state is not None:
-        model.config.check_same_shape(GPT2Config(**state.model_config), f"--init_from={cfg.init_from}")
+        model.config.check_same_shape(registry.config_from_dict(state.model_config), f"--init_from={cfg.init_from}")
         lora.load_checkpoint(model, lora_info, state.lora, state.model)
     model.activation_checkpointing = cfg.activation_checkpointing
     return model, lora_info

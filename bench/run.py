@@ -24,15 +24,30 @@ import torch
 from bench.train_step import environment
 from minitrain.models.bert import BertConfig, BertForSequenceClassification
 from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.models.llama import Llama, LlamaConfig
 from minitrain.training.metrics import flops_per_token, peak_tflops
+
+SMOLLM2_135M = dict(  # HuggingFaceTB/SmolLM2-135M's config
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
+)  # fmt: skip
+LLAMA_32_1B = dict(  # meta-llama/Llama-3.2-1B's config
+    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+    rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=8192),
+)  # fmt: skip
 
 # name: (kind, model config, micro-batch, sequence length)
 CASES = {
+    "smollm2-135m": ("llama", SMOLLM2_135M, 16, 2048),
+    "llama3.2-1b": ("llama", LLAMA_32_1B, 4, 2048),
     "gpt2-124m": ("gpt2", dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024), 16, 1024),
     "gpt2-350m": ("gpt2", dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024), 8, 1024),
     "bert-base": ("bert", dict(), 32, 128),
     # CPU-sized shapes: each finishes in well under a minute on 2 cores
     "gpt2-cpu": ("gpt2", dict(n_layer=4, n_head=4, n_embd=256, n_positions=256), 4, 256),
+    "smollm2-cpu": ("llama", dict(SMOLLM2_135M, num_hidden_layers=4, max_position_embeddings=256), 2, 128),
     "bert-cpu": (
         "bert",
         dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
@@ -40,8 +55,9 @@ CASES = {
         128,
     ),
 }
-GPU_CASES = ["gpt2-124m", "gpt2-350m", "bert-base"]
-CPU_CASES = ["gpt2-cpu", "bert-cpu"]
+GPU_CASES = ["gpt2-124m", "gpt2-350m", "bert-base", "smollm2-135m", "llama3.2-1b"]
+CPU_CASES = ["gpt2-cpu", "bert-cpu", "smollm2-cpu"]
+CAUSAL = ("gpt2", "llama")
 
 
 def build(kind, cfg, impl):
@@ -49,17 +65,21 @@ def build(kind, cfg, impl):
     if impl == "minitrain":
         if kind == "gpt2":
             return GPT2(GPT2Config(**cfg))
+        if kind == "llama":
+            return Llama(LlamaConfig(**cfg))
         return BertForSequenceClassification(BertConfig(**cfg))
     import transformers  # the peer, only with --vs hf
 
     if kind == "gpt2":
         c = transformers.GPT2Config(**cfg, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         return transformers.GPT2LMHeadModel(c)
+    if kind == "llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, tie_word_embeddings=True))
     return transformers.BertForSequenceClassification(transformers.BertConfig(**cfg))
 
 
 def loss_fn(kind, impl, model, batch):
-    if kind == "gpt2":
+    if kind in CAUSAL:
         x, y = batch
         if impl == "minitrain":
             return model(x, y)[1]
@@ -73,7 +93,7 @@ def loss_fn(kind, impl, model, batch):
 def make_batches(kind, vocab, B, T, n, device):
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (n, B, T + 1), generator=g)  # the pre-made token tensor
-    if kind == "gpt2":
+    if kind in CAUSAL:
         return [(t[:, :-1].to(device), t[:, 1:].to(device)) for t in tokens]
     mask = torch.ones(B, T, dtype=torch.long)
     mask[: B // 2, T // 2 :] = 0  # half the rows padded, as real pair batches are
@@ -86,12 +106,13 @@ def time_case(name, impl, args, device, dtype):
     B = args.batch_size or B
     model = build(kind, cfg, impl).to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
-    emb = (
-        model.transformer.wpe.weight.numel()
-        if kind == "gpt2"
-        else sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
-    )
-    vocab = 50257 if kind == "gpt2" else 30522
+    if kind == "gpt2":
+        emb = model.transformer.wpe.weight.numel()
+    elif kind == "llama":
+        emb = 0  # tied: the embedding matrix is the LM head's matmul, counted once
+    else:
+        emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    vocab = {"gpt2": 50257, "bert": 30522}.get(kind) or cfg.get("vocab_size")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = torch.compile(model) if args.compile else model
     batches = make_batches(kind, vocab, B, T, 4, device)
@@ -123,7 +144,7 @@ def time_case(name, impl, args, device, dtype):
         times.append(time.perf_counter() - t0)
     # tokens that carry data: padding is not work done for the user (and minitrain's BERT skips
     # it outside attention), so a padded BERT batch counts its real tokens only
-    real_tokens = B * T if kind == "gpt2" else int(batches[0][1].sum())
+    real_tokens = B * T if kind in CAUSAL else int(batches[0][1].sum())
     tokens_per_sec = real_tokens / statistics.median(times)
     if kind == "gpt2":
         c = model.config

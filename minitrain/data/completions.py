@@ -2,10 +2,14 @@
 
 Records (JSONL, JSONL.gz, parquet, or an hf: data set) hold either
     {"prompt": "...", "completion": "..."}
-or a chat, rendered by this simple template (plain text: no special tokens are added):
-    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+or a chat {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]} whose last
+message is the assistant's. With a model whose tokenizer has a chat template (tokenizer_config.json),
+the chat is rendered by that template exactly as transformers' apply_chat_template does (data/chat.py):
+    prompt     = the conversation before the answer, with the generation prompt
+    completion = the rest of the whole conversation's rendering: the answer and its end-of-turn
+Without one, by this simple template (plain text: no special tokens are added):
     prompt     = "<|role|>\\ncontent\\n" for every message but the last, then "<|assistant|>\\n"
-    completion = the last message's content (it must be the assistant's)
+    completion = the last message's content
 
 An example is ids(prompt) + ids(completion) + [end-of-text], the two tokenized separately and
 concatenated in that order, then cut to block_size + 1 ids (the end is dropped). Its inputs are
@@ -26,6 +30,8 @@ import torch
 
 from minitrain import UserError
 from minitrain.data import sources
+from minitrain.data.chat import ChatTemplate, template_of
+from minitrain.data.tokenizer import prefix_ids, settings_of
 from minitrain.data.tokens import to_device
 
 IGNORE = -100  # the target value cross_entropy skips
@@ -42,12 +48,15 @@ def is_completions(spec: "str | sources.Source") -> bool:
     return False
 
 
-def render(record: dict, where: str) -> tuple[str, str]:
-    """(prompt, completion) of a record, checked: strings, or a chat that ends with the assistant."""
+def render(record: dict, where: str, chat: ChatTemplate | None = None) -> tuple[str, str]:
+    """(prompt, completion) of a record, checked: strings, or a chat that ends with the assistant
+    (rendered by the model's `chat` template when it has one)."""
     if "messages" in record:
         messages = _messages(record, where)
         if messages[-1]["role"] != "assistant":
             raise UserError(f"{where}: the last message must be the assistant's (the completion to learn).")
+        if chat is not None:
+            return chat.split(messages, where)
         return render_prompt(messages[:-1]), messages[-1]["content"]
     for key in ("prompt", "completion"):
         if key not in record:
@@ -90,7 +99,7 @@ def prompt_of(record: dict, where: str) -> str:
     return sources.check_text(record["prompt"], where, "prompt")
 
 
-def read(spec: "str | sources.Source", val_fraction: float) -> tuple[list, list]:
+def read(spec: "str | sources.Source", val_fraction: float, chat: ChatTemplate | None = None) -> tuple[list, list]:
     """(train, validation) lists of (prompt, completion): a data set's own validation split, else
     records chosen by training's fixed hash of the record number (val_fraction 0: none)."""
     train, val, src = [], [], sources.resolve(spec)
@@ -98,7 +107,7 @@ def read(spec: "str | sources.Source", val_fraction: float) -> tuple[list, list]
         has_val = False
         for where, row, is_val in sources.hf_rows(src.spec):
             has_val = has_val or is_val
-            pair = render(row, where)
+            pair = render(row, where, chat)
             split = (
                 "val" if is_val else "train" if has_val else sources.split_of(len(train) + len(val), val_fraction, 0)
             )
@@ -111,7 +120,7 @@ def read(spec: "str | sources.Source", val_fraction: float) -> tuple[list, list]
     index = 0
     for path in paths:
         for where, record in sources.rows(path):
-            pair = render(record, where)
+            pair = render(record, where, chat)
             (val if sources.split_of(index, val_fraction, 0) == "val" else train).append(pair)
             index += 1
     return train, val
@@ -179,7 +188,9 @@ def tokenize(pairs: list, tokenizer, eot: int, block_size: int) -> Examples:
     token left are dropped."""
     prompts = [p for p, _ in pairs]
     p_ids = [e.ids for e in tokenizer.encode_batch(prompts)] if pairs else []
-    c_ids = [e.ids for e in tokenizer.encode_batch([c for _, c in pairs])] if pairs else []
+    # the completion continues the prompt: the ids a tokenizer starts a text with (Llama 3's
+    # <|begin_of_text|>) go before the prompt only
+    c_ids = [e.ids for e in tokenizer.encode_batch([c for _, c in pairs], add_special_tokens=False)] if pairs else []
     seqs, lens, kept, dropped = [], [], [], 0
     for prompt, p, c in zip(prompts, p_ids, c_ids):
         s = (p + c + [eot])[: block_size + 1]
@@ -195,13 +206,17 @@ def tokenize(pairs: list, tokenizer, eot: int, block_size: int) -> Examples:
 def load(spec, tokenizer, eot: int, block_size: int, val_fraction: float, val_spec=None):
     """(train Examples, validation Examples) of a prompt/completion source (and --val_data): specs
     or resolved sources.Source."""
+    chat = template_of(settings_of(tokenizer))  # the model's own chat template, if it has one
     if val_spec:
         if not is_completions(val_spec):
             raise UserError(f"--val_data {str(val_spec)!r} is not prompt/completion data, but --data is.")
-        train_pairs, _ = read(spec, 0.0)
-        val_pairs, _ = read(val_spec, 0.0)
+        train_pairs, _ = read(spec, 0.0, chat)
+        val_pairs, _ = read(val_spec, 0.0, chat)
     else:
-        train_pairs, val_pairs = read(spec, val_fraction)
+        train_pairs, val_pairs = read(spec, val_fraction, chat)
+    if chat is not None:  # a template writes bos_token itself; the tokenizer adds it again when it encodes
+        prefix = "".join(tokenizer.id_to_token(i) for i in prefix_ids(tokenizer))
+        train_pairs, val_pairs = ([(p.removeprefix(prefix), c) for p, c in pairs] for pairs in (train_pairs, val_pairs))
     empty = [p for p in train_pairs + val_pairs if not p[1].strip()]
     if empty:
         print(f"warning: {len(empty)} examples have an empty completion: they teach only the end of text", flush=True)

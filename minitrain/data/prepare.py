@@ -71,7 +71,9 @@ def _encode(texts: list[str], tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
     """(the ids of all texts, concatenated, as uint32; each text's number of ids)."""
     tok = tokenizer or _worker_tokenizer
     fast = getattr(tok, "encode_batch_fast", tok.encode_batch)  # the same ids, without character offsets
-    encodings = fast(texts)
+    # no special tokens: a long document comes in pieces, and a tokenizer that starts every text
+    # with <|begin_of_text|> would put one before each; prepare adds the prefix once per document
+    encodings = fast(texts, add_special_tokens=False)
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.uint32, count=lengths.sum())
     return ids, lengths
@@ -144,13 +146,15 @@ def prepare(
     keep_existing: bool = False,
 ) -> dict:
     """Tokenize a source into shards in `out` (which must not exist yet, or be empty, or be the
-    earlier prepare that `replacing` holds); returns meta.json's content. Documents are separated
-    by the end-of-text id, as in GPT-2's training. If another process publishes `out` first, this
-    one fails in one sentence, or, with `keep_existing` (a content-addressed cache), uses that."""
-    from minitrain.data.tokenizer import EOT, eot_id
+    earlier prepare that `replacing` holds); returns meta.json's content. Each document is followed
+    by the end-of-text id, as in GPT-2's training (and preceded by the ids the tokenizer starts a
+    text with, Llama 3's <|begin_of_text|>). If another process publishes `out` first, this one
+    fails in one sentence, or, with `keep_existing` (a content-addressed cache), uses that."""
+    from minitrain.data.tokenizer import eot_id, prefix_ids
 
     out = Path(os.path.expanduser(str(out)))
     eot = np.array([eot_id(tokenizer)], dtype=np.uint32)
+    bos = np.array(prefix_ids(tokenizer), dtype=np.uint32)  # what the family starts a text with (Llama 3)
     dtype = dtype_for(tokenizer.get_vocab_size())
     src = sources.resolve(source)  # a spec, or a source resolved by the caller: its files are found once
     spec = src.spec
@@ -177,9 +181,12 @@ def prepare(
         for metas, ids, lengths in encoded(_batches(pieces, stats), tokenizer, num_proc):
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             for (split, end), a, b in zip(metas, offsets[:-1], offsets[1:]):
-                if doc_split is None:  # a document starts: where it goes
+                starts = doc_split is None
+                if starts:  # a document starts: where it goes
                     doc_split = split if split != "first" else "val" if val.tokens < val_tokens else "train"
                 writer = val if doc_split == "val" else train
+                if starts and len(bos):
+                    writer.add(bos)
                 writer.add(ids[a:b])
                 if end:
                     writer.add(eot)
@@ -201,7 +208,7 @@ def prepare(
             "split": {"val_fraction": val_fraction, "val_tokens": val_tokens},
             "tokenizer": "tokenizer.json",
             "vocab_size": tokenizer.get_vocab_size(),
-            "eot": EOT,
+            "eot": tokenizer.id_to_token(int(eot[0])),
             "eot_id": int(eot[0]),
             "dtype": np.dtype(dtype).name,
             "shard_tokens": shard_tokens,

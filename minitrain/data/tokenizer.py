@@ -27,6 +27,7 @@ from minitrain.atomic import atomic_write, digest, file_digest
 from minitrain.models import hub
 
 EOT = "<|endoftext|>"  # GPT-2's end-of-text token, placed between documents
+SETTINGS = "folder_settings"  # the Tokenizer attribute that holds its folder's tokenizer_config.json (see below)
 
 
 def load_tokenizer(name_or_dir) -> Tokenizer:
@@ -44,6 +45,10 @@ def load_tokenizer(name_or_dir) -> Tokenizer:
         raise UserError(f"{folder} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt).")
     tok.no_padding()
     tok.no_truncation()
+    # A tokenizers.Tokenizer knows its vocabulary but not which token ends a text or the chat
+    # template: Hugging Face keeps those in tokenizer_config.json. They travel with the object
+    # (every consumer gets the tokenizer, not its folder) and are written back by save_for_transformers.
+    setattr(tok, SETTINGS, read_settings(folder, tok))
     return tok
 
 
@@ -54,6 +59,35 @@ def _read(path: Path, load, also: str = ""):
         return load()
     except Exception as e:
         raise UserError(f"{path}{' ' + also if also else ''} is not a tokenizer file ({first_line(e)}).") from None
+
+
+def read_settings(folder: Path, tok: Tokenizer) -> dict:
+    """A folder's tokenizer_config.json without its added-token table (tokenizer.json has the
+    tokens), with the chat template of chat_template.jinja (where transformers 5 saves it) and,
+    when it names no eos_token, the one config.json's eos_token_id gives."""
+    settings = {}
+    if (folder / "tokenizer_config.json").is_file():
+        try:
+            settings = json.loads((folder / "tokenizer_config.json").read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{folder / 'tokenizer_config.json'} is not valid JSON ({e}).") from None
+    settings.pop("added_tokens_decoder", None)
+    if (folder / "chat_template.jinja").is_file():
+        settings["chat_template"] = (folder / "chat_template.jinja").read_text()
+    for key in ("eos_token", "bos_token"):  # an AddedToken serialised as a dict in older files
+        if isinstance(settings.get(key), dict):
+            settings[key] = settings[key].get("content")
+    if not settings.get("eos_token") and (folder / "config.json").is_file():
+        eos = json.loads((folder / "config.json").read_text()).get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) and eos else eos
+        if isinstance(eos, int) and tok.id_to_token(eos) is not None:
+            settings["eos_token"] = tok.id_to_token(eos)
+    return settings
+
+
+def settings_of(tok: Tokenizer) -> dict:
+    """The tokenizer_config.json settings of a tokenizer loaded from a folder ({} for one trained here)."""
+    return getattr(tok, SETTINGS, None) or {}
 
 
 def _wordpiece(folder: Path) -> Tokenizer:
@@ -126,21 +160,19 @@ def cached_bpe(texts, vocab_size: int, cache_dir, key: str = "") -> Tokenizer:
 
 
 def save_for_transformers(tok: Tokenizer, folder, max_len: int) -> None:
-    """tokenizer.json plus the tokenizer_config.json that lets transformers' AutoTokenizer load a
-    GPT-2-style tokenizer (as GPT2TokenizerFast, end-of-text as bos/eos/unk)."""
+    """tokenizer.json plus the tokenizer_config.json that lets transformers' AutoTokenizer load it:
+    a GPT-2-style tokenizer as GPT2TokenizerFast (end-of-text as bos/eos/unk); one loaded from a
+    folder keeps that folder's settings (its class, eos and bos tokens, chat template)."""
     folder = Path(folder)
     with atomic_write(folder / "tokenizer.json", "w") as f:
         f.write(tok.to_str())
-    config = {
-        "tokenizer_class": "GPT2TokenizerFast",
-        "bos_token": EOT,
-        "eos_token": EOT,
-        "unk_token": EOT,
-        "model_max_length": max_len,
-        "add_prefix_space": False,
-    }
+    config = {}
+    if tok.token_to_id(EOT) is not None:
+        config = {"tokenizer_class": "GPT2TokenizerFast", "bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    config |= {"model_max_length": max_len, "add_prefix_space": False} | settings_of(tok)
     with atomic_write(folder / "tokenizer_config.json", "w") as f:
         json.dump(config, f, indent=2)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)  # the template, if any, is in the config now
 
 
 def token_bytes(tok: Tokenizer):
@@ -161,8 +193,24 @@ def token_bytes(tok: Tokenizer):
 
 
 def eot_id(tok: Tokenizer) -> int:
-    """The end-of-text id of a GPT-2-style tokenizer."""
+    """The id that ends a document: GPT-2's <|endoftext|> (also SmolLM's and Qwen's), else the
+    eos token of the tokenizer's folder (Llama 3's <|end_of_text|>)."""
     i = tok.token_to_id(EOT)
+    if i is None and settings_of(tok).get("eos_token"):
+        i = tok.token_to_id(settings_of(tok)["eos_token"])
     if i is None:
-        raise UserError(f"the tokenizer has no {EOT} token to separate documents.")
+        raise UserError(
+            f"the tokenizer has no {EOT} token and its folder names no eos_token (tokenizer_config.json) "
+            f"to separate documents."
+        )
     return i
+
+
+def prefix_ids(tok: Tokenizer) -> list[int]:
+    """The ids the tokenizer itself puts before every text (Llama 3's <|begin_of_text|>; none for
+    GPT-2, SmolLM or Qwen): its post-processor adds them when special tokens are added."""
+    full, bare = tok.encode("a").ids, tok.encode("a", add_special_tokens=False).ids
+    for k in range(len(full) - len(bare) + 1):
+        if full[k : k + len(bare)] == bare:
+            return full[:k]
+    return []

@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minitrain import UserError
-from minitrain.models import hub
+from minitrain.models import hub, lm
+from minitrain.models.lm import chunked_cross_entropy, sample_next  # noqa: F401 (their home was here)
 
 
 @dataclass
 class GPT2Config:
+    model_type: str = "gpt2"  # the family, as Hugging Face's config.json names it (checkpoints record it)
     vocab_size: int = 50257
     n_positions: int = 1024  # the block size: the longest context the model sees
     n_embd: int = 768
@@ -40,9 +42,15 @@ class GPT2Config:
         return (self.vocab_size + m - 1) // m * m
 
     SHAPE = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+    DROPOUT = ("embd_pdrop", "attn_pdrop", "resid_pdrop")  # what --dropout sets
 
-    def check_same_shape(self, saved: "GPT2Config", source: str) -> None:
+    def check_same_shape(self, saved, source: str) -> None:
         """A checkpoint's weights fit this model only if the shapes agree (said in one sentence)."""
+        if saved.model_type != self.model_type:
+            raise UserError(
+                f"the checkpoint holds a {saved.model_type} model, but {source} gives a {self.model_type} one; "
+                f"resume with the run's own settings."
+            )
         if any(getattr(saved, k) != getattr(self, k) for k in self.SHAPE):
             raise UserError(
                 f"the checkpoint holds a model of shape { ({k: getattr(saved, k) for k in self.SHAPE}) }, but "
@@ -50,7 +58,7 @@ class GPT2Config:
             )
 
     @classmethod
-    def from_hf(cls, d: dict) -> "GPT2Config":
+    def from_hf(cls, d: dict, where=None) -> "GPT2Config":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -86,14 +94,7 @@ class CausalSelfAttention(nn.Module):
         if past is not None:  # KV cache: prepend the keys and values of earlier positions
             k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)  # (B, nh, T_past + T, hs)
-        T_k = k.size(2)
-        if T == T_k:  # no cache, or an empty one: plain causal attention (flash kernels on GPU)
-            mask, causal = None, True
-        elif T == 1:  # one new token attends to everything before it
-            mask, causal = None, False
-        else:  # several new tokens after a cache: token i sees the cache and new tokens <= i
-            mask = torch.ones(T, T_k, dtype=torch.bool, device=x.device).tril(T_k - T)
-            causal = False
+        mask, causal = lm.attention_mask(T, k.size(2), x.device)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -136,6 +137,7 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
+    config_class = GPT2Config
     # GPT-2's Conv1D layers store weights as (in, out); nn.Linear wants (out, in).
     CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     NOT_WEIGHTS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older checkpoints
@@ -237,45 +239,10 @@ class GPT2(nn.Module):
     # ------------------------------------------------------------------------------------------
     # generation
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids,
-        max_new_tokens,
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
-        eos_token_id=None,
-        generator=None,
-        use_cache=True,
-    ):
-        """Sample (with temperature=0: greedily pick) up to max_new_tokens after input_ids (B, T).
-
-        With the KV cache each step feeds only the newest token. Without it every step recomputes
-        the whole (cropped) prefix: slower, and the reference the cache is tested against. Rows that
-        produced eos_token_id are padded with it; generation stops when every row has.
-        """
-        was_training = self.training
-        self.eval()
-        n_pos = self.config.n_positions
-        ids, past = input_ids, None
-        done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            if past is None:  # first step, no cache, or a full cache: run the last n_pos tokens
-                logits, past = self.decode(ids[:, -n_pos:])
-            else:
-                logits, past = self.decode(ids[:, -1:], past)
-            if not use_cache or past[0][0].size(2) >= n_pos:
-                past = None
-            next_id = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                next_id = next_id.masked_fill(done, eos_token_id)
-                done |= next_id == eos_token_id
-            ids = torch.cat([ids, next_id[:, None]], dim=1)
-            if eos_token_id is not None and bool(done.all()):
-                break
-        self.train(was_training)
-        return ids
+    def generate(self, input_ids, max_new_tokens, **sampling):
+        """Sample (temperature=0: greedily pick) up to max_new_tokens after input_ids (B, T), with a
+        KV cache (see minitrain.models.lm.generate for the options)."""
+        return lm.generate(self, input_ids, max_new_tokens, **sampling)
 
     # ------------------------------------------------------------------------------------------
     # Hugging Face checkpoints
@@ -317,73 +284,3 @@ class GPT2(nn.Module):
         hub.write_safetensors(state, out_dir / "model.safetensors", {"format": "pt"})
         hub.write_config(self.config.to_hf(), out_dir)
         hub.copy_tokenizer_files(tokenizer_dir, out_dir)
-
-
-# ----------------------------------------------------------------------------------------------
-# the loss without the logits
-
-
-def chunked_cross_entropy(h, weight, bias, targets, chunk_elements: int = 2**26):
-    """sum over rows of cross_entropy(h @ weight.T + bias, targets), -100 skipped, without the (N, V)
-    logits: rows go `chunk_elements // V` at a time, the matmul in the autocast dtype, log-sum-exp
-    in fp32. For GPT-2 124M that is ~1,300 rows (~0.5 GB of fp32 logits at a time) instead of
-    16 x 1024 rows (~6.6 GB with its fp32 copy and log-probs). With autograd, the gradients are
-    computed in the same pass (softmax minus one-hot), so no chunk is kept for backward: the idea
-    of Liger-Kernel's fused linear cross-entropy, in plain PyTorch."""
-    rows = max(1, chunk_elements // weight.size(0))
-    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _ChunkedCrossEntropy.apply(h, weight, bias, targets, rows)
-    loss = torch.zeros((), dtype=torch.float32, device=h.device)
-    for s in range(0, h.size(0), rows):
-        logits = F.linear(h[s : s + rows], weight, bias).float()
-        loss = loss + F.cross_entropy(logits, targets[s : s + rows], ignore_index=-100, reduction="sum")
-    return loss
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, weight, bias, targets, rows):
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        for s in range(0, h.size(0), rows):
-            hc, t = h[s : s + rows], targets[s : s + rows]
-            logits = F.linear(hc, weight, bias).float()  # (n, V), fp32 for the softmax
-            valid = t != -100
-            t = t.clamp(min=0)
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += ((lse - logits.gather(1, t[:, None])[:, 0]) * valid).sum()
-            # d(sum of losses) / d logits = softmax - one-hot, on the rows with a target
-            g = torch.exp(logits - lse[:, None])
-            g[torch.arange(len(t), device=g.device), t] -= 1
-            g *= valid[:, None]
-            g = g.to(hc.dtype)
-            grad_h[s : s + rows] = g @ weight.to(hc.dtype)
-            grad_w += (g.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.weight_dtype = weight.dtype
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), (grad_w * grad_loss).to(ctx.weight_dtype), None, None, None
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next token id for each row of logits (B, V)."""
-    if not temperature or temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        # Drop a token once the tokens before it already cover top_p (the first is always kept).
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
-        drop = drop_sorted.scatter(1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -32,6 +32,7 @@ SAFETENSORS_DTYPES = {
 }
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's limit as well
+MAX_SHARD_BYTES = 5 * 10**9  # weights above this are written in shards (transformers' default is 5 GB too)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = (
@@ -41,6 +42,7 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "vocab.txt",
+    "chat_template.jinja",  # where transformers 5 saves a chat template
 )
 
 
@@ -161,9 +163,9 @@ def resolve_model_dir(name_or_dir, allow_patterns=None) -> Path:
         ) from None
 
 
-def check_local_model(name_or_dir, model_type: str) -> None:
+def check_local_model(name_or_dir, model_type: str | tuple[str, ...]) -> None:
     """Before any heavy work: a local model folder must exist and hold a config.json of
-    `model_type` (a hub id is checked when it is downloaded)."""
+    `model_type` (or one of several; a hub id is checked when it is downloaded)."""
     path = Path(os.path.expanduser(str(name_or_dir)))
     if str(name_or_dir).startswith((".", "/", "~")) or path.exists():
         folder = resolve_model_dir(name_or_dir)
@@ -180,10 +182,12 @@ def read_config(model_dir) -> dict:
         raise UserError(f"{path} is not valid JSON ({e}).") from None
 
 
-def check_model_type(config: dict, model_dir, expected: str) -> None:
+def check_model_type(config: dict, model_dir, expected: str | tuple[str, ...]) -> None:
+    expected = (expected,) if isinstance(expected, str) else tuple(expected)
     got = config.get("model_type")
-    if got != expected:
-        raise UserError(f"{model_dir} holds a {got!r} model, not {expected!r}; pass a {expected} checkpoint.")
+    if got not in expected:
+        quoted, names = " or ".join(map(repr, expected)), " or ".join(expected)
+        raise UserError(f"{model_dir} holds a {got!r} model, not {quoted}; pass a {names} checkpoint.")
 
 
 def load_state_dict(model_dir) -> dict[str, torch.Tensor]:
@@ -192,10 +196,19 @@ def load_state_dict(model_dir) -> dict[str, torch.Tensor]:
     if (model_dir / "model.safetensors").is_file():
         return read_safetensors(model_dir / "model.safetensors")
     index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
+    if index.is_file():  # sharded: the index maps every tensor to its file
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{index} is not a safetensors index (no weight_map: {first_line(e)}).") from None
         state = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(read_safetensors(model_dir / shard))
+        for shard in sorted(set(weight_map.values())):
+            if not (model_dir / shard).is_file():
+                raise UserError(f"{index} lists the shard {shard}, which is not in {model_dir}.")
+            tensors = read_safetensors(model_dir / shard)
+            state.update({k: v for k, v in tensors.items() if weight_map.get(k) == shard})
+        if missing := sorted(set(weight_map) - set(state)):
+            raise UserError(f"{index} lists {missing[0]}, which its shard does not hold.")
         return state
     if (model_dir / "pytorch_model.bin").is_file():
         try:
@@ -204,6 +217,36 @@ def load_state_dict(model_dir) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise UserError(f"{model_dir / 'pytorch_model.bin'} could not be read ({e}).") from None
     raise UserError(f"{model_dir} has no weights (looked for {', '.join(WEIGHT_FILES)}).")
+
+
+def write_weights(state: dict[str, torch.Tensor], out_dir, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    """model.safetensors, or (above max_shard_bytes) model-0000i-of-0000n.safetensors shards and
+    model.safetensors.index.json, as transformers writes them. Tensors are never split; a tensor
+    larger than the limit gets a shard of its own. The other layout's files are removed, so the
+    folder holds one set of weights."""
+    out_dir = Path(out_dir)
+    shards, size = [{}], 0
+    for name, t in state.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    for old in [*out_dir.glob("model-*-of-*.safetensors"), out_dir / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)
+    if len(shards) == 1:
+        write_safetensors(state, out_dir / "model.safetensors", {"format": "pt"})
+        return
+    (out_dir / "model.safetensors").unlink(missing_ok=True)
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(shard, out_dir / name, {"format": "pt"})
+        weight_map |= {k: name for k in shard}
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    with atomic_write(out_dir / "model.safetensors.index.json", "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
 
 
 def copy_tokenizer_files(src_dir, dst_dir) -> None:

@@ -25,8 +25,10 @@ from minitrain.options import LoRAOptions
 
 DEFAULT_TARGETS = {  # the attention and MLP projections of each model
     "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     "bert": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
 }
+DEFAULT_TARGETS |= {"qwen2": DEFAULT_TARGETS["llama"], "qwen3": DEFAULT_TARGETS["llama"]}  # the same layer names
 
 
 class LoRALinear(nn.Linear):

@@ -1,5 +1,5 @@
-"""python -m minitrain.generate: sample text from a GPT-2 folder (an export of train_gpt2.py, any HF
-GPT-2 folder), a hub id, or a train_gpt2.py checkpoint.
+"""python -m minitrain.generate: sample text from a causal-LM folder (an export of train_gpt2.py, any HF
+GPT-2, Llama, Qwen2 or Qwen3 folder), a hub id, or a train_gpt2.py checkpoint.
 
 python -m minitrain.generate --model out/gpt2/final --prompt "ROMEO:" --max_new_tokens 80
 python -m minitrain.generate --model out/sft/final --prompt_file prompts.jsonl --out answers.jsonl
@@ -12,6 +12,7 @@ from minitrain.atomic import atomic_write
 from minitrain.cli import run_cli
 from minitrain.config import NonNegativeInt, check
 from minitrain.data import completions
+from minitrain.data.tokenizer import eot_id
 from minitrain.options import SamplingOptions
 from minitrain.training import dist
 from minitrain.training.loader import load_model
@@ -20,9 +21,9 @@ from minitrain.training.sampling import sample_texts
 
 @dataclass
 class GenerateConfig(SamplingOptions):
-    """Generate text with GPT-2 and a KV cache."""
+    """Generate text with a causal LM (GPT-2, Llama, Qwen) and a KV cache."""
 
-    model: str = "out/gpt2/final"  # an exported Hugging Face GPT-2 folder, a hub id, or a train_gpt2.py checkpoint
+    model: str = "out/gpt2/final"  # an exported Hugging Face folder (GPT-2, Llama, Qwen), a hub id, or a checkpoint
     prompt: str = "\n"  # the text to continue
     prompt_file: str = ""  # many prompts: a .txt (one per line) or .jsonl ('prompt', or 'messages' as in training)
     out: str = ""  # also write {"prompt": ..., "completion": ...} JSON lines to this file
@@ -38,7 +39,7 @@ def main(cfg: GenerateConfig) -> list[str]:
     model, tok = load_model(cfg.model, "causal")
     model.to(device).eval()
     each = [p for p in prompts for _ in range(cfg.num_samples)]  # --num_samples for every prompt
-    texts = sample_texts(model, tok, cfg, cfg.seed, empty_prompt_id=model.config.eos_token_id, prompts=each)
+    texts = sample_texts(model, tok, cfg, cfg.seed, empty_prompt_id=eot_id(tok), prompts=each)
     for i, text in enumerate(texts, 1):
         print(f"--- sample {i} ---\n{text}", flush=True)
     if cfg.out:

@@ -5,9 +5,8 @@ from pathlib import Path
 
 from minitrain import UserError
 from minitrain.data.tokenizer import load_tokenizer
-from minitrain.models import hub, lora
+from minitrain.models import hub, lora, registry
 from minitrain.models.bert import BertForSequenceClassification
-from minitrain.models.gpt2 import GPT2, GPT2Config
 from minitrain.training.state import load
 
 KINDS = {"train_gpt2": "causal", "train_mrpc": "classifier"}
@@ -16,13 +15,13 @@ KINDS = {"train_gpt2": "causal", "train_mrpc": "classifier"}
 def load_model(name: str, kind: str):
     """(model, tokenizer) from an exported folder or hub id, or from a checkpoint file (its run
     folder holds the tokenizer of a GPT-2 run; an MRPC run's is its --model's). `kind` is
-    "causal" (GPT-2) or "classifier" (BERT with its trained head). A LoRA checkpoint holds the
+    "causal" (GPT-2, Llama, Qwen) or "classifier" (BERT with its trained head). A LoRA checkpoint holds the
     adapters only: the base comes from the run's --init_from / --model, the adapters are merged in."""
     path = Path(name).expanduser()
     if not path.is_file():
         folder = hub.resolve_model_dir(name)
         if kind == "causal":
-            return GPT2.from_pretrained(folder), load_tokenizer(folder)
+            return registry.from_pretrained(folder), load_tokenizer(folder)  # its model_type picks the class
         model = BertForSequenceClassification.from_pretrained(folder)
         if model.head_is_new:
             raise UserError(f"{name} has no trained classification head; pass train_mrpc.py's final/ folder.")
@@ -35,8 +34,9 @@ def load_model(name: str, kind: str):
     if kind == "causal":
         tokenizer = load_tokenizer(path.parent)
         if state.lora:  # adapters only: the base from --init_from, the adapters merged in
-            return lora.rebuild(GPT2.from_pretrained(state.config["init_from"]), state.lora, state.model), tokenizer
-        model = GPT2(GPT2Config(**state.model_config))
+            base = registry.from_pretrained(state.config["init_from"])
+            return lora.rebuild(base, state.lora, state.model), tokenizer
+        model = registry.from_config_dict(state.model_config)  # the family the checkpoint records
         model.load_state_dict(state.model)
         return model, tokenizer
     folder = hub.resolve_model_dir(state.config["model"])

@@ -1,0 +1,123 @@
+"""What every causal language model here shares: the loss without the logits, and sampling with a
+KV cache. A model provides `decode(input_ids, past) -> (logits, new past)` and `config.n_positions`."""
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids,
+    max_new_tokens,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    eos_token_id=None,
+    generator=None,
+    use_cache=True,
+):
+    """Sample (with temperature=0: greedily pick) up to max_new_tokens after input_ids (B, T).
+
+    With the KV cache each step feeds only the newest token. Without it every step recomputes
+    the whole (cropped) prefix: slower, and the reference the cache is tested against. Rows that
+    produced eos_token_id are padded with it; generation stops when every row has.
+    """
+    was_training = model.training
+    model.eval()
+    n_pos = model.config.n_positions
+    ids, past = input_ids, None
+    done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
+    for _ in range(max_new_tokens):
+        if past is None:  # first step, no cache, or a full cache: run the last n_pos tokens
+            logits, past = model.decode(ids[:, -n_pos:])
+        else:
+            logits, past = model.decode(ids[:, -1:], past)
+        if not use_cache or past[0][0].size(2) >= n_pos:
+            past = None
+        next_id = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+        if eos_token_id is not None:
+            next_id = next_id.masked_fill(done, eos_token_id)
+            done |= next_id == eos_token_id
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        if eos_token_id is not None and bool(done.all()):
+            break
+    model.train(was_training)
+    return ids
+
+
+def attention_mask(T: int, T_k: int, device):
+    """(mask, is_causal) for scaled_dot_product_attention of T new queries against T_k keys, the
+    last T of which are the new tokens' own."""
+    if T == T_k:  # no cache, or an empty one: plain causal attention (flash kernels on GPU)
+        return None, True
+    if T == 1:  # one new token attends to everything before it
+        return None, False
+    # several new tokens after a cache: token i sees the cache and new tokens <= i
+    return torch.ones(T, T_k, dtype=torch.bool, device=device).tril(T_k - T), False
+
+
+def chunked_cross_entropy(h, weight, bias, targets, chunk_elements: int = 2**26):
+    """sum over rows of cross_entropy(h @ weight.T + bias, targets), -100 skipped, without the (N, V)
+    logits: rows go `chunk_elements // V` at a time, the matmul in the autocast dtype, log-sum-exp
+    in fp32. For GPT-2 124M that is ~1,300 rows (~0.5 GB of fp32 logits at a time) instead of
+    16 x 1024 rows (~6.6 GB with its fp32 copy and log-probs). With autograd, the gradients are
+    computed in the same pass (softmax minus one-hot), so no chunk is kept for backward: the idea
+    of Liger-Kernel's fused linear cross-entropy, in plain PyTorch."""
+    rows = max(1, chunk_elements // weight.size(0))
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(h, weight, bias, targets, rows)
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    for s in range(0, h.size(0), rows):
+        logits = F.linear(h[s : s + rows], weight, bias).float()
+        loss = loss + F.cross_entropy(logits, targets[s : s + rows], ignore_index=-100, reduction="sum")
+    return loss
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, rows):
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for s in range(0, h.size(0), rows):
+            hc, t = h[s : s + rows], targets[s : s + rows]
+            logits = F.linear(hc, weight, bias).float()  # (n, V), fp32 for the softmax
+            valid = t != -100
+            t = t.clamp(min=0)
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += ((lse - logits.gather(1, t[:, None])[:, 0]) * valid).sum()
+            # d(sum of losses) / d logits = softmax - one-hot, on the rows with a target
+            g = torch.exp(logits - lse[:, None])
+            g[torch.arange(len(t), device=g.device), t] -= 1
+            g *= valid[:, None]
+            g = g.to(hc.dtype)
+            grad_h[s : s + rows] = g @ weight.to(hc.dtype)
+            grad_w += (g.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss.to(grad_h.dtype), (grad_w * grad_loss).to(ctx.weight_dtype), None, None, None
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token id for each row of logits (B, V)."""
+    if not temperature or temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the tokens before it already cover top_p (the first is always kept).
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

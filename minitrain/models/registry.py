@@ -1,0 +1,57 @@
+"""Which class reads a causal-LM folder: config.json's `model_type` -> the model class. The
+training loop and the loaders never branch on the family; they ask here."""
+
+import os
+from pathlib import Path
+
+from minitrain import UserError
+from minitrain.models import hub
+from minitrain.models.gpt2 import GPT2
+from minitrain.models.llama import Llama
+
+CAUSAL = {"gpt2": GPT2, "llama": Llama, "qwen2": Llama, "qwen3": Llama}
+
+
+def model_class(model_type, where="the model") -> type:
+    if "moe" in str(model_type) or model_type == "mixtral":
+        raise UserError(f"{where} is a mixture-of-experts model ({model_type}), which minitrain does not implement.")
+    if model_type not in CAUSAL:
+        raise UserError(
+            f"{where} holds a {model_type!r} model; minitrain trains {', '.join(CAUSAL)} (Hugging Face model_type)."
+        )
+    return CAUSAL[model_type]
+
+
+def load_model_class(folder) -> type:
+    """The class of a local Hugging Face folder's model, from its config.json."""
+    return model_class(hub.read_config(folder).get("model_type"), folder)
+
+
+def from_pretrained(name_or_dir, **overrides):
+    """A causal LM from a local folder or hub id, whichever supported family it is."""
+    folder = hub.resolve_model_dir(name_or_dir)
+    return load_model_class(folder).from_pretrained(folder, **overrides)
+
+
+def config_from_dict(d: dict):
+    """A checkpoint's recorded architecture (asdict of the config) back as its config; checkpoints
+    written before the family was recorded are GPT-2's."""
+    cls = model_class(d.get("model_type", "gpt2"), "the checkpoint")
+    return cls.config_class(**d)
+
+
+def from_config_dict(d: dict):
+    """A new model (random weights) of a checkpoint's recorded architecture."""
+    config = config_from_dict(d)
+    return model_class(config.model_type)(config)
+
+
+def check_local(name_or_dir) -> None:
+    """Before any heavy work: a local folder (a hub id is checked once downloaded) holds a family
+    minitrain trains, with a config its class accepts (sliding windows, experts, unknown RoPE
+    scaling are refused here, in one sentence)."""
+    path = Path(os.path.expanduser(str(name_or_dir)))
+    if str(name_or_dir).startswith((".", "/", "~")) or path.exists():
+        folder = hub.resolve_model_dir(name_or_dir)
+        config = hub.read_config(folder)
+        model_class(config.get("model_type"), folder).config_class.from_hf(config, folder)
