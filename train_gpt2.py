@@ -415,7 +415,9 @@ def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2 
     return model, lora_info
 
 
-def export_sample_report(raw_model: GPT2, lora_info, tokenizer, cfg: Config, out_dir: Path, step: int, log, prompts):
+def export_sample_report(
+    raw_model: GPT2 | Llama, lora_info, tokenizer, cfg: Config, out_dir: Path, step: int, log, prompts
+):
     """Rank 0 at the end: export --export's weights in the Hugging Face format (final/README.md says
     which step they are; LoRA adapters merged into the weights), sample from them (from the
     validation `prompts` for prompt/completion data), draw the report."""
@@ -428,7 +430,10 @@ def export_sample_report(raw_model: GPT2, lora_info, tokenizer, cfg: Config, out
     # LoRA: W + alpha/r B A
     lora.merge_for_export(raw_model, lora_info, cfg.lora_export, cfg.init_from, out_dir / "final/adapters")
     raw_model.save_pretrained(out_dir / "final", tokenizer_dir=out_dir)
-    (out_dir / "final/README.md").write_text(f"GPT-2 trained by minitrain's train_gpt2.py: {what} of {out_dir}.\n")
+    family = raw_model.config.model_type  # gpt2, llama, qwen2, qwen3
+    (out_dir / "final/README.md").write_text(
+        f"A {family} model trained by minitrain's train_gpt2.py: {what} of {out_dir}.\n"
+    )
     log.write(f"exported {what} to {out_dir / 'final'}")
     texts = sample_texts(raw_model, tokenizer, cfg, cfg.seed, empty_prompt_id=eot_id(tokenizer), prompts=prompts)
     for i, text in enumerate(texts, 1):
