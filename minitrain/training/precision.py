@@ -25,11 +25,11 @@ def choose_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
     if name == "auto":
         if device.type == "cuda":
             if torch.cuda.is_bf16_supported():
-                return torch.bfloat16, "--dtype auto: this GPU computes bf16"
-            return torch.float32, "--dtype auto: this GPU has no bf16"
+                return torch.bfloat16, "--dtype auto; this GPU computes bf16"
+            return torch.float32, "--dtype auto; this GPU has no bf16"
         if device.type == "cpu" and cpu_has_native_bf16():
-            return torch.bfloat16, "--dtype auto: this CPU computes bf16 natively (AVX-512 BF16 or AMX)"
-        return torch.float32, "--dtype auto: no native bf16 matrix instructions here"
+            return torch.bfloat16, "--dtype auto; this CPU computes bf16 natively: AVX-512 BF16 or AMX"
+        return torch.float32, "--dtype auto; no native bf16 matrix instructions here"
     if name not in DTYPES:
         raise UserError(f"--dtype={name!r} is not one of auto, {', '.join(DTYPES)}.")
     dtype = DTYPES[name]
