@@ -81,7 +81,7 @@ def shingles(words: np.ndarray, n: int | None = None) -> np.ndarray:
     words, of the one window of all of them; `n` < len(words) keeps only windows starting below n)."""
     k = len(words)
     if k < SHINGLE:
-        return fmix64(np.array([(words * WORD_M[:k]).sum(dtype=np.uint64) + SHORT_M[k]], np.uint64))
+        return fmix64(np.array([np.append(words * WORD_M[:k], SHORT_M[k]).sum(dtype=np.uint64)], np.uint64))
     starts = k - SHINGLE + 1 if n is None else min(n, k - SHINGLE + 1)
     s = np.zeros(starts, np.uint64)
     for j in range(SHINGLE):

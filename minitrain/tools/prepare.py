@@ -116,9 +116,10 @@ def removed_line(removed: dict) -> str:
     for rule in RULES:
         r = removed[rule]
         docs, tokens = r["train"]["documents"] + r["val"]["documents"], r["train"]["tokens"] + r["val"]["tokens"]
-        copies = f"; {r['train_copies_of_val']} copies of validation" if r.get("train_copies_of_val") else ""
-        parts.append(f"{rule} {docs:,} documents ({tokens:,} tokens{copies})")
-    return ", ".join(parts)
+        copies = f"; {r['train_copies_of_val']} training copies of validation" if r.get("train_copies_of_val") else ""
+        if docs:
+            parts.append(f"{rule} {docs:,} documents ({tokens:,} tokens{copies})")
+    return ", ".join(parts) or "nothing"
 
 
 def check_apart(src: sources.Source, out: Path) -> None:
