@@ -15,6 +15,10 @@ at the end, with `meta.json` (counts, tokenizer, source, split rule) and `tokeni
 prepare leaves no folder that training would read, and a rerun starts afresh (and removes the dead
 one's hidden folder). What may replace or delete a prepared folder is minitrain.data.prepared.
 
+With cleaning options (minitrain.options.CleanOptions) the workers also measure each piece
+(minitrain.data.clean) and this process keeps or removes each document at its last piece, in
+source order (minitrain.data.dedup); validation documents are decided first, in a pass of their own.
+
 train_gpt2.py goes through the same code for a text `--data`: the shards are then cached under
 `--cache_dir` (minitrain.data.cache). The command line is minitrain/tools/prepare.py.
 
