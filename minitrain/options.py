@@ -82,3 +82,19 @@ class SamplingOptions:
     temperature: NonNegativeFloat = 0.8  # sampling temperature (0: greedy)
     top_k: NonNegativeInt = 50  # sample among the k most likely tokens (0: all)
     top_p: Annotated[float, Range(gt=0, le=1)] = 1.0  # nucleus sampling: the smallest set with this much probability
+
+
+Dedup = Literal["none", "exact", "near"]  # --dedup: which copies a prepare removes (see minitrain/data/clean.py)
+
+
+@dataclass
+class CleanOptions:
+    """cleaning: copies and quality filters (text only; prompt/completion records are never filtered)"""
+
+    dedup: Dedup = "exact"  # exact: drop a document whose normalised text came before; near: MinHash near copies too
+    near_threshold: Annotated[float, Range(gt=0, le=1)] = 0.8  # --dedup near: estimated Jaccard of word 5-grams
+    filters: bool = True  # the quality filters below (Gopher-style); false: none of them
+    min_words: NonNegativeInt = 50  # fewer words than this: removed (0: off)
+    max_non_alpha: Annotated[float, Range(ge=0, le=1)] = 0.3  # more non-letters among non-space characters (1: off)
+    max_dup_lines: Annotated[float, Range(ge=0, le=1)] = 0.2  # more characters in repeated lines (1: off)
+    max_word_length: NonNegativeFloat = 10.0  # a longer mean word length, in characters: removed (0: off)

@@ -1,13 +1,15 @@
 """Prepared token shards on disk: opening a shard folder (checked), and the cache of shards that
 train_gpt2.py keeps for a text --data, keyed by the source, the tokenizer and the split rule."""
 
+import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from minitrain import UserError
 from minitrain.data import prepared, sources
-from minitrain.data.prepare import cpu_count, prepare
+from minitrain.data.prepare import cleans, cpu_count, prepare
 from minitrain.data.prepared import FORMAT_VERSION
 from minitrain.data.shards import HEADER_BYTES, find_shards, ids_digest
 from minitrain.data.tokenizer import load_tokenizer
@@ -72,13 +74,19 @@ def check_listed(folder: Path, meta: dict, found: list[Path]) -> None:
             raise UserError(f"{p} holds {n:,} tokens, but {folder}/meta.json says {listed[p.name]:,}: it changed.")
 
 
-def cached(spec, tokenizer, val_fraction: float, cache_dir, num_proc: int = 0, progress: bool = True) -> Path:
-    """The shard folder of a text source for `tokenizer` and the split rule: prepared on the first
-    call (in parallel), reused after. The key is cheap: the files' paths, sizes and modification
-    times, not their content; the shards are checked (header, size) each time they are opened."""
+def cached(
+    spec, tokenizer, val_fraction: float, cache_dir, num_proc: int = 0, progress: bool = True, clean=None
+) -> Path:
+    """The shard folder of a text source for `tokenizer`, the split rule and the cleaning options
+    `clean` (minitrain.options.CleanOptions; None: every document): prepared on the first call (in
+    parallel), reused after. The key is cheap: the files' paths, sizes and modification times, not
+    their content; the shards are checked (header, size) each time they are opened."""
 
     spec = sources.resolve(spec)  # its files found once
-    key = fingerprint(FORMAT_VERSION, sources.signature(spec), tokenizer.to_str(), val_fraction)
+    parts = [FORMAT_VERSION, sources.signature(spec), tokenizer.to_str(), val_fraction]
+    if cleans(clean):  # the options as sorted JSON; none at all keeps the key of an uncleaned cache
+        parts.append(json.dumps(asdict(clean), sort_keys=True))
+    key = fingerprint(*parts)
     folder = Path(os.path.expanduser(str(cache_dir))) / f"shards-{key}"
     if (folder / "meta.json").is_file():
         problem = _check_cached(folder)
@@ -99,12 +107,17 @@ def cached(spec, tokenizer, val_fraction: float, cache_dir, num_proc: int = 0, p
         num_proc=num_proc or cpu_count(),
         progress=progress,
         keep_existing=True,  # content-addressed: a folder another run wrote meanwhile is the same work
+        clean=clean,
     )
     print(
         f"{meta['train']['tokens']:,} training and {meta['val']['tokens']:,} validation tokens "
         f"({meta['tokens_per_sec']:,} tokens/s, {meta['num_proc']} processes)",
         flush=True,
     )
+    if meta["clean"] is not None:
+        removed = meta["clean"]["removed"].items()
+        gone = ", ".join(f"{r['train']['documents'] + r['val']['documents']:,} {rule}" for rule, r in removed)
+        print(f"cleaning removed documents: {gone} (the rules of python -m minitrain.prepare)", flush=True)
     return folder
 
 

@@ -10,6 +10,7 @@ from minitrain.data.cache import cached, open_folder
 from minitrain.data.prepare import bpe_sample
 from minitrain.data.tokenizer import cached_bpe, eot_id, load_tokenizer
 from minitrain.data.tokens import fingerprint
+from minitrain.options import CleanOptions
 
 SAMPLE_BYTES = 100_000_000  # the most text a BPE is trained on
 
@@ -60,7 +61,10 @@ def open_splits(source, tokenizer, val_fraction, cache_dir, progress=True, val_s
             return train, open_folder(val_src.spec, tokenizer, need_val=False, whole=True)[0]
         val, _ = open_splits(val_src, tokenizer, 0.0, cache_dir, progress)
         return train, val
-    folder = src.spec if src.is_shards else cached(src, tokenizer, val_fraction, cache_dir, progress=progress)
+    if src.is_shards:
+        folder = src.spec
+    else:  # cleaned as `python -m minitrain.prepare` cleans by default (evaluate reads the same cache)
+        folder = cached(src, tokenizer, val_fraction, cache_dir, progress=progress, clean=CleanOptions())
     return open_folder(folder, tokenizer, need_val=val_fraction > 0)
 
 

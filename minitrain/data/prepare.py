@@ -15,6 +15,10 @@ at the end, with `meta.json` (counts, tokenizer, source, split rule) and `tokeni
 prepare leaves no folder that training would read, and a rerun starts afresh (and removes the dead
 one's hidden folder). What may replace or delete a prepared folder is minitrain.data.prepared.
 
+With cleaning options (minitrain.options.CleanOptions) the workers also measure each piece
+(minitrain.data.clean) and this process keeps or removes each document at its last piece, in
+source order (minitrain.data.dedup); validation documents are decided first, in a pass of their own.
+
 train_gpt2.py goes through the same code for a text `--data`: the shards are then cached under
 `--cache_dir` (minitrain.data.cache). The command line is minitrain/tools/prepare.py.
 
@@ -35,6 +39,7 @@ import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +47,11 @@ import numpy as np
 from minitrain import UserError
 from minitrain.atomic import atomic_write
 from minitrain.data import prepared, sources
+from minitrain.data.clean import NUM_PERM, analyse
+from minitrain.data.dedup import RULES, Cleaner, Held, key_of
 from minitrain.data.prepared import FORMAT, FORMAT_VERSION
 from minitrain.data.shards import ShardWriter, dtype_for
+from minitrain.options import CleanOptions
 
 BATCH_CHARS = 512 << 10  # text per batch sent to a worker
 SMALL_SOURCE = 8 << 20  # a source smaller than this is tokenized in this process: workers would cost more
@@ -79,29 +87,38 @@ def _encode(texts: list[str], tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
+def _work(texts: list[str], whole: list[bool], clean, tokenize: bool, tokenizer=None):
+    """(ids, lengths, features) of a batch: tokenized unless `tokenize` is false (the validation
+    pass of a dedup), measured for cleaning when `clean` is given."""
+    ids, lengths = _encode(texts, tokenizer) if tokenize else (None, None)
+    return ids, lengths, analyse(texts, whole, clean) if clean is not None else None
+
+
 def _batches(pieces, stats: dict):
-    """Pieces grouped into batches of about BATCH_CHARS characters: (texts, [(split, end)])."""
-    texts, metas, chars = [], [], 0
+    """Pieces grouped into batches of about BATCH_CHARS characters: (texts, [(split, end)], whole),
+    `whole[i]` when piece i is a whole document."""
+    texts, metas, whole, chars, after_end = [], [], [], 0, True
     for text, split, end in pieces:
         texts.append(text)
         metas.append((split, end))
-        chars += len(text)
+        whole.append(after_end and end)
+        chars, after_end = chars + len(text), end
         if chars >= BATCH_CHARS:
             stats["chars"] += chars
-            yield texts, metas
-            texts, metas, chars = [], [], 0
+            yield texts, metas, whole
+            texts, metas, whole, chars = [], [], [], 0
     if texts:
         stats["chars"] += chars
-        yield texts, metas
+        yield texts, metas, whole
 
 
-def encoded(batches, tokenizer, num_proc: int):
-    """(metas, ids, lengths) for each batch, in order. With num_proc > 1, worker processes encode
-    while this one reads and writes; at most 2 x num_proc batches are in flight, so a slow disk
-    or a fast reader never piles text up in memory."""
+def encoded(batches, tokenizer, num_proc: int, clean=None, tokenize: bool = True):
+    """(texts, metas, whole, ids, lengths, features) for each batch, in order. With num_proc > 1,
+    worker processes encode while this one reads and writes; at most 2 x num_proc batches are in
+    flight, so a slow disk or a fast reader never piles text up in memory."""
     if num_proc == 1:
-        for texts, metas in batches:
-            yield metas, *_encode(texts, tokenizer)
+        for texts, metas, whole in batches:
+            yield texts, metas, whole, *_work(texts, whole, clean, tokenize, tokenizer)
         return
     # spawn, not fork: the caller may be a training process with threads (and CUDA) running. An
     # executor, not a Pool: a worker that dies (killed for memory) fails the run instead of hanging it.
@@ -110,18 +127,18 @@ def encoded(batches, tokenizer, num_proc: int):
     with ProcessPoolExecutor(num_proc, **start) as pool:
         pending = deque()
         try:
-            for texts, metas in batches:
-                pending.append((metas, pool.submit(_encode, texts)))
+            for texts, metas, whole in batches:
+                pending.append((texts, metas, whole, pool.submit(_work, texts, whole, clean, tokenize)))
                 if len(pending) >= 2 * num_proc:
-                    metas, result = pending.popleft()
-                    yield metas, *result.result()
+                    *batch, result = pending.popleft()
+                    yield *batch, *result.result()
             while pending:
-                metas, result = pending.popleft()
-                yield metas, *result.result()
+                *batch, result = pending.popleft()
+                yield *batch, *result.result()
         except BrokenProcessPool:
             raise UserError("a tokenizing worker process died (out of memory?); try fewer --num_proc.") from None
         finally:
-            for _, result in pending:
+            for *_, result in pending:
                 result.cancel()
 
 
@@ -144,12 +161,16 @@ def prepare(
     piece_bytes: int = sources.PIECE_BYTES,
     replacing: "prepared.Replacing | None" = None,
     keep_existing: bool = False,
+    clean: "CleanOptions | None" = None,
+    keep_removed: int = 0,
 ) -> dict:
     """Tokenize a source into shards in `out` (which must not exist yet, or be empty, or be the
     earlier prepare that `replacing` holds); returns meta.json's content. Each document is followed
     by the end-of-text id, as in GPT-2's training (and preceded by the ids the tokenizer starts a
     text with, Llama 3's <|begin_of_text|>). If another process publishes `out` first, this one
-    fails in one sentence, or, with `keep_existing` (a content-addressed cache), uses that."""
+    fails in one sentence, or, with `keep_existing` (a content-addressed cache), uses that.
+    `clean`: remove copies and filter documents (minitrain.data.dedup; None: keep every document);
+    `keep_removed`: write that many removed documents of each rule to removed.jsonl."""
     from minitrain.data.tokenizer import eot_id, prefix_ids
 
     out = Path(os.path.expanduser(str(out)))
@@ -173,33 +194,29 @@ def prepare(
         pass
     val = ShardWriter(work, prefix, "val", shard_tokens, dtype)
     train = ShardWriter(work, prefix, "train", shard_tokens, dtype)
+    if clean is not None and clean.filters and sources.splits_lines(src, val_fraction, val_tokens):
+        # a few hand-picked files, each cut into a head and a tail: a filter would judge a tail, not a document
+        clean = replace(clean, filters=False)
+    cleaner = Cleaner(clean, work, keep_removed) if cleans(clean) else None
     try:
-        documents = {"train": 0, "val": 0}
-        stats, start, doc_split = {"chars": 0}, time.perf_counter(), None
+        stats, start, val_rules = {"chars": 0}, time.perf_counter(), None
+        if cleaner is not None and cleaner.exact is not None and val_tokens == 0 and val_fraction > 0:
+            val_rules = _validation_first(src, text_field, val_fraction, piece_bytes, cleaner, tokenizer, num_proc)
         pieces = sources.pieces(src, text_field, val_fraction, val_tokens, piece_bytes)
         bar = _bar(total, progress)
-        for metas, ids, lengths in encoded(_batches(pieces, stats), tokenizer, num_proc):
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            for (split, end), a, b in zip(metas, offsets[:-1], offsets[1:]):
-                starts = doc_split is None
-                if starts:  # a document starts: where it goes
-                    doc_split = split if split != "first" else "val" if val.tokens < val_tokens else "train"
-                writer = val if doc_split == "val" else train
-                if starts and len(bos):
-                    writer.add(bos)
-                writer.add(ids[a:b])
-                if end:
-                    writer.add(eot)
-                    documents[doc_split] += 1
-                    doc_split = None
-            bar.update(stats["chars"] - bar.n)
-            bar.set_postfix(tokens=f"{train.tokens + val.tokens:,}")
+        batches = encoded(_batches(pieces, stats), tokenizer, num_proc, clean if cleaner else None)
+        written, read = _documents(
+            batches, (train, val), (bos, eot), val_tokens, cleaner, val_rules, Held(work), bar, stats
+        )
         bar.close()
         seconds = time.perf_counter() - start
-        _check_splits(src, documents, val_fraction, val_tokens)
+        _check_splits(src, read, written, val_fraction, val_tokens)
+        if val_rules is not None and read["val"] != len(val_rules):
+            raise UserError(f"{spec} changed while it was read (its validation documents differ between two reads).")
         val.flush()
         train.flush()
-        n_tokens = train.tokens + val.tokens
+        removed = cleaner.report() if cleaner else {}
+        n_tokens = train.tokens + val.tokens + sum(r[s]["tokens"] for r in removed.values() for s in ("train", "val"))
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -212,12 +229,22 @@ def prepare(
             "eot_id": int(eot[0]),
             "dtype": np.dtype(dtype).name,
             "shard_tokens": shard_tokens,
-            "train": {"tokens": train.tokens, "documents": documents["train"], "shards": train.shards},
-            "val": {"tokens": val.tokens, "documents": documents["val"], "shards": val.shards},
+            "train": {"tokens": train.tokens, "documents": written["train"], "shards": train.shards},
+            "val": {"tokens": val.tokens, "documents": written["val"], "shards": val.shards},
+            "clean": None if cleaner is None else {**asdict(clean), "validation_first": val_rules is not None},
             "seconds": round(seconds, 3),
-            "tokens_per_sec": round(n_tokens / max(seconds, 1e-9)),
+            "tokens_per_sec": round(n_tokens / max(seconds, 1e-9)),  # every document tokenized, removed ones too
             "num_proc": num_proc,
         }
+        if cleaner is not None:
+            meta["clean"]["removed"] = removed
+            if cleaner.near:
+                bands, rows = cleaner.bands_rows
+                meta["clean"]["lsh"] = {"num_perm": NUM_PERM, "bands": bands, "rows": rows}
+            if keep_removed:
+                with atomic_write(work / prepared.REMOVED, "w") as f:
+                    for rule in RULES:
+                        f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in cleaner.samples[rule])
         with atomic_write(work / "tokenizer.json", "w") as f:
             f.write(tokenizer.to_str())
         with atomic_write(work / "meta.json", "w") as f:
@@ -231,7 +258,98 @@ def prepare(
         raise
     finally:
         os.close(busy)
+        if cleaner is not None:
+            cleaner.close()
     return meta
+
+
+def cleans(clean) -> bool:
+    """Whether options remove anything at all (dedup none and no filter keeps every document)."""
+    if clean is None:
+        return False
+    filters = clean.filters and (
+        clean.min_words > 0 or clean.max_non_alpha < 1 or clean.max_dup_lines < 1 or clean.max_word_length > 0
+    )
+    return clean.dedup != "none" or filters
+
+
+def _documents(batches, writers, marks, val_tokens: int, cleaner, val_rules, held: Held, bar, stats: dict):
+    """Each document's ids, between the ids the tokenizer starts a text with (`marks`: (bos, eot);
+    none for GPT-2) and the end-of-text id, to its split's writer, unless `cleaner` removes it
+    (decided at its last piece; the ids of its earlier pieces are `held` till then; validation
+    documents by `val_rules` when they were decided first). Returns (written, read) per split."""
+    (train, val), (bos, eot) = writers, marks
+    written, read, doc_split = {"train": 0, "val": 0}, {"train": 0, "val": 0}, None
+    for texts, metas, whole, ids, lengths, feats in batches:
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for i, ((split, end), a, b) in enumerate(zip(metas, offsets[:-1], offsets[1:])):
+            starts = doc_split is None
+            if starts:  # a document starts: where it goes
+                doc_split = split if split != "first" else "val" if val.tokens < val_tokens else "train"
+            writer = val if doc_split == "val" else train
+            if starts and cleaner is None:
+                writer.add(bos)
+            if cleaner is not None:
+                rule = _judge(cleaner, feats, i, texts[i], whole[i], end, doc_split, read, val_rules)
+                if not end:
+                    held.add(ids[a:b])
+                    continue
+                if rule is not None:  # removed: counted with the start and end ids it would have had
+                    cleaner.count(rule[0], doc_split, held.n + int(b - a) + len(bos) + 1, rule[1])
+                    held.drop()
+                else:
+                    writer.add(bos)
+                    held.drain(writer)
+            if cleaner is None or rule is None:
+                writer.add(ids[a:b])
+            if end:
+                if cleaner is None or rule is None:
+                    writer.add(eot)
+                    written[doc_split] += 1
+                read[doc_split] += 1
+                doc_split = None
+        bar.update(stats["chars"] - bar.n)
+        bar.set_postfix(tokens=f"{train.tokens + val.tokens:,}")
+    return written, read
+
+
+def _judge(cleaner, feats, i, text, whole, end, split, read, val_rules):
+    """(rule, what it found) that removes the document whose piece i this is, or None (kept, or
+    not its last piece); the decision comes from `val_rules` for a validation document decided first."""
+    if val_rules is not None and split == "val":
+        if not end:
+            return None
+        if read["val"] >= len(val_rules):
+            raise UserError("the source changed while it was read (it has more validation documents than before).")
+        code = val_rules[read["val"]]
+        return (RULES[code - 1], {}) if code else None
+    if not end:
+        cleaner.piece(feats, i, text)
+        return None
+    key = key_of(split, read[split])
+    doc = cleaner.doc(feats, i, text, whole)
+    rule, found = cleaner.judge(doc, key)
+    if rule is None:
+        return None
+    cleaner.sample(rule, key, doc, found)
+    return rule, found
+
+
+def _validation_first(src, text_field: str, val_fraction: float, piece_bytes: int, cleaner, tokenizer, num_proc):
+    """The rule codes (0: kept) of the validation documents, decided in a first pass over them
+    alone, so that a later training document that copies one is removed from training (the
+    validation documents of a source may come after training ones)."""
+    rules, stats = bytearray(), {"chars": 0}
+    pieces = sources.pieces(src, text_field, val_fraction, 0, piece_bytes, only_val=True)
+    batches = encoded(_batches(pieces, stats), tokenizer, num_proc, cleaner.opts, tokenize=False)
+    read = {"val": 0}
+    for texts, metas, whole, _, _, feats in batches:
+        for i, (_, end) in enumerate(metas):
+            rule = _judge(cleaner, feats, i, texts[i], whole[i], end, "val", read, None)
+            if end:
+                rules.append(RULES.index(rule[0]) + 1 if rule else 0)
+                read["val"] += 1
+    return rules
 
 
 def _prefix(spec: str) -> str:
@@ -258,7 +376,8 @@ def _bar(total: int | None, progress: bool):
     )
 
 
-def _check_splits(src, documents: dict, val_fraction: float, val_tokens: int) -> None:
+def _check_splits(src, documents: dict, written: dict, val_fraction: float, val_tokens: int) -> None:
+    """`documents`: read from the source per split; `written`: of those, kept by the cleaning."""
     if documents["train"] + documents["val"] == 0:
         raise UserError(f"{src.option} {src.spec!r} is empty: there is no text in it.")
     if documents["train"] == 0:
@@ -268,6 +387,12 @@ def _check_splits(src, documents: dict, val_fraction: float, val_tokens: int) ->
             f"none of the {documents['train']} documents of {src.spec!r} fell into the validation split: "
             f"raise --val_fraction, or set --val_tokens, or give a separate validation source."
         )
+    for split, name in (("train", "training"), ("val", "validation")):
+        if documents[split] and not written[split]:
+            raise UserError(
+                f"the cleaning removed all {documents[split]} {name} documents of {src.spec!r}: see --dedup and "
+                f"the filters (--min_words, --max_non_alpha, --max_dup_lines, --max_word_length, or --filters false)."
+            )
 
 
 def _remove_stale_partials(out: Path) -> None:
@@ -296,10 +421,11 @@ def _remove_stale_partials(out: Path) -> None:
 def _written_by_prepare(name: str) -> bool:
     """The names a prepare gives files in its hidden folder: shards, their temporary files
     (".NAME.bin.tmp"), meta.json and tokenizer.json and their atomic_write temporary files."""
-    if prepared.SHARD_NAME.match(name) or name in ("meta.json", prepared.TOKENIZER):
+    if prepared.SHARD_NAME.match(name) or name in ("meta.json", prepared.TOKENIZER, prepared.REMOVED):
         return True
     return name.endswith(".tmp") and (
-        bool(prepared.SHARD_NAME.match(name[1:-4])) or name.startswith((".meta.json.", ".tokenizer.json."))
+        bool(prepared.SHARD_NAME.match(name[1:-4]))
+        or name.startswith((".meta.json.", ".tokenizer.json.", f".{prepared.REMOVED}."))
     )
 
 

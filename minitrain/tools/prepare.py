@@ -21,13 +21,15 @@ from minitrain import UserError
 from minitrain.atomic import check_writable_folder
 from minitrain.cli import run_cli
 from minitrain.config import NonNegativeInt, PositiveInt, Range, check
-from minitrain.data import prepared, sources
+from minitrain.data import completions, prepared, sources
+from minitrain.data.dedup import RULES
 from minitrain.data.prepare import bpe_sample, cpu_count, prepare
 from minitrain.data.tokenizer import cached_bpe, eot_id, load_tokenizer
+from minitrain.options import CleanOptions
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(CleanOptions):
     """Tokenize a text source into llm.c-style token shards that train_gpt2.py --data DIR trains on.
     --out must be apart from --data; --overwrite replaces only an earlier prepare's folder (its
     meta.json, tokenizer.json and listed shards, nothing else in it), never one a run is reading."""
@@ -44,6 +46,7 @@ class PrepareConfig:
     num_proc: PositiveInt | Literal["auto"] = "auto"  # tokenizing processes (auto: one per core)
     progress: bool = True  # show a progress bar
     overwrite: bool = False  # replace an earlier prepare in --out (refused if it holds other files or a run reads it)
+    keep_removed: NonNegativeInt = 0  # write up to N removed documents of each rule to OUT/removed.jsonl
 
 
 def main(cfg: PrepareConfig) -> dict:
@@ -55,6 +58,14 @@ def main(cfg: PrepareConfig) -> dict:
         raise UserError(f"--out {out} is a file, not a folder.")
     src = sources.resolve(cfg.data)  # its files found once, for the check below and the work
     check_apart(src, out)
+    clean = CleanOptions(**{f: getattr(cfg, f) for f in CleanOptions.__dataclass_fields__})
+    if completions.is_completions(src):  # examples, not web text: no filters, and no near copies (see NOTES.md)
+        if cfg.dedup == "near":
+            raise UserError(
+                f"--dedup near is for text corpora: {cfg.data!r} holds prompt/completion records, whose shared "
+                f"templates make distinct examples look alike; use --dedup exact or none."
+            )
+        clean.filters = False
     replacing = None
     if out.is_dir() and any(out.iterdir()):
         prepared.owned_files(out)  # a prepare's folder with nothing else in it, or refused
@@ -81,6 +92,8 @@ def main(cfg: PrepareConfig) -> dict:
             num_proc=num_proc,
             progress=cfg.progress,
             replacing=replacing,  # the old folder goes only once the new one is complete
+            clean=clean,
+            keep_removed=cfg.keep_removed,
         )
     finally:
         if replacing is not None:
@@ -91,7 +104,22 @@ def main(cfg: PrepareConfig) -> dict:
         f"{len(meta['val']['shards'])} ({meta['val']['documents']:,} documents); "
         f"{meta['tokens_per_sec']:,} tokens/s with {meta['num_proc']} process(es)."
     )
+    if meta["clean"] is not None:
+        print(f"{out}: removed {removed_line(meta['clean']['removed'])}.")
+
     return {**meta, "out": str(out), "config": asdict(cfg)}
+
+
+def removed_line(removed: dict) -> str:
+    """What the cleaning removed, per rule: "exact 12 documents (3,456 tokens; 2 copies of validation), ..."."""
+    parts = []
+    for rule in RULES:
+        r = removed[rule]
+        docs, tokens = r["train"]["documents"] + r["val"]["documents"], r["train"]["tokens"] + r["val"]["tokens"]
+        copies = f"; {r['train_copies_of_val']} training copies of validation" if r.get("train_copies_of_val") else ""
+        if docs:
+            parts.append(f"{rule} {docs:,} documents ({tokens:,} tokens{copies})")
+    return ", ".join(parts) or "nothing"
 
 
 def check_apart(src: sources.Source, out: Path) -> None:
