@@ -199,3 +199,15 @@ def test_examples_longer_than_the_block_are_cut_and_counted(sft_model):
     eot = tok.token_to_id("<|endoftext|>")
     ex = completions.tokenize([("To be", " or not to be, that is the question" * 4), ("a", "b")], tok, eot, 12)
     assert ex.cut == 1 and len(ex.seqs[0]) == 13 and ex.dropped == 0
+
+
+def test_bench_trains_the_same_epoch_padded_and_packed(tmp_path):
+    """bench.packing end to end on a tiny shape (its timings are not tested): the same final loss,
+    the same real tokens, fewer computed ones when packed."""
+    from bench.packing import main
+
+    argv = ["--examples", "24", "--block_size", "32", "--batch_size", "8", "--n_layer", "1", "--n_embd", "32"]
+    r = main(argv + ["--vocab", "64", "--rounds", "1", "--last", "1", "--out", str(tmp_path)])
+    padded, packed = r["best"]["padded"], r["best"]["packed"]
+    assert padded["real_tokens"] == packed["real_tokens"] and packed["computed_tokens"] < padded["computed_tokens"]
+    assert r["final_loss_difference"] <= 1e-5 and list(tmp_path.glob("packing-*.json"))
