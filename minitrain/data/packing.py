@@ -86,16 +86,19 @@ class Layout:
             )
         if doc_mask and eot is None:
             raise UserError("--doc_mask=true needs an <|endoftext|> token to split documents; this tokenizer has none.")
-        self.T = T
+        self.T, self.is_examples = T, is_examples
         self.packing = is_examples if packing is None else packing  # auto: on for prompt/completion data
         self.eot = eot if doc_mask else None
 
     def describe(self) -> str:
+        """The layout in a few words, for the log."""
         if self.packing:
-            return f"examples packed into rows of {self.T} tokens (first-fit), attention per example"
+            return f"examples packed into rows of {self.T} tokens (first-fit decreasing), attention per example"
+        if self.is_examples:
+            return "one example per row, padded to the longest of its micro-batch (--packing=false)"
         if self.eot is not None:
-            return "text blocks, attention and positions restart after each end-of-text"
-        return "one sequence per row (examples padded to the longest of their micro-batch)"
+            return f"blocks of {self.T} tokens; attention and positions restart at each end-of-text (--doc_mask)"
+        return f"blocks of {self.T} tokens, attention across documents (as GPT-2 trained)"
 
     def batch(self, source: TokenSource, ids, device=None) -> Batch:
         """The rows of the examples or blocks `ids`, on `device`."""
