@@ -5,6 +5,7 @@
     torchrun --standalone --nproc_per_node=2 train_gpt2.py # the same, data-parallel, 2 processes
     python train_gpt2.py --init_from=gpt2 --data=my.txt    # fine-tune GPT-2 124M on your text
     python train_gpt2.py --init_from=gpt2 --data=sft.jsonl --lora_rank=8  # prompt/completion, LoRA
+    python train_gpt2.py --init_from=gpt2 --data=sft.jsonl --packing=false # padded rows instead of packed
     python train_gpt2.py --config configs/gpt2-124m.toml   # GPT-2 124M on FineWeb shards (8 GPUs)
     python train_gpt2.py --max_steps=20 --eval_interval=10 # a CPU smoke run
     python train_gpt2.py --resume=auto                     # continue the run in --out_dir
@@ -13,7 +14,8 @@
 Features: byte-level BPE trained on the corpus (scratch) or the checkpoint's tokenizer
 (fine-tuning); token shards (minitrain.prepare, or prepared in parallel and cached for a text
 source) memory-mapped in a seeded order; prompt/completion data with the prompt masked out of the
-loss; LoRA adapters merged at export; AdamW with decay on matrices only;
+loss, examples packed into rows with per-example attention; optional document masking of text
+at end-of-text; LoRA adapters merged at export; AdamW with decay on matrices only;
 linear, cosine or constant schedules with warmup; gradient accumulation normalised by target tokens;
 clipping, with non-finite steps skipped on the device; bf16/fp16 autocast (GradScaler for fp16);
 torch.compile (on by default on CUDA, per block); a loss that never materialises the logits;
@@ -36,7 +38,7 @@ from minitrain import UserError
 from minitrain.atomic import check_writable_folder
 from minitrain.cli import run_cli
 from minitrain.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, check
-from minitrain.data import corpus, sources
+from minitrain.data import completions, corpus, packing, sources
 from minitrain.data.corpus import open_splits, pick_tokenizer
 from minitrain.data.tokenizer import eot_id, save_for_transformers, token_bytes
 from minitrain.data.tokens import EpochOrder, accumulation_steps
@@ -65,6 +67,8 @@ class Config(LoRAOptions, OptimOptions, SystemOptions, RunOptions, SamplingOptio
     val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # share held out for validation (text sources without one)
     val_data: str = ""  # a separate validation source (any kind --data takes); empty: --val_fraction of --data
     cache_dir: str = "~/.cache/minitrain"  # where tokenized data and trained tokenizers are cached
+    packing: bool | None = None  # prompt/completion data: pack a micro-batch's examples into rows (auto: on)
+    doc_mask: bool = False  # text: attention and positions restart at each <|endoftext|> (off: as GPT-2 trained)
     # model
     init_from: str = "scratch"  # 'scratch', a hub id (gpt2, ...) or a local HF folder (gpt2, llama, qwen2, qwen3)
     arch: Literal["gpt2", "llama"] = "gpt2"  # scratch only: the architecture to build
@@ -130,6 +134,9 @@ def main(cfg: Config) -> dict:
             tokenizer = pick_tokenizer(
                 resume_path, cfg.init_from, cfg.tokenizer, source, cfg.vocab_size, cfg.val_fraction, cfg.cache_dir
             )
+            # how training rows are laid out: examples packed or padded, text split at end-of-text or not
+            is_examples, eot = completions.is_completions(source), eot_id(tokenizer)
+            layout = packing.Layout(cfg.block_size, cfg.packing, cfg.doc_mask, is_examples, eot)
             train_tokens, val_tokens = open_splits(
                 source, tokenizer, cfg.val_fraction, cfg.cache_dir, cfg.progress, val_source, cfg.block_size
             )
@@ -169,6 +176,7 @@ def main(cfg: Config) -> dict:
             f"{blocks_per_step} sequences = {window_tokens:,} tokens per step; "
             f"{steps_per_epoch} steps per epoch; {max_steps} steps"
         )
+        dist.print0(f"rows: {layout.describe()}")
 
         # optimizer, precision, and the training state: a new one, or the checkpoint's
         optimizer = make_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), world.device)
@@ -205,8 +213,10 @@ def main(cfg: Config) -> dict:
             log.log(state.step, **val)
             log.write(f"step {state.step}: val {validate.line(val)}")
         first_val_loss, train_loss, stop_early = state.val_loss, float("nan"), False
-        # what the next log line reports: the loss summed over its steps, and the tokens timed
+        # what the next log line reports: the loss summed over its steps, the tokens timed, and the
+        # real and computed tokens (rows x their length) for the packing efficiency
         loss_acc, loss_steps, timed_tokens = torch.zeros((), device=world.device), 0, 0
+        real_tokens, computed_tokens = 0, 0
         # skipped updates since the last log line, and in a row: device tensors, read when logging
         skipped = torch.zeros((), dtype=torch.long, device=world.device)
         bad_steps = torch.zeros((), device=world.device)
@@ -227,17 +237,19 @@ def main(cfg: Config) -> dict:
             # set of sequences whatever the number of processes. On a GPU they are copied now
             # (pinned, asynchronously) while the last step still computes.
             starts = [state.pos + (m * W + world.rank) * B for m in range(grad_accum)]
-            batches = [train_tokens.batch(order[s : s + B], T, world.device) for s in starts]
+            batches = [layout.batch(train_tokens, order[s : s + B], world.device) for s in starts]
             # The loss is a mean over every target token of the whole window (all micro-batches,
             # all ranks), not a mean of per-micro-batch means: then N accumulated micro-batches give
             # exactly the update of one N-times-larger batch, even when micro-batches hold different
             # numbers of targets (prompt/completion data: only completion tokens are targets). Each
             # rank divides its *sum* by that count, counted on the device (no host sync); because
             # gradient averaging divides by W, the sum is multiplied by W first.
-            window = dist.all_reduce_sum(sum((y != -100).sum() for _, y in batches), world)
-            for x, y in ddp.accumulate(model, batches, world.multi_process):  # gradients sync on the last
+            window = dist.all_reduce_sum(sum((b.labels != -100).sum() for b in batches), world)
+            # tokens/s counts real tokens only (padding is not work done); counted on the host
+            real, computed = layout.count(train_tokens, order[state.pos : state.pos + blocks_per_step], B)
+            for x, y, doc_ids in ddp.accumulate(model, batches, world.multi_process):  # gradients sync on the last
                 with autocast(world.device, dtype):
-                    _, loss_sum = model(x, y, reduction="sum")
+                    _, loss_sum = model(x, y, reduction="sum", doc_ids=doc_ids)
                 scaler.scale(loss_sum * W / window).backward()  # fp16: scale up so small gradients survive
                 loss_acc += loss_sum.detach() / window  # this rank's share of the step's mean
 
@@ -255,7 +267,8 @@ def main(cfg: Config) -> dict:
             skipped += skip
             state.step, state.pos = state.step + 1, state.pos + blocks_per_step
             step = state.step
-            loss_steps, timed_tokens = loss_steps + 1, timed_tokens + window_tokens
+            loss_steps, timed_tokens = loss_steps + 1, timed_tokens + real
+            real_tokens, computed_tokens = real_tokens + real, computed_tokens + computed
             if step == first_step:  # torch.compile compiles here: timed apart, not in tokens/s
                 if world.device.type == "cuda":
                     torch.cuda.synchronize()
@@ -269,13 +282,14 @@ def main(cfg: Config) -> dict:
                 train_loss = loss_sum / loss_steps
                 report_skipped(log, step, n_skipped, n_bad, loss_steps, cfg.max_bad_steps, out_dir)
                 row = dict(train_loss=train_loss, lr=lr, grad_norm=norm, tokens=step * window_tokens)
+                row["packing_efficiency"] = real_tokens / computed_tokens  # real tokens / rows x their length
                 row |= throughput(timed_tokens, watch.lap(), flops_token, W, peak)  # training time only
                 log.log(step, **row)
-                tok_s = f"{row.get('tokens_per_sec', 0):,.0f}"
-                log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=tok_s)
+                tok_s, eff = f"{row.get('tokens_per_sec', 0):,.0f}", f"{row['packing_efficiency']:.0%}"
+                log.progress(loss_steps, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=tok_s, eff=eff)
                 loss_acc.zero_()
                 skipped.zero_()
-                loss_steps, timed_tokens = 0, 0
+                loss_steps, timed_tokens, real_tokens, computed_tokens = 0, 0, 0, 0
 
             # every rank stops at the same step; under torchrun that takes a collective: at log steps
             stopping = step < max_steps and stop.requested(world, sync=step % cfg.log_interval == 0)

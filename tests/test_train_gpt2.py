@@ -292,8 +292,8 @@ def test_a_non_finite_step_is_skipped_exactly(corpus, cache, tmp_path, monkeypat
     calls = []
     real = GPT2.forward
 
-    def nan_on_second_step(self, input_ids, labels=None, reduction="mean"):
-        logits, loss = real(self, input_ids, labels, reduction)
+    def nan_on_second_step(self, input_ids, labels=None, reduction="mean", doc_ids=None):
+        logits, loss = real(self, input_ids, labels, reduction, doc_ids)
         if self.training and labels is not None:
             calls.append(1)
             if len(calls) == 2:

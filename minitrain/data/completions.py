@@ -15,11 +15,13 @@ An example is ids(prompt) + ids(completion) + [end-of-text], the two tokenized s
 concatenated in that order, then cut to block_size + 1 ids (the end is dropped). Its inputs are
 all ids but the last, its targets all ids but the first, with -100 where the target is a prompt
 token: the loss counts only completion tokens and the end-of-text. An example with no completion
-token left after the cut is dropped (and counted).
+token left after the cut is dropped (and counted), and so is an example that was cut.
 
-Batches are padded, not packed: each row is one example, padded at its end to the longest row of
-the batch (inputs with end-of-text, targets with -100, so padding never counts). Causal attention
-means padding at the end changes nothing before it.
+`batch` pads: each row is one example, padded at its end to the longest row of the batch (inputs
+with end-of-text, targets with -100, so padding never counts). Causal attention means padding at
+the end changes nothing before it. Evaluation always reads this way; training packs the examples
+of a micro-batch into fewer rows with per-example attention (data/packing.py) unless
+--packing=false.
 """
 
 import hashlib
@@ -130,8 +132,9 @@ class Examples:
     """Tokenized examples, read as blocks: block i is example i (a tokens.TokenSource, as the
     shards of text are)."""
 
-    def __init__(self, seqs: list[np.ndarray], prompt_lens: list[int], prompts: list[str], eot: int, dropped=0):
+    def __init__(self, seqs: list[np.ndarray], prompt_lens: list[int], prompts: list[str], eot: int, dropped=0, cut=0):
         self.seqs, self.prompt_lens, self.prompts, self.eot, self.dropped = seqs, prompt_lens, prompts, eot, dropped
+        self.cut = cut  # examples longer than the block, their end dropped
 
     def __len__(self) -> int:
         return int(sum(len(s) for s in self.seqs))
@@ -145,16 +148,26 @@ class Examples:
     def first_block(self, T: int) -> np.ndarray:
         return np.array([0, len(self.seqs)], dtype=np.int64)
 
+    def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets of example i: its ids but the last, its ids but the first, with -100
+        where the target is a prompt token."""
+        s = self.seqs[int(i)]
+        y = s[1:].copy()
+        y[: max(0, self.prompt_lens[int(i)] - 1)] = IGNORE  # targets that are prompt tokens
+        return s[:-1], y
+
+    def lengths(self, ids, T: int) -> np.ndarray:
+        """The inputs of each example (at most T): what a row holds of it."""
+        return np.array([len(self.seqs[int(i)]) - 1 for i in ids], dtype=np.int64)
+
     def rows(self, ids, T: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and targets (len(ids), L) int64, L the longest example of these minus one."""
-        ids = [int(i) for i in ids]
-        L = max(len(self.seqs[i]) for i in ids) - 1
+        L = int(self.lengths(ids, T).max())
         x = np.full((len(ids), L), self.eot, dtype=np.int64)
         y = np.full((len(ids), L), IGNORE, dtype=np.int64)
         for r, i in enumerate(ids):
-            s, n = self.seqs[i], len(self.seqs[i]) - 1
-            x[r, :n], y[r, :n] = s[:-1], s[1:]
-            y[r, : max(0, self.prompt_lens[i] - 1)] = IGNORE  # targets that are prompt tokens
+            inputs, targets = self.example(i)
+            x[r, : len(inputs)], y[r, : len(inputs)] = inputs, targets
         return x, y
 
     def batch(self, ids, T: int, device=None):
@@ -184,23 +197,24 @@ class Examples:
 
 
 def tokenize(pairs: list, tokenizer, eot: int, block_size: int) -> Examples:
-    """ids(prompt) + ids(completion) + [eot], cut to block_size + 1; examples with no completion
-    token left are dropped."""
+    """ids(prompt) + ids(completion) + [eot], cut to block_size + 1 (counted); examples with no
+    completion token left are dropped."""
     prompts = [p for p, _ in pairs]
     p_ids = [e.ids for e in tokenizer.encode_batch(prompts)] if pairs else []
     # the completion continues the prompt: the ids a tokenizer starts a text with (Llama 3's
     # <|begin_of_text|>) go before the prompt only
     c_ids = [e.ids for e in tokenizer.encode_batch([c for _, c in pairs], add_special_tokens=False)] if pairs else []
-    seqs, lens, kept, dropped = [], [], [], 0
+    seqs, lens, kept, dropped, cut = [], [], [], 0, 0
     for prompt, p, c in zip(prompts, p_ids, c_ids):
         s = (p + c + [eot])[: block_size + 1]
+        cut += len(p) + len(c) + 1 > len(s)
         if len(p) >= len(s) or len(s) < 2:  # no completion target left
             dropped += 1
             continue
         seqs.append(np.asarray(s, dtype=np.int64))
         lens.append(len(p))
         kept.append(prompt)
-    return Examples(seqs, lens, kept, eot, dropped)
+    return Examples(seqs, lens, kept, eot, dropped, cut)
 
 
 def load(spec, tokenizer, eot: int, block_size: int, val_fraction: float, val_spec=None):
@@ -231,6 +245,12 @@ def load(spec, tokenizer, eot: int, block_size: int, val_fraction: float, val_sp
         if ex.dropped:
             print(
                 f"warning: {ex.dropped} of {n} {name} examples dropped: their prompt fills --block_size={block_size}",
+                flush=True,
+            )
+        if ex.cut:
+            print(
+                f"warning: {ex.cut} of {n} {name} examples are longer than --block_size={block_size} + 1 tokens: "
+                f"their end is dropped",
                 flush=True,
             )
     if not train.seqs:

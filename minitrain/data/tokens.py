@@ -39,6 +39,8 @@ class TokenSource(Protocol):
 
     def targets(self, block_ids, T: int) -> int: ...  # the targets these blocks' loss counts
 
+    def lengths(self, block_ids, T: int) -> np.ndarray: ...  # each block's real input tokens (no padding)
+
     def target_bytes(self, n_blocks: int, T: int, table: np.ndarray) -> int: ...  # the text they stand for
 
     def sample_prompts(self, n: int) -> list[str] | None: ...  # prompts for the end-of-run samples
@@ -123,6 +125,10 @@ class Tokens:
     def targets(self, block_ids, T: int) -> int:
         """The targets these blocks' loss counts: T each."""
         return len(block_ids) * T
+
+    def lengths(self, block_ids, T: int) -> np.ndarray:
+        """Each block's inputs: T, a block is always full."""
+        return np.full(len(block_ids), T, dtype=np.int64)
 
     def sample_prompts(self, n: int) -> None:
         return None  # text: the samples start from --prompt

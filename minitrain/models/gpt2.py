@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minitrain import UserError
-from minitrain.models import hub, lm
+from minitrain.models import documents, hub, lm
 from minitrain.models.lm import chunked_cross_entropy, sample_next  # noqa: F401 (their home was here)
 
 
@@ -84,7 +84,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.resid_pdrop)
 
-    def forward(self, x, past=None):
+    def forward(self, x, past=None, mask=None):
+        """`mask` (B, 1, T, T) boolean, True where a query may attend to a key: several documents in
+        a row (see models/documents.py); None: plain causal attention."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)
@@ -94,7 +96,10 @@ class CausalSelfAttention(nn.Module):
         if past is not None:  # KV cache: prepend the keys and values of earlier positions
             k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)  # (B, nh, T_past + T, hs)
-        mask, causal = lm.attention_mask(T, k.size(2), x.device)
+        if mask is not None:  # documents packed in a row: causal inside each, nothing across
+            causal = False
+        else:  # no cache: plain causal; a cache: the new tokens see it and each other causally
+            mask, causal = lm.attention_mask(T, k.size(2), x.device)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -129,8 +134,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, past=None):
-        a, present = self.attn(self.ln_1(x), past)
+    def forward(self, x, past=None, mask=None):
+        a, present = self.attn(self.ln_1(x), past, mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -187,52 +192,61 @@ class GPT2(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, input_ids, labels=None, reduction="mean"):
-        """input_ids (B, T); labels (B, T): the token that follows each position, -100 to skip.
+    def forward(self, input_ids, labels=None, reduction="mean", doc_ids=None):
+        """input_ids (B, T); labels (B, T): the token that follows each position, -100 to skip;
+        doc_ids (B, T) or None: which document each token belongs to, for rows that hold several
+        (packed examples, text split at end-of-text): positions restart at each document and
+        attention stays inside it (models/documents.py). None: one document per row.
 
         Returns (logits, loss). With `reduction="sum"` the loss is summed over target tokens, so
         that the training loop can divide by the target tokens of a whole accumulation window.
         """
         if labels is None:
-            return self.decode(input_ids)[0], None
+            return self.decode(input_ids, doc_ids=doc_ids)[0], None
         # With targets, the (B, T, V) logits are never materialised: the loss is computed from
         # the final hidden states over chunks of rows (see chunked_cross_entropy), and no logits
         # are returned. Call the model without labels for logits.
-        h = self.hidden_states(input_ids)  # (B, T, C)
+        h = self.hidden_states(input_ids, doc_ids)  # (B, T, C)
         loss = chunked_cross_entropy(h.flatten(0, 1), self.lm_head.weight, self.pad_logit_bias, labels.flatten())
         if reduction == "mean":
             loss = loss / (labels != -100).sum().clamp(min=1)
         return None, loss
 
-    def hidden_states(self, input_ids):
+    def hidden_states(self, input_ids, doc_ids=None):
         """The final hidden states (B, T, C), after ln_f: what the LM head multiplies."""
-        return self._trunk(input_ids, None)[0]
+        return self._trunk(input_ids, None, doc_ids)[0]
 
-    def decode(self, input_ids, past=None, padded=False):
-        """Logits (B, T, vocab_size) for input_ids that follow the cached keys/values `past`.
+    def decode(self, input_ids, past=None, padded=False, doc_ids=None):
+        """Logits (B, T, vocab_size) for input_ids that follow the cached keys/values `past` (or,
+        without a cache, for rows of several documents: `doc_ids`, as in forward).
 
         Returns the logits and the new cache: one (k, v) pair per layer, each (B, nh, T_total, hs).
         """
-        x, presents = self._trunk(input_ids, past)
+        x, presents = self._trunk(input_ids, past, doc_ids)
         # The padded vocabulary rows are never predicted: the bias gives them -inf logits inside
         # the matmul itself (no extra pass over the logits, forward or backward).
         logits = F.linear(x, self.lm_head.weight, self.pad_logit_bias)  # (B, T, padded_vocab)
         return (logits if padded else logits[..., : self.config.vocab_size]), presents
 
-    def _trunk(self, input_ids, past):
+    def _trunk(self, input_ids, past, doc_ids=None):
         B, T = input_ids.shape
         start = 0 if past is None else past[0][0].size(2)
         if start + T > self.config.n_positions:
             raise ValueError(f"a sequence of {start + T} tokens is longer than n_positions={self.config.n_positions}")
-        pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
+        if doc_ids is not None and past is not None:
+            raise ValueError("doc_ids and a KV cache do not go together: generation keeps one sequence per row")
+        if doc_ids is None:
+            pos, mask = torch.arange(start, start + T, device=input_ids.device), None  # (T,)
+        else:  # several documents per row (never with a cache): one mask, built once for all layers
+            pos, mask = documents.positions(doc_ids), documents.attention_mask(doc_ids)  # (B, T), (B, 1, T, T)
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
         presents = []
         for i, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 # Keep only each block's input; recompute its activations during backward.
-                x, present = checkpoint(block, x, None, use_reentrant=False)
+                x, present = checkpoint(block, x, None, mask, use_reentrant=False)
             else:
-                x, present = block(x, None if past is None else past[i])
+                x, present = block(x, None if past is None else past[i], mask)
             presents.append(present)
         return self.transformer.ln_f(x), presents
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minitrain import UserError
-from minitrain.models import hub, lm
+from minitrain.models import documents, hub, lm
 from minitrain.models.lm import chunked_cross_entropy
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -217,7 +217,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(hs, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
 
-    def forward(self, x, cos, sin, past=None):
+    def forward(self, x, cos, sin, past=None, mask=None):
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         q = self.q_proj(x).view(B, T, nh, hs)  # (B, T, nh, hs)
@@ -230,7 +230,10 @@ class Attention(nn.Module):
         if past is not None:  # KV cache: the (already rotated) keys and values of earlier positions
             k = torch.cat([past[0], k], dim=2)  # (B, nkv, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)  # (B, nkv, T_past + T, hs)
-        mask, causal = lm.attention_mask(T, k.size(2), x.device)
+        if mask is not None:  # documents packed in a row: causal inside each, nothing across
+            causal = False
+        else:  # no cache: plain causal; a cache: the new tokens see it and each other causally
+            mask, causal = lm.attention_mask(T, k.size(2), x.device)
         # Grouped-query attention: query head i reads key/value head i // (nh / nkv). enable_gqa
         # lets the kernel do that without copying k and v nh / nkv times (the cache stays small too).
         y = F.scaled_dot_product_attention(
@@ -270,8 +273,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, past=None):
-        a, present = self.self_attn(self.input_layernorm(x), cos, sin, past)
+    def forward(self, x, cos, sin, past=None, mask=None):
+        a, present = self.self_attn(self.input_layernorm(x), cos, sin, past, mask)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, present
@@ -323,48 +326,59 @@ class Llama(nn.Module):
             n -= self.model.embed_tokens.weight.numel()
         return n
 
-    def forward(self, input_ids, labels=None, reduction="mean"):
-        """input_ids (B, T); labels (B, T): the token that follows each position, -100 to skip.
+    def forward(self, input_ids, labels=None, reduction="mean", doc_ids=None):
+        """input_ids (B, T); labels (B, T): the token that follows each position, -100 to skip;
+        doc_ids (B, T) or None: which document each token belongs to, for rows that hold several
+        (packed examples, --doc_mask): rotary positions restart at each document and attention
+        stays inside it (minitrain.models.documents), as in GPT2.forward.
 
         Returns (logits, loss), as GPT2.forward: with labels the loss (mean, or "sum" over target
         tokens) is computed over chunks of rows and no logits are returned."""
         if labels is None:
-            return self.decode(input_ids)[0], None
-        h = self.hidden_states(input_ids)  # (B, T, C)
+            return self.decode(input_ids, doc_ids=doc_ids)[0], None
+        h = self.hidden_states(input_ids, doc_ids)  # (B, T, C)
         loss = chunked_cross_entropy(h.flatten(0, 1), self.lm_head.weight, None, labels.flatten())
         if reduction == "mean":
             loss = loss / (labels != -100).sum().clamp(min=1)
         return None, loss
 
-    def hidden_states(self, input_ids):
+    def hidden_states(self, input_ids, doc_ids=None):
         """The final hidden states (B, T, C), after the last norm: what the LM head multiplies."""
-        return self._trunk(input_ids, None)[0]
+        return self._trunk(input_ids, None, doc_ids)[0]
 
-    def decode(self, input_ids, past=None, padded=False):
+    def decode(self, input_ids, past=None, padded=False, doc_ids=None):
         """Logits (B, T, vocab_size) for input_ids that follow the cached keys/values `past` (one
         (k, v) pair per layer, each (B, nkv, T_past, hs)); returns the logits and the new cache.
         `padded` is GPT-2's (its padded vocabulary); this vocabulary is never padded."""
-        x, presents = self._trunk(input_ids, past)
+        x, presents = self._trunk(input_ids, past, doc_ids)
         return self.lm_head(x), presents  # (B, T, vocab_size)
 
-    def _trunk(self, input_ids, past):
+    def _trunk(self, input_ids, past, doc_ids=None):
         B, T = input_ids.shape
         start = 0 if past is None else past[0][0].size(2)
         if start + T > self.config.n_positions:
             raise ValueError(f"a sequence of {start + T} tokens is longer than n_positions={self.config.n_positions}")
+        if doc_ids is not None and past is not None:
+            raise ValueError("doc_ids (several documents in a row) is for training; generation never packs")
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        # the rotation angles of positions start..start+T-1, computed in fp32 (positions reach 10^5)
-        pos = torch.arange(start, start + T, device=input_ids.device, dtype=torch.float32)
-        angles = torch.outer(pos, self.inv_freq)  # (T, hs / 2)
-        angles = torch.cat((angles, angles), dim=-1)  # (T, hs): dimension i and i + hs/2 share an angle
+        # the rotation angles of each token's position, computed in fp32 (positions reach 10^5):
+        # start..start+T-1, or counted from each document's start when a row holds several
+        if doc_ids is None:
+            pos, mask = torch.arange(start, start + T, device=input_ids.device, dtype=torch.float32), None
+        else:
+            pos, mask = documents.positions(doc_ids).float(), documents.attention_mask(doc_ids)  # (B, T), (B, 1, T, T)
+        angles = pos[..., None] * self.inv_freq  # (T, hs / 2) or (B, T, hs / 2)
+        angles = torch.cat((angles, angles), dim=-1)  # dimension i and i + hs/2 share an angle
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        if doc_ids is not None:  # (B, 1, T, hs): broadcast over the heads
+            cos, sin = cos[:, None], sin[:, None]
         presents = []
         for i, layer in enumerate(self.model.layers):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 # Keep only each layer's input; recompute its activations during backward.
-                x, present = checkpoint(layer, x, cos, sin, None, use_reentrant=False)
+                x, present = checkpoint(layer, x, cos, sin, None, mask, use_reentrant=False)
             else:
-                x, present = layer(x, cos, sin, None if past is None else past[i])
+                x, present = layer(x, cos, sin, None if past is None else past[i], mask)
             presents.append(present)
         return self.model.norm(x), presents
 
