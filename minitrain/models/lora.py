@@ -70,15 +70,6 @@ def add(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: 
         raise UserError(
             f"--lora_targets={','.join(targets)} names no linear layer of the model (it has {', '.join(kinds)})."
         )
-    never = [name for name in chosen if name not in called_linears(model, chosen)]
-    if never:
-        reached = sorted({n.rsplit(".", 1)[-1] for n in called_linears(model, list(linears))})
-        kinds = sorted({n.rsplit(".", 1)[-1] for n in never})
-        raise UserError(
-            f"--lora_targets={','.join(targets)}: {', '.join(kinds)} is never called as a layer by the model's "
-            f"forward (an output layer tied to the token embedding is applied as a matrix), so its adapter would "
-            f"never get a gradient; choose among {', '.join(reached)}."
-        )
     smallest = min(min(linears[n].in_features, linears[n].out_features) for n in chosen)
     if rank > smallest:
         raise UserError(f"--lora_rank={rank} is larger than the smallest adapted dimension, {smallest}.")
@@ -89,6 +80,17 @@ def add(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: 
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, LoRALinear(linears[name], rank, alpha, dropout))
+    # Every adapter must be reached by the forward (checked with the adapters in place: a model may
+    # take another path once they are there, as BERT leaves its fused q/k/v matmul); the run stops
+    # here otherwise, so the model is not put back.
+    never = [name for name in chosen if name not in called_linears(model, chosen)]
+    if never:
+        kinds = sorted({n.rsplit(".", 1)[-1] for n in never})
+        raise UserError(
+            f"--lora_targets={','.join(targets)}: {', '.join(kinds)} is never called as a layer by the model's "
+            f"forward (an output layer tied to the token embedding is applied as a matrix), so its adapter would "
+            f"never get a gradient; choose among the attention and MLP projections."
+        )
     for name, p in model.named_parameters():
         if any(name.startswith(k) for k in keep_trainable):
             p.requires_grad_(True)
