@@ -183,11 +183,12 @@ def main(cfg: Config) -> dict:
         scaler = make_scaler(world.device, dtype)
         torch.manual_seed(cfg.seed + world.rank)  # dropout differs between ranks, as their data does
         if state is None:
+            shape, precision = asdict(raw_model.config), str(dtype).removeprefix("torch.")
             state = TrainState(
-                "train_gpt2", asdict(cfg), model_config=asdict(raw_model.config), lora=lora_info, data=data
+                "train_gpt2", asdict(cfg), model_config=shape, lora=lora_info, data=data, dtype=precision
             )
         else:  # optimizer moments, loss scale, every rank's random stream, data position
-            restore_training(state, optimizer, scaler, world, cfg.seed)
+            restore_training(state, optimizer, scaler, world, cfg.seed, dtype)
             where = f"step {state.step} (epoch {state.epoch}, {state.pos} sequences into it)"
             dist.print0(f"resumed from {resume_path} at {where}")
         state.config = asdict(cfg)  # the options this part of the run was given

@@ -143,9 +143,10 @@ def main(cfg: Config) -> dict:
         scaler = make_scaler(world.device, dtype)
         torch.manual_seed(cfg.seed + world.rank)  # dropout differs between ranks
         if state is None:
-            state = TrainState("train_mrpc", asdict(cfg), lora=lora_info, data=data)
+            precision = str(dtype).removeprefix("torch.")
+            state = TrainState("train_mrpc", asdict(cfg), lora=lora_info, data=data, dtype=precision)
         else:  # optimizer moments, loss scale, every rank's random stream, data position
-            restore_training(state, optimizer, scaler, world, cfg.seed)
+            restore_training(state, optimizer, scaler, world, cfg.seed, dtype)
             where = f"step {state.step} (epoch {state.epoch + 1}, {state.pos} pairs into it)"
             dist.print0(f"resumed from {resume_path} at {where}")
         state.config = asdict(cfg)  # the options this part of the run was given

@@ -220,7 +220,7 @@ def test_the_lsh_parameters_and_the_index():
         (["--max_non_alpha=2"], "--max_non_alpha=2.0 must be in [0, 1]"),
         (["--min_words=-1"], "--min_words=-1 must not be negative"),
         (["--dedup=fuzzy"], "--dedup='fuzzy' is not one of none, exact, near"),
-        (["--dedup=near", "completions"], "--dedup near is for text corpora"),
+        (["--dedup=near", "completions"], "holds prompt/completion records: train_gpt2.py reads them directly"),
     ],
 )
 def test_bad_cleaning_options_one_sentence_exit_2_nothing_written(tmp_path, capsys, tok, argv, words):

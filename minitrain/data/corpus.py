@@ -12,6 +12,7 @@ from minitrain.data.tokenizer import cached_bpe, eot_id, load_tokenizer
 from minitrain.data.tokens import fingerprint
 from minitrain.options import CleanOptions
 
+RUN_CLEANING = CleanOptions(filters=False)  # what train_gpt2 and evaluate do to a text --data
 SAMPLE_BYTES = 100_000_000  # the most text a BPE is trained on
 
 
@@ -63,8 +64,9 @@ def open_splits(source, tokenizer, val_fraction, cache_dir, progress=True, val_s
         return train, val
     if src.is_shards:
         folder = src.spec
-    else:  # cleaned as `python -m minitrain.prepare` cleans by default (evaluate reads the same cache)
-        folder = cached(src, tokenizer, val_fraction, cache_dir, progress=progress, clean=CleanOptions())
+    else:  # exact copies removed, as `python -m minitrain.prepare` does by default; no quality filter:
+        # a run (and evaluate, which reads the same cache) must not lose documents it was not asked to judge
+        folder = cached(src, tokenizer, val_fraction, cache_dir, progress=progress, clean=RUN_CLEANING)
     return open_folder(folder, tokenizer, need_val=val_fraction > 0)
 
 

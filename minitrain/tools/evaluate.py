@@ -44,7 +44,7 @@ class EvalConfig:
     out: str = ""  # also write the results as JSON to this file
     cache_dir: str = "~/.cache/minitrain"  # lm: where tokenized text is cached
     device: str = "auto"  # auto, cpu or cuda
-    dtype: DtypeName = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    dtype: DtypeName = "auto"  # auto: bf16 where the hardware computes it (GPU, CPU with AVX-512 BF16/AMX), else fp32
     progress: bool = True  # show a progress bar
 
 

@@ -59,13 +59,11 @@ def main(cfg: PrepareConfig) -> dict:
     src = sources.resolve(cfg.data)  # its files found once, for the check below and the work
     check_apart(src, out)
     clean = CleanOptions(**{f: getattr(cfg, f) for f in CleanOptions.__dataclass_fields__})
-    if completions.is_completions(src):  # examples, not web text: no filters, and no near copies (see NOTES.md)
-        if cfg.dedup == "near":
-            raise UserError(
-                f"--dedup near is for text corpora: {cfg.data!r} holds prompt/completion records, whose shared "
-                f"templates make distinct examples look alike; use --dedup exact or none."
-            )
-        clean.filters = False
+    if completions.is_completions(src):  # examples are read by train_gpt2.py itself, prompts masked
+        raise UserError(
+            f"{cfg.data!r} holds prompt/completion records: train_gpt2.py reads them directly (pass the file as "
+            f"--data); prepare tokenizes text into shards."
+        )
     replacing = None
     if out.is_dir() and any(out.iterdir()):
         prepared.owned_files(out)  # a prepare's folder with nothing else in it, or refused

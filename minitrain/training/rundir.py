@@ -215,8 +215,10 @@ def open_run(out_dir: Path, resume: str, overwrite: bool, world, script: str) ->
 def start_run(out_dir: Path, new: bool, outputs, world) -> None:
     """Right before training: a new run deletes what an earlier run wrote into out_dir (the run
     was allowed to replace it: --overwrite, or --resume=auto over logs only): step checkpoints,
-    best.pt, the logs and the script's `outputs`; anything else in the folder is left alone."""
-    if world.is_main and new:
+    best.pt, the logs and the script's `outputs`; anything else in the folder is left alone, and in a
+    folder that holds no run (no checkpoint, best.pt, final/ or metrics.jsonl) nothing is deleted: a
+    `wandb/` or `mlflow.db` there is somebody else's."""
+    if world.is_main and new and holds_run(out_dir):  # only what replaces a run: never files beside no run
         for name in ("best.pt", *Logger.FILES, *outputs):
             p = out_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)

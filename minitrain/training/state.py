@@ -42,6 +42,7 @@ class TrainState:
     lora: dict | None = None  # the adapters' rank, alpha, targets and the frozen base's checksum
     data: dict | None = None  # the identity of the data the run trains on
     tracking: dict | None = None  # the tracked runs' ids (W&B, MLflow), so that a resumed run continues them
+    dtype: str | None = None  # the compute precision the run trained in (bfloat16, float16, float32)
     model: dict = field(default_factory=dict)  # the weights (with LoRA: the trainable tensors only)
     optimizer: dict = field(default_factory=dict)  # AdamW's state_dict
     scaler: dict = field(default_factory=dict)  # GradScaler's state_dict
@@ -107,6 +108,7 @@ KINDS = {
 }
 KINDS |= {"epoch_loss_sum": (int, float), "epoch_steps": int, "model_config": (dict, type(None))}
 KINDS |= {"lora": (dict, type(None)), "data": (dict, type(None)), "model": dict, "optimizer": dict, "scaler": dict}
+KINDS |= {"dtype": (str, type(None))}
 
 
 def _check_types(state: TrainState, path) -> None:
@@ -211,12 +213,19 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def restore_training(state: TrainState, optimizer, scaler, world, seed: int) -> None:
+def restore_training(state: TrainState, optimizer, scaler, world, seed: int, dtype) -> None:
     """A checkpoint's optimizer, loss scaler and random state. With the world size it was saved
     with, every rank continues its own random stream; with another, each rank starts a stream
-    seeded by the step (not a replay of the run's first steps)."""
+    seeded by the step (not a replay of the run's first steps). A run resumed in another precision
+    (`dtype`) goes on, and says so: its continuation is not the run it would have been; a scaler
+    that was off (bf16, fp32) leaves an fp16 run's scaler fresh."""
+    name = str(dtype).removeprefix("torch.")
+    if state.dtype is not None and state.dtype != name:
+        print(f"note: the checkpoint trained in {state.dtype}, this run continues in {name} (--dtype)", flush=True)
+    state.dtype = name
     optimizer.load_state_dict(state.optimizer)
-    scaler.load_state_dict(state.scaler)
+    if state.scaler:  # empty when the scaler was off
+        scaler.load_state_dict(state.scaler)
     if len(state.rng) == world.world_size:
         set_rng_state(state.rng[world.rank])
     else:
