@@ -220,3 +220,26 @@ def test_a_storm_of_signals_after_a_stop_still_ends_cleanly(corpus, cache, tmp_p
     assert "stopped by a signal at step" in stdout and "Traceback" not in stderr and n > 3
     step = int(rundir.latest(out).stem.split("-")[1])
     assert torch.load(rundir.latest(out), weights_only=True)["step"] == step
+
+
+def test_a_new_run_leaves_what_it_did_not_write(corpus, cache, tmp_path):
+    """A folder that holds no run keeps everything in it when a run starts there (a W&B folder or
+    an MLflow store beside it are somebody else's): nothing is deleted without --overwrite."""
+    out = tmp_path / "run"
+    (out / "wandb/run-1").mkdir(parents=True)
+    (out / "wandb/run-1/run.wandb").write_text("theirs")
+    (out / "mlflow.db").write_text("theirs")
+    (out / "notes.txt").write_text("mine")
+    run_main(corpus, out, cache, max_steps=2)
+    assert (out / "wandb/run-1/run.wandb").read_text() == "theirs" and (out / "mlflow.db").read_text() == "theirs"
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_resume_in_another_precision_goes_on_and_says_so(corpus, cache, tmp_path, capfd):
+    out = tmp_path / "run"
+    run_main(corpus, out, cache, max_steps=2, save_interval=2)
+    assert torch.load(out / "ckpt-0000002.pt", weights_only=True)["dtype"] == "float32"
+    capfd.readouterr()
+    assert run_main(corpus, out, cache, max_steps=4, save_interval=2, resume="auto", dtype="bf16")["step"] == 4
+    assert "the checkpoint trained in float32, this run continues in bfloat16" in capfd.readouterr().out
+    assert torch.load(out / "ckpt-0000004.pt", weights_only=True)["dtype"] == "bfloat16"
