@@ -105,8 +105,11 @@ def train_config(p: dict, batch_size: int, steps: int, out: Path, **options):
     import train_gpt2
 
     shape = {k: p[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "tokens_per_step")}
+    stand_in = out / "random.txt"  # --data names a real text file; random_source replaces what is read
+    stand_in.parent.mkdir(parents=True, exist_ok=True)
+    stand_in.write_text("random token ids stand in for this text\n")
     return train_gpt2.Config(
-        data="random", out_dir=str(out / "run"), cache_dir=str(out / "cache"), **shape, batch_size=batch_size,
+        data=str(stand_in), out_dir=str(out / "run"), cache_dir=str(out / "cache"), **shape, batch_size=batch_size,
         max_steps=steps, warmup_steps=10, lr=6e-4, min_lr=6e-5, eval_interval=10**9, save_interval=10**9,
         eval_batches=1, num_samples=0, progress=False, export="final", **options,
     )  # fmt: skip
@@ -119,14 +122,13 @@ def random_source(train_ids, val_ids, tok):
     import train_gpt2
     from minitrain.data import tokens as data
 
-    saved = train_gpt2.open_splits, train_gpt2.pick_tokenizer, train_gpt2.sources.resolve
+    saved = train_gpt2.open_splits, train_gpt2.pick_tokenizer
     train_gpt2.open_splits = lambda *args: (data.Tokens([train_ids]), data.Tokens([val_ids]))
     train_gpt2.pick_tokenizer = lambda *args: tok
-    train_gpt2.sources.resolve = lambda spec: spec  # no corpus is looked for (a bare GPU image has none)
     try:
         yield
     finally:
-        train_gpt2.open_splits, train_gpt2.pick_tokenizer, train_gpt2.sources.resolve = saved
+        train_gpt2.open_splits, train_gpt2.pick_tokenizer = saved
 
 
 def contextlib_sdpa(name: str):
