@@ -263,3 +263,48 @@ def test_generate_renders_chat_prompts_with_the_models_template(tmp_path, corpus
         assert tok.encode(row["prompt"]).ids == ids
         new = model.generate(torch.tensor([ids]), 4, temperature=0.0)[0, len(ids) :].tolist()
         assert row["completion"] == tok.decode(new)  # greedy: the model's own continuation of those ids
+
+
+def _chat_model(folder, corpus, kind="llama3", vocab_size=None):
+    """model_folder's tokenizer and template with a tiny random Llama beside it."""
+    import torch
+
+    from minitrain.models.llama import Llama, LlamaConfig
+
+    folder.mkdir()
+    model_folder(folder, corpus, kind)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab_size or load_tokenizer(folder).get_vocab_size(), hidden_size=32,
+                      intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=128)  # fmt: skip
+    Llama(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case,words",
+    [
+        ("tokenizer of another model", "the tokenizer has 400 tokens but the model only 100 (the vocab_size of "),
+        ("template not jinja", "chat_template, or chat_template.jinja) is not valid Jinja: line 1: "),
+        ("template fails", "chats.jsonl:1: the model's chat template failed to render (TypeError: "),
+        ("record refused", "chats.jsonl:2: the model's chat template refused the conversation: Conversation roles"),
+    ],
+)
+def test_bad_chat_input_is_one_sentence_exit_2_nothing_written(tmp_path, corpus, cache, capsys, case, words):
+    from tests.test_faults import cli_fails, tiny_argv
+
+    folder = _chat_model(tmp_path / "model", corpus, vocab_size=100 if case == "tokenizer of another model" else None)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    source = {"template not jinja": "{% for m in messages %}{{ m.content }", "template fails": "{{ messages + 1 }}"}
+    source["record refused"] = STRICT
+    settings["chat_template"] = source.get(case, settings["chat_template"])
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    chats = [CHATS[0]] * 40
+    if case == "record refused":
+        chats[1] = [{"role": "system", "content": "Be brief."}, *CHATS[0]]  # STRICT wants the user first
+    path = _jsonl(tmp_path, chats)
+    out = tmp_path / "out"
+    line = cli_fails(tiny_argv(corpus, out, cache, init_from=str(folder), data=path, block_size=64), capsys)
+    assert words in line and not out.exists(), line
+    if case == "tokenizer of another model":
+        assert str(folder / "config.json") in line

@@ -70,7 +70,10 @@ class ChatTemplate:
         try:
             self.template = env.from_string(source)
         except jinja2.exceptions.TemplateSyntaxError as e:
-            raise UserError(f"the model's chat template is not valid Jinja ({e}).") from None
+            raise UserError(
+                f"the model's chat template (tokenizer_config.json's chat_template, or chat_template.jinja) is not "
+                f"valid Jinja: line {e.lineno}: {e.message}."
+            ) from None
         self.error = jinja2.exceptions.TemplateError
         self.tagged = bool(TAGGED.search(source))
         self.blocks, self.spans = [], []  # the output so far and the {% generation %} spans, while rendering
@@ -93,9 +96,12 @@ class ChatTemplate:
             ):
                 self.blocks.append(block)
             return "".join(self.blocks), sorted(self.spans)
-        except self.error as e:
+        except self.error as e:  # the template's raise_exception, or an undefined variable
             at = f"{where}: " if where else ""
             raise UserError(f"{at}the model's chat template refused the conversation: {e}") from None
+        except Exception as e:  # a template is code: `content + 1` raises TypeError, a bad index IndexError
+            at = f"{where}: " if where else ""
+            raise UserError(f"{at}the model's chat template failed to render ({type(e).__name__}: {e}).") from None
 
     def segments(self, messages: list[dict], where: str) -> list[str]:
         """The whole chat's rendering cut into texts that alternate context, learned, context, learned,
