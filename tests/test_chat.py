@@ -181,7 +181,17 @@ def test_the_plain_rendering_learns_every_assistant_content(sft_model, tmp_path)
     assert completions.tokenize([completions.render_plain(messages)], tok, eot, first - 1).dropped == 1
 
 
-def test_a_turn_rendered_differently_later_stays_context(capsys):
+def test_nested_or_touching_generation_blocks_are_one_learned_text():
+    source = (
+        "{% for m in messages %}{{ m['role'] + ': ' }}{% if m['role'] == 'assistant' %}{% generation %}"
+        "{% generation %}{{ m['content'] }}{% endgeneration %}{{ '.' }}{% endgeneration %}{% generation %}"
+        "{{ '</s>' }}{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}{{ '\\n' }}{% endfor %}"
+    )
+    texts = template_of({"chat_template": source}).segments(CHATS[1], "x.jsonl:1")
+    assert texts[1::2] == ["Hello..</s>", 'Blue, "sky" blue..</s>'] and texts[0].endswith("assistant: ")
+
+
+def test_a_turn_rendered_differently_later_stays_context():
     """As Qwen3's template does with its empty thinking block: only on the last assistant message."""
     source = (
         "{% for m in messages %}{{ '<' + m['role'] + '>' }}{% if m['role'] == 'assistant' and loop.last %}"

@@ -127,7 +127,13 @@ class ChatTemplate:
                     )
                 else:
                     self.unlearned += 1
-        cut = [0, *(x for span in spans for x in span), len(text)]
+        merged = []  # nested or touching {% generation %} blocks are one learned text
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        cut = [0, *(x for span in merged for x in span), len(text)]
         return [text[a:b] for a, b in zip(cut, cut[1:])]
 
 
