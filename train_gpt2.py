@@ -416,10 +416,10 @@ def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2 
             f"--block_size={cfg.block_size} is larger than the model's {n_positions} positions; "
             f"use --block_size={n_positions} or less."
         )
-    if tokenizer.get_vocab_size() > vocab_size:
+    if tokenizer.get_vocab_size() > vocab_size:  # only a checkpoint's model can have fewer rows than tokens
         raise UserError(
-            f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only {vocab_size}: "
-            f"they do not belong together."
+            f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only {vocab_size} (the vocab_size "
+            f"of {hub.resolve_model_dir(cfg.init_from) / 'config.json'}): they do not belong together."
         )
     # --lora_rank: frozen model, adapters on the targets (the family's projections by default)
     lora_info = lora.from_options(model, cfg, model.config.model_type)

@@ -76,6 +76,54 @@ def test_llama_accumulation_equals_big_batch_and_resume_is_exact(corpus, cache, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_two_processes_equal_one_process_with_double_batch(corpus, cache, tmp_path):
+    """The hand-written DDP under torchrun on a tiny Llama (GQA, RMSNorm, RoPE): 2 x 2 == 1 x 4."""
+    from tests.helpers import run_script, tiny_gpt2_args
+    from tests.test_ddp import EQ_LR
+
+    kw = dict(max_steps=4, lr=EQ_LR, dtype="fp32", **LLAMA)
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4, **kw))
+    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "two", cache, batch_size=2, **kw), nproc=2)
+    assert max_param_diff(final_params(tmp_path / "one"), final_params(tmp_path / "two")) <= 1e-6
+    for key in ("train_loss", "val_loss"):
+        one, two = metrics(tmp_path / "one", key), metrics(tmp_path / "two", key)
+        assert one.keys() == two.keys() and all(abs(one[s] - two[s]) < 1e-5 for s in one)
+
+
+def test_prepare_with_a_vocabulary_over_65536_writes_uint32_shards_that_train_reads(corpus, cache, tmp_path):
+    """python -m minitrain.prepare --tokenizer FOLDER with Llama 3's 128,256 tokens: ids above 65,535
+    need llm.c's uint32 shards; train_gpt2.py --data SHARDS trains a Llama on them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from minitrain.data.shards import find_shards, read_shard
+    from minitrain.tools import prepare
+
+    words = sorted(set(corpus.read_text()[:20000].split()))
+    vocab = {f"<|reserved_{i}|>": i for i in range(128_256 - len(words) - 1)}  # filler: the corpus's words last
+    vocab |= {w: len(vocab) + k for k, w in enumerate(words)} | {"<|end_of_text|>": 128_255}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|end_of_text|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|end_of_text|>"}))
+    (tmp_path / "text.txt").write_text(corpus.read_text()[:20000])
+    cfg = prepare.PrepareConfig(data=str(tmp_path / "text.txt"), out=str(tmp_path / "shards"), tokenizer=str(folder),
+                                val_fraction=0.1, num_proc=1, progress=False)  # fmt: skip
+    prepare.main(cfg)
+    train, val = find_shards(tmp_path / "shards")
+    ids = np.concatenate([read_shard(p) for p in train])
+    assert ids.dtype == np.uint32 and ids.min() >= 128_255 - len(words) and ids.max() == 128_255
+    assert np.fromfile(train[0], dtype="<i4", count=2).tolist() == [20240801, 7]  # llm.c's uint32 magic, version
+    out = tmp_path / "run"
+    # --tokenizer: the shard folder keeps tokenizer.json only, not the eos that tokenizer_config.json names
+    kw = dict(data=str(tmp_path / "shards"), tokenizer=str(folder), max_steps=2, eval_interval=2, **LLAMA)
+    result = run_main(None, out, cache, **kw)
+    assert np.isfinite(result["val_loss"])
+    ckpt = torch.load(out / "ckpt-0000002.pt", weights_only=True)
+    assert ckpt["model_config"]["vocab_size"] == 128_256
+
+
 def test_a_llama3_style_tokenizer_separates_documents_with_its_eos_and_starts_them_with_bos(llama3_folder, tmp_path):
     from minitrain.data import prepare
     from minitrain.data.shards import find_shards, read_shard
@@ -111,6 +159,21 @@ def test_fine_tune_a_llama3_folder_with_lora_keeps_its_tokenizer(corpus, cache, 
     ex = completions.tokenize([("Hello", " world")], tok, 1, 32)
     assert ex.seqs[0].tolist() == [0, *tok.encode("Hello", add_special_tokens=False).ids,
                                    *tok.encode(" world", add_special_tokens=False).ids, 1]  # fmt: skip
+    # the merged export (W + alpha/r B A) gives the LoRA model's logits: the base with the
+    # checkpoint's adapters, unmerged
+    from minitrain.models import hub, lora
+
+    final, base = hub.load_state_dict(out / "final"), hub.load_state_dict(llama3_folder)
+    assert (
+        final["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"]
+    ).abs().max() > 0
+    model = Llama.from_pretrained(llama3_folder)
+    lora.add(model, ckpt["lora"]["targets"], 4, ckpt["lora"]["alpha"], 0.0)
+    lora.load_state(model, ckpt["model"])
+    ref = transformers.AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    x = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model.eval()(x)[0] - ref(x).logits).abs().max().item() <= 1e-5
 
 
 def test_bad_llama_inputs_fail_in_one_sentence(corpus, cache, tmp_path, capsys, llama3_folder):

@@ -25,7 +25,9 @@ class GenerateConfig(SamplingOptions):
 
     model: str = "out/gpt2/final"  # an exported Hugging Face folder (GPT-2, Llama, Qwen), a hub id, or a checkpoint
     prompt: str = "\n"  # the text to continue
-    prompt_file: str = ""  # many prompts: a .txt (one per line) or .jsonl ('prompt', or 'messages' as in training)
+    prompt_file: str = (
+        ""  # many prompts: .txt (one per line) or .jsonl ('prompt', or 'messages': the model's chat template)
+    )
     out: str = ""  # also write {"prompt": ..., "completion": ...} JSON lines to this file
     num_samples: NonNegativeInt = 1  # samples of each prompt
     seed: int = 1337  # the sampling seed
@@ -34,9 +36,10 @@ class GenerateConfig(SamplingOptions):
 
 def main(cfg: GenerateConfig) -> list[str]:
     check(cfg)
-    prompts = completions.read_prompts(cfg.prompt_file) if cfg.prompt_file else [cfg.prompt]
     device = dist.pick_device(cfg.device)
     model, tok = load_model(cfg.model, "causal")
+    # a chat is rendered with the model's own template and its generation prompt, as training renders it
+    prompts = completions.read_prompts(cfg.prompt_file, tok) if cfg.prompt_file else [cfg.prompt]
     model.to(device).eval()
     each = [p for p in prompts for _ in range(cfg.num_samples)]  # --num_samples for every prompt
     texts = sample_texts(model, tok, cfg, cfg.seed, empty_prompt_id=eot_id(tok), prompts=each)
@@ -45,7 +48,9 @@ def main(cfg: GenerateConfig) -> list[str]:
     if cfg.out:
         with atomic_write(cfg.out, "w") as f:
             for prompt, text in zip(each, texts):
-                completion = text[len(prompt) :] if text.startswith(prompt) else text
+                # the text is decoded without special tokens (a template's <|im_start|>): so is the prompt
+                shown = tok.decode(tok.encode(prompt).ids)
+                completion = text[len(shown) :] if text.startswith(shown) else text
                 f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
     return texts
 
