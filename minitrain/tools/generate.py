@@ -36,6 +36,8 @@ class GenerateConfig(SamplingOptions):
 
 def main(cfg: GenerateConfig) -> list[str]:
     check(cfg)
+    if cfg.prompt_file:  # a bad prompt file is refused before the model is loaded
+        completions.read_prompts(cfg.prompt_file)
     device = dist.pick_device(cfg.device)
     model, tok = load_model(cfg.model, "causal")
     # a chat is rendered with the model's own template and its generation prompt, as training renders it
