@@ -306,3 +306,23 @@ def test_mrpc_run_goes_to_the_default_mlflow_store_under_out_dir(minilm_dir, tmp
     for key, series in histories(jsonl(out)).items():  # per-step losses, the epoch's row, the test scores
         assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)) == sorted(series)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"report.png", "report.md"}
+
+
+def test_mlflow_resume_from_before_the_last_logged_step_continues_in_a_new_run(corpus, cache, tmp_path, monkeypatch):
+    """Resumed from step 2 of a run that logged to step 4 (a crash after the last checkpoint): a
+    metric's history cannot be cut back, so the continuation is a new MLflow run tagged with where
+    it resumed from, and no run holds a step twice."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store'}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out, kw = tmp_path / "run", dict(report_to="mlflow", save_interval=2)
+    run_main(corpus, out, cache, max_steps=4, **kw)
+    first = torch.load(out / "ckpt-0000002.pt", weights_only=True)["tracking"]["mlflow"]["run_id"]
+    run_main(corpus, out, cache, max_steps=4, resume=str(out / "ckpt-0000002.pt"), **kw)
+    second = torch.load(out / "ckpt-0000004.pt", weights_only=True)["tracking"]["mlflow"]["run_id"]
+    client = MlflowClient(uri)
+    assert second != first and client.get_run(second).data.tags["minitrain.resumed_from"] == f"{first}@2"
+    for run_id in (first, second):
+        steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+        assert len(steps) == len(set(steps)), (run_id, steps)

@@ -37,7 +37,8 @@ class Logger:
             keep = [row for row in read_rows(path) if row["step"] <= initial]
             path.write_text("".join(json.dumps(_as_logged(row)) + "\n" for row in keep))
         self.jsonl = open(path, "a")
-        self.trackers, ids = tracking.start(out_dir, state.config if state else {}, state.tracking if state else None)
+        config, ids = (state.config, state.tracking) if state else ({}, None)
+        self.trackers, ids = tracking.start(out_dir, config, ids, initial)
         if state is not None:
             state.tracking = ids or None
         if progress:

@@ -134,10 +134,10 @@ class Tracker(Protocol):
     def close(self, ok: bool, log_model: bool) -> None: ...  # end-of-run artifacts (when ok), then finish
 
 
-def start(out_dir, config: dict, ids: dict | None) -> tuple[list[Tracker], dict]:
-    """The trackers --report_to names, started (a resumed run's `ids` continue its tracked runs),
-    and the ids to keep in the training state. A tracker that cannot start is left out with one
-    warning line."""
+def start(out_dir, config: dict, ids: dict | None, initial: int = 0) -> tuple[list[Tracker], dict]:
+    """The trackers --report_to names, started (a resumed run's `ids` continue its tracked runs from
+    step `initial`), and the ids to keep in the training state. A tracker that cannot start is left
+    out with one warning line."""
     out_dir = Path(out_dir)
     names = parse(config.get("report_to", "tensorboard"))
     name = config.get("run_name") or out_dir.resolve().name
@@ -151,7 +151,7 @@ def start(out_dir, config: dict, ids: dict | None) -> tuple[list[Tracker], dict]
             elif kind == "wandb":
                 tracker = WandB(out_dir, name, project, config, ids.get("wandb"))
             else:
-                tracker = MLflow(out_dir, name, project, config, ids.get("mlflow"))
+                tracker = MLflow(out_dir, name, project, config, ids.get("mlflow"), initial)
         except ImportError:  # tensorboard is in requirements.txt (wandb and mlflow were checked before)
             warn(f"{kind} is not installed: no {kind} logs")
             continue
@@ -287,7 +287,7 @@ class MLflow:
 
     name = "mlflow"
 
-    def __init__(self, out_dir: Path, name: str, project: str, config: dict, ids: dict | None):
+    def __init__(self, out_dir: Path, name: str, project: str, config: dict, ids: dict | None, initial: int = 0):
         from mlflow.entities import Param
 
         self.out_dir = out_dir
@@ -301,9 +301,17 @@ class MLflow:
                 run = client.get_run(ids["run_id"])
             except Exception:
                 warn(f"MLflow run {ids['run_id']} is not in {self.uri}; a new MLflow run starts")
+        resumed_from = None
+        if run is not None and _last_step(client, run) > initial:
+            # a crash after the last checkpoint: the run holds steps the resume trains again, and a
+            # metric's history cannot be cut back, so the continuation is a new run that says so
+            resumed_from = f"{run.info.run_id}@{initial}"
+            warn(f"MLflow run {run.info.run_id} holds steps past step {initial}; a new MLflow run continues it")
+            run = None
         if run is None:
             parent = os.environ.get(PARENT_ENV)
-            tags = {"mlflow.parentRunId": parent} if parent else None
+            tags = {"mlflow.parentRunId": parent} if parent else {}
+            tags = (tags | {"minitrain.resumed_from": resumed_from} if resumed_from else tags) or None
             run = client.create_run(experiment(client, project, self.uri), run_name=name, tags=tags)
             before = {}
         else:
@@ -340,6 +348,12 @@ class MLflow:
                 self.client.log_artifacts(self.run_id, str(model), "final")
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
         print(f"MLflow: run {self.run_id} in {self.uri}", flush=True)
+
+
+def _last_step(client, run) -> int:
+    """The last step any metric of an MLflow run was logged at (-1: none)."""
+    steps = [m.step for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+    return max(steps, default=-1)
 
 
 def tracking_uri(out_dir) -> str:
