@@ -1,9 +1,12 @@
-"""Train GPT-2 on text: from scratch, or fine-tuning a Hugging Face checkpoint.
+"""Train a causal language model on text, from scratch or fine-tuning a Hugging Face checkpoint:
+the GPT-2 family and the Llama family (Llama 3.x, Qwen2.5, Qwen3, SmolLM2), one loop for both.
 
     python train_gpt2.py                                   # the offline default: a small GPT-2
                                                            # from scratch on Shakespeare (CPU ok)
     torchrun --standalone --nproc_per_node=2 train_gpt2.py # the same, data-parallel, 2 processes
+    python train_gpt2.py --arch=llama --n_kv_head=2        # a small Llama-shaped model from scratch
     python train_gpt2.py --init_from=gpt2 --data=my.txt    # fine-tune GPT-2 124M on your text
+    python train_gpt2.py --init_from=path/to/SmolLM2-135M --data=chats.jsonl  # its chat template
     python train_gpt2.py --init_from=gpt2 --data=sft.jsonl --lora_rank=8  # prompt/completion, LoRA
     python train_gpt2.py --init_from=gpt2 --data=sft.jsonl --packing=false # padded rows instead of packed
     python train_gpt2.py --config configs/gpt2-124m.toml   # GPT-2 124M on FineWeb shards (8 GPUs)
