@@ -50,7 +50,7 @@ from minitrain.models.gpt2 import GPT2, GPT2Config
 from minitrain.models.llama import Llama, LlamaConfig
 from minitrain.options import LoRAOptions, OptimOptions, RunOptions, SamplingOptions, SystemOptions
 from minitrain.training import ddp, dist, report, rundir, tracking
-from minitrain.training.batchsize import auto_batch_size
+from minitrain.training.batchsize import auto_batch_size, training_blocks
 from minitrain.training.compile import compile_model
 from minitrain.training.evaluate import LMScores
 from minitrain.training.logger import Logger
@@ -168,7 +168,7 @@ def main(cfg: Config) -> dict:
         grad_accum = accumulation_steps(cfg.tokens_per_step, cfg.grad_accum_steps, W, B, T)
         blocks_per_step = W * B * grad_accum  # the global batch, in sequences
         window_tokens = blocks_per_step * T  # tokens per step (prompt/completion rows: at most)
-        n_train_blocks = check_sizes(train_tokens, val_tokens, T, blocks_per_step)
+        n_train_blocks = training_blocks(train_tokens, val_tokens, T, blocks_per_step)
         n_val_blocks = val_tokens.num_blocks(T)
         n_eval_blocks = min(n_val_blocks, cfg.eval_batches * B * W) if cfg.eval_batches else n_val_blocks
         validate = LMScores(val_tokens, n_eval_blocks, T, B, token_bytes(tokenizer))  # loss, perplexity, bits/byte
@@ -362,31 +362,6 @@ def check_together(cfg: Config) -> None:
     check_writable_folder(cfg.cache_dir, "--cache_dir")
     if cfg.init_from != "scratch":
         registry.check_local(cfg.init_from)  # a family minitrain trains, with a config its model implements
-
-
-def check_sizes(train_tokens, val_tokens, T: int, blocks_per_step: int) -> int:
-    """The training split's number of blocks, once it is known to hold a global batch (and the
-    validation split a block)."""
-    n_train_blocks, unused = train_tokens.num_blocks(T), train_tokens.unused(T)
-    if n_train_blocks < blocks_per_step and unused > len(train_tokens) / 2:
-        raise UserError(
-            f"most training tokens lie in shard tails shorter than a block of {T} + 1 tokens (blocks do not cross "
-            f"a shard's end): prepare the data with a larger --shard_tokens, or lower --block_size."
-        )
-    if n_train_blocks < blocks_per_step:
-        raise UserError(
-            f"the training split has {n_train_blocks} blocks of {T} tokens, fewer than "
-            f"one global batch of {blocks_per_step}: lower --batch_size or --block_size."
-        )
-    if val_tokens.num_blocks(T) == 0:
-        raise UserError(f"the validation split is shorter than one block of {T} tokens.")
-    if unused > 0.05 * len(train_tokens):
-        share = unused / len(train_tokens)
-        dist.print0(
-            f"warning: {share:.0%} of the training tokens are never trained: blocks do not cross a shard's end, "
-            f"and these shards are short (prepare with a larger --shard_tokens)"
-        )
-    return n_train_blocks
 
 
 def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2 | Llama, dict | None]:

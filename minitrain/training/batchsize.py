@@ -1,9 +1,11 @@
-"""--batch_size=auto: the largest power-of-two micro-batch whose forward and backward fit on the
-GPU, the same on every rank; accumulation then follows from the tokens per step."""
+"""Batch sizes: --batch_size=auto, the largest power-of-two micro-batch whose forward and backward fit
+on the GPU, the same on every rank (accumulation then follows from the tokens per step); and
+whether the data holds the global batch a step takes."""
 
 import torch
 
 from minitrain import UserError
+from minitrain.data.tokens import TokenSource
 from minitrain.training import dist
 from minitrain.training.precision import autocast, oom_sentence
 
@@ -58,3 +60,29 @@ def auto_batch_size(model, block_size: int, tokens_per_step: int, world, dtype) 
         raise UserError(oom_sentence())
     dist.print0(f"--batch_size=auto: {B} sequences per micro-batch fit")
     return B
+
+
+def training_blocks(train_tokens: TokenSource, val_tokens: TokenSource, T: int, blocks_per_step: int) -> int:
+    """The training split's number of blocks of T, once it is known to hold a global batch of
+    `blocks_per_step` (and the validation split a block); a warning when short shards leave more
+    than 5 % of the tokens out (blocks do not cross a shard's end)."""
+    n_train_blocks, unused = train_tokens.num_blocks(T), train_tokens.unused(T)
+    if n_train_blocks < blocks_per_step and unused > len(train_tokens) / 2:
+        raise UserError(
+            f"most training tokens lie in shard tails shorter than a block of {T} + 1 tokens (blocks do not cross "
+            f"a shard's end): prepare the data with a larger --shard_tokens, or lower --block_size."
+        )
+    if n_train_blocks < blocks_per_step:
+        raise UserError(
+            f"the training split has {n_train_blocks} blocks of {T} tokens, fewer than "
+            f"one global batch of {blocks_per_step}: lower --batch_size or --block_size."
+        )
+    if val_tokens.num_blocks(T) == 0:
+        raise UserError(f"the validation split is shorter than one block of {T} tokens.")
+    if unused > 0.05 * len(train_tokens):
+        share = unused / len(train_tokens)
+        dist.print0(
+            f"warning: {share:.0%} of the training tokens are never trained: blocks do not cross a shard's end, "
+            f"and these shards are short (prepare with a larger --shard_tokens)"
+        )
+    return n_train_blocks
