@@ -116,15 +116,11 @@ class Hold:
                 fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
             except OSError:
                 return  # the caller's own checks say what is wrong with the folder
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise UserError(
-                    f"{folder} is locked by a running job (a prepare --overwrite replacing it, or a training run "
-                    f"writing into it); wait for it to end, or read another folder."
-                ) from None
-            except OSError:
+            busy = (
+                f"{folder} is locked by a running job (a prepare --overwrite replacing it, or a training run "
+                f"writing into it); wait for it to end, or read another folder."
+            )
+            if not _flock(fd, fcntl.LOCK_SH, busy):
                 os.close(fd)
                 return
             if _same(fd, folder):
@@ -145,17 +141,25 @@ def lock_for_replace(folder, what: str) -> int:
     """An exclusive lock on a folder about to be replaced or deleted (its descriptor; close it to
     release). Refused while a run reads the folder (see Hold) or another prepare replaces it."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    busy = (
+        f"{what} {folder} is in use by a running job (a training run reading its shards, or another prepare); "
+        f"wait for it to end, or choose another folder."
+    )
+    _flock(fd, fcntl.LOCK_EX, busy)  # without flock on this file system: go on without a lock
+    return fd
+
+
+def _flock(fd: int, kind: int, busy: str) -> bool:
+    """Take a non-blocking flock of `kind` on `fd`: True when held, False where the file system has
+    no flock; held by someone else: `fd` is closed and `busy` is the one sentence."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        return True
     except BlockingIOError:
         os.close(fd)
-        raise UserError(
-            f"{what} {folder} is in use by a running job (a training run reading its shards, or another prepare); "
-            f"wait for it to end, or choose another folder."
-        ) from None
-    except OSError:  # no flock on this file system: go on without one
-        pass
-    return fd
+        raise UserError(busy) from None
+    except OSError:
+        return False
 
 
 def _same(fd: int, folder: Path) -> bool:

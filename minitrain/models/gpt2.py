@@ -96,10 +96,7 @@ class CausalSelfAttention(nn.Module):
         if past is not None:  # KV cache: prepend the keys and values of earlier positions
             k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)  # (B, nh, T_past + T, hs)
-        if mask is not None:  # documents packed in a row: causal inside each, nothing across
-            causal = False
-        else:  # no cache: plain causal; a cache: the new tokens see it and each other causally
-            mask, causal = lm.attention_mask(T, k.size(2), x.device)
+        mask, causal = lm.attention_mask(T, k.size(2), x.device, mask)  # documents in a row, or a cache
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -173,10 +170,7 @@ class GPT2(nn.Module):
                 nn.init.normal_(p, 0.0, cfg.initializer_range / math.sqrt(2 * cfg.n_layer))
 
     def _init_weights(self, m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, 0.0, self.config.initializer_range)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
+        lm.init_weights(m, self.config.initializer_range)
 
     def compile_blocks(self) -> None:
         """Regional compilation (as torchtitan does): each transformer block is compiled in place,
@@ -207,10 +201,7 @@ class GPT2(nn.Module):
         # the final hidden states over chunks of rows (see chunked_cross_entropy), and no logits
         # are returned. Call the model without labels for logits.
         h = self.hidden_states(input_ids, doc_ids)  # (B, T, C)
-        loss = chunked_cross_entropy(h.flatten(0, 1), self.lm_head.weight, self.pad_logit_bias, labels.flatten())
-        if reduction == "mean":
-            loss = loss / (labels != -100).sum().clamp(min=1)
-        return None, loss
+        return None, lm.lm_loss(h, self.lm_head.weight, self.pad_logit_bias, labels, reduction)
 
     def hidden_states(self, input_ids, doc_ids=None):
         """The final hidden states (B, T, C), after ln_f: what the LM head multiplies."""

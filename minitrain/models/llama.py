@@ -26,7 +26,6 @@ from torch.utils.checkpoint import checkpoint
 
 from minitrain import UserError
 from minitrain.models import documents, hub, lm
-from minitrain.models.lm import chunked_cross_entropy
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 ROPE_TYPES = ("default", "llama3")  # the rope_scaling rules implemented here
@@ -230,10 +229,7 @@ class Attention(nn.Module):
         if past is not None:  # KV cache: the (already rotated) keys and values of earlier positions
             k = torch.cat([past[0], k], dim=2)  # (B, nkv, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)  # (B, nkv, T_past + T, hs)
-        if mask is not None:  # documents packed in a row: causal inside each, nothing across
-            causal = False
-        else:  # no cache: plain causal; a cache: the new tokens see it and each other causally
-            mask, causal = lm.attention_mask(T, k.size(2), x.device)
+        mask, causal = lm.attention_mask(T, k.size(2), x.device, mask)  # documents in a row, or a cache
         # Grouped-query attention: query head i reads key/value head i // (nh / nkv). enable_gqa
         # lets the kernel do that without copying k and v nh / nkv times (the cache stays small too).
         y = F.scaled_dot_product_attention(
@@ -308,10 +304,7 @@ class Llama(nn.Module):
 
     def _init_weights(self, m):
         # Hugging Face's initialisation: normal(0, initializer_range), zero biases, norms at one
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, 0.0, self.config.initializer_range)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
+        lm.init_weights(m, self.config.initializer_range)
 
     def compile_blocks(self) -> None:
         """Each decoder layer compiled in place (see GPT2.compile_blocks)."""
@@ -337,10 +330,7 @@ class Llama(nn.Module):
         if labels is None:
             return self.decode(input_ids, doc_ids=doc_ids)[0], None
         h = self.hidden_states(input_ids, doc_ids)  # (B, T, C)
-        loss = chunked_cross_entropy(h.flatten(0, 1), self.lm_head.weight, None, labels.flatten())
-        if reduction == "mean":
-            loss = loss / (labels != -100).sum().clamp(min=1)
-        return None, loss
+        return None, lm.lm_loss(h, self.lm_head.weight, None, labels, reduction)
 
     def hidden_states(self, input_ids, doc_ids=None):
         """The final hidden states (B, T, C), after the last norm: what the LM head multiplies."""

@@ -2,6 +2,7 @@
 KV cache. A model provides `decode(input_ids, past) -> (logits, new past)` and `config.n_positions`."""
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -46,15 +47,34 @@ def generate(
     return ids
 
 
-def attention_mask(T: int, T_k: int, device):
+def attention_mask(T: int, T_k: int, device, documents_mask=None):
     """(mask, is_causal) for scaled_dot_product_attention of T new queries against T_k keys, the
-    last T of which are the new tokens' own."""
+    last T of which are the new tokens' own; a `documents_mask` (several documents in a row, see
+    models/documents.py) is causal inside each document already."""
+    if documents_mask is not None:
+        return documents_mask, False
     if T == T_k:  # no cache, or an empty one: plain causal attention (flash kernels on GPU)
         return None, True
     if T == 1:  # one new token attends to everything before it
         return None, False
     # several new tokens after a cache: token i sees the cache and new tokens <= i
     return torch.ones(T, T_k, dtype=torch.bool, device=device).tril(T_k - T), False
+
+
+def init_weights(m: nn.Module, std: float) -> None:
+    """Hugging Face's initialisation of a causal LM's layers: normal(0, std) weights, zero biases
+    (norms keep their ones)."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, 0.0, std)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
+def lm_loss(h, weight, bias, labels, reduction: str):
+    """The loss of final hidden states h (B, T, C) against labels (B, T), -100 skipped, without the
+    logits (chunked_cross_entropy): summed over target tokens, or their mean (reduction "mean")."""
+    loss = chunked_cross_entropy(h.flatten(0, 1), weight, bias, labels.flatten())
+    return loss / (labels != -100).sum().clamp(min=1) if reduction == "mean" else loss
 
 
 def chunked_cross_entropy(h, weight, bias, targets, chunk_elements: int = 2**26):
