@@ -48,8 +48,8 @@ from minitrain.data.tokens import EpochOrder, accumulation_steps
 from minitrain.models import hub, lora, registry
 from minitrain.models.gpt2 import GPT2, GPT2Config
 from minitrain.models.llama import Llama, LlamaConfig
-from minitrain.options import LoRAOptions, OptimOptions, RunOptions, SamplingOptions, SystemOptions
-from minitrain.training import ddp, dist, report, rundir, tracking
+from minitrain.options import LoRAOptions, OptimOptions, ParallelOptions, RunOptions, SamplingOptions, SystemOptions
+from minitrain.training import ddp, dist, fsdp, report, rundir, tracking
 from minitrain.training.batchsize import auto_batch_size, training_blocks
 from minitrain.training.compile import compile_model
 from minitrain.training.evaluate import LMScores
@@ -62,7 +62,7 @@ from minitrain.training.state import TrainState, restore_training
 
 
 @dataclass
-class Config(LoRAOptions, OptimOptions, SystemOptions, RunOptions, SamplingOptions):
+class Config(LoRAOptions, OptimOptions, SystemOptions, ParallelOptions, RunOptions, SamplingOptions):
     """Causal language modelling with GPT-2. Every option is --key=value (or --key value)."""
 
     # data
@@ -116,13 +116,13 @@ def main(cfg: Config) -> dict:
     with contextlib.ExitStack() as stack:
         # ------------------------------------------------------------------------------------------
         # setup: processes, device, precision, the run folder (locked: one run at a time)
-        world = stack.enter_context(dist.process_group(cfg.device))
+        world = stack.enter_context(dist.process_group(cfg.device, group_of_one=cfg.parallel == "fsdp"))
         out_dir = stack.enter_context(rundir.locked(cfg.out_dir, world))
         dtype, why = choose_dtype(cfg.dtype, world.device)
         dist.print0(f"precision: {str(dtype).removeprefix('torch.')} ({why})")
         allow_tf32(world.device)  # on CUDA: TF32 matmuls, ~8x fp32 on Ampere and later
         # a checkpoint to continue from, or None for a new run; every rank must have the same options
-        resume_path, state = rundir.open_run(out_dir, cfg.resume, cfg.overwrite, world, "train_gpt2")
+        resume_path, state = rundir.open_run(out_dir, cfg.resume, cfg.overwrite, world, "train_gpt2", cfg.parallel)
         dist.same_everywhere(world, "options", asdict(cfg))
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
         if state and stopped_early([-e["val_loss"] for e in state.evals], cfg.patience, cfg.min_delta):
@@ -150,9 +150,12 @@ def main(cfg: Config) -> dict:
         if state is not None:
             rundir.check_same_data(state, data, resume_path, cfg.new_data, out_dir, world)
 
-        # the model (with LoRA: frozen, adapters on the target layers; lora_info describes them)
-        raw_model, lora_info = build_model(cfg, tokenizer, state)
-        raw_model.to(world.device)
+        # the model (with LoRA: frozen, adapters on the target layers; lora_info describes them);
+        # --parallel fsdp loads a checkpoint straight into each rank's shards (see parallel_model)
+        shard = (lambda m: parallel_model(m, cfg, world, dtype)) if cfg.parallel == "fsdp" else None
+        raw_model, lora_info = build_model(cfg, tokenizer, state, shard)
+        if not fsdp.is_sharded(raw_model):
+            raw_model.to(world.device)
         n_params, c = raw_model.num_params(), raw_model.config
         dist.print0(
             f"model: {n_params / 1e6:.2f}M parameters (no position embedding), {c.n_layer} layers, vocab {c.vocab_size}"
@@ -181,6 +184,10 @@ def main(cfg: Config) -> dict:
         )
         dist.print0(f"rows: {layout.describe()}")
 
+        # compile (on CUDA by default, per block), then shard (fsdp) or wrap (ddp) for the processes:
+        # `model` is what the loop calls, `raw_model` what is saved (with FSDP, the same object)
+        model = raw_model if fsdp.is_sharded(raw_model) else parallel_model(raw_model, cfg, world, dtype)
+
         # optimizer, precision, and the training state: a new one, or the checkpoint's
         optimizer = make_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), world.device)
         scaler = make_scaler(world.device, dtype)
@@ -192,13 +199,12 @@ def main(cfg: Config) -> dict:
             )
         else:  # optimizer moments, loss scale, every rank's random stream, data position
             restore_training(state, optimizer, scaler, world, cfg.seed, dtype)
+            if fsdp.is_sharded(raw_model):  # weights and AdamW's moments: each rank reads its slices
+                fsdp.load(resume_path, raw_model, optimizer)
             where = f"step {state.step} (epoch {state.epoch}, {state.pos} sequences into it)"
             dist.print0(f"resumed from {resume_path} at {where}")
         state.config = asdict(cfg)  # the options this part of the run was given
         order = EpochOrder(train_tokens, T, cfg.seed, state.epoch)
-
-        # compile (on CUDA by default), then wrap for data parallelism; raw_model stays the one saved
-        model = ddp.wrap(compile_model(raw_model, cfg.compile, cfg.compile_scope, world.device), cfg.ddp, world)
 
         # the run folder is ours now (a new run replaces what an earlier one left), and the logs
         rundir.start_run(out_dir, resume_path is None, OUTPUTS, world)
@@ -260,6 +266,7 @@ def main(cfg: Config) -> dict:
             # the optimizer step: true gradients, clipped; a non-finite one skips the update
             scaler.unscale_(optimizer)  # back to true gradients before measuring their norm
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm or math.inf)
+            grad_norm = fsdp.full_norm(grad_norm)  # FSDP: the norm over every rank's shards
             skip = ~torch.isfinite(grad_norm)  # stays on the device: no host sync in the step
             if scaler.is_enabled():
                 scaler.step(optimizer)  # fp16: the scaler itself skips steps with inf/nan gradients
@@ -325,9 +332,9 @@ def main(cfg: Config) -> dict:
 
         # ------------------------------------------------------------------------------------------
         # the end: export in the Hugging Face format, sample, draw the report
-        if world.is_main and not stop.was_requested:
+        if not stop.was_requested:  # rank 0 (with FSDP every rank helps gather the weights)
             prompts = val_tokens.sample_prompts(cfg.num_samples)  # prompt/completion data: validation prompts
-            export_sample_report(raw_model, lora_info, tokenizer, cfg, out_dir, state.step, log, prompts)
+            export_sample_report(raw_model, lora_info, tokenizer, cfg, out_dir, state.step, log, prompts, world)
         return {
             "step": state.step,
             "first_val_loss": first_val_loss,
@@ -359,15 +366,21 @@ def check_together(cfg: Config) -> None:
             raise UserError(f"--n_head={cfg.n_head} is not a multiple of --n_kv_head={kv}.")
         if (cfg.n_embd // cfg.n_head) % 2:
             raise UserError(f"--n_embd / --n_head = {cfg.n_embd // cfg.n_head} is odd: RoPE rotates pairs.")
+    if cfg.parallel == "fsdp":
+        fsdp.check_options(cfg.ddp, cfg.dtype, cfg.compile_scope, cfg.batch_size)
+    elif cfg.cpu_offload:
+        raise UserError("--cpu_offload is FSDP's: it needs --parallel fsdp.")
     check_writable_folder(cfg.cache_dir, "--cache_dir")
     if cfg.init_from != "scratch":
         registry.check_local(cfg.init_from)  # a family minitrain trains, with a config its model implements
 
 
-def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2 | Llama, dict | None]:
+def build_model(cfg: Config, tokenizer, state: TrainState | None, shard=None) -> tuple[GPT2 | Llama, dict | None]:
     """(the model to train, its LoRA description or None): new from --init_from (its config.json's
     model_type picks the class) or --arch, checked against the tokenizer and --block_size, with a
-    checkpoint's weights when resuming."""
+    checkpoint's weights when resuming. With `shard` (FSDP) and no LoRA, --init_from's weights go
+    straight into each rank's shards (the model is built on the meta device; LoRA fingerprints the
+    whole frozen base first, so it loads it whole and is sharded afterwards)."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     if cfg.init_from == "scratch":
         eot, V = eot_id(tokenizer), tokenizer.get_vocab_size()
@@ -387,7 +400,8 @@ def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2 
     else:
         folder = hub.resolve_model_dir(cfg.init_from)
         cls = registry.load_model_class(folder)
-        model = cls.from_pretrained(folder, **{k: cfg.dropout for k in cls.config_class.DROPOUT})
+        shard = shard if not cfg.lora_rank else None
+        model = cls.from_pretrained(folder, shard=shard, **{k: cfg.dropout for k in cls.config_class.DROPOUT})
     n_positions, vocab_size = model.config.n_positions, model.config.vocab_size
     if cfg.block_size > n_positions:
         raise UserError(
@@ -403,18 +417,37 @@ def build_model(cfg: Config, tokenizer, state: TrainState | None) -> tuple[GPT2 
     lora_info = lora.from_options(model, cfg, model.config.model_type)
     if state is not None:
         model.config.check_same_shape(registry.config_from_dict(state.model_config), f"--init_from={cfg.init_from}")
-        lora.load_checkpoint(model, lora_info, state.lora, state.model)
+        lora.check_resume(lora_info, state.lora)
+        if state.model:  # a sharded checkpoint's weights are read once the model is sharded
+            lora.load_state(model, state.model)
     model.activation_checkpointing = cfg.activation_checkpointing
     return model, lora_info
 
 
+def parallel_model(raw_model, cfg: Config, world, dtype):
+    """What the loop calls: `raw_model` compiled (per block, in place), then sharded in place over
+    the processes (--parallel fsdp: training/fsdp.py) or wrapped for data parallelism (ddp.py)."""
+    model = compile_model(raw_model, cfg.compile, cfg.compile_scope, world.device)
+    if cfg.parallel == "fsdp":
+        return fsdp.shard(model, world, dtype, cfg.cpu_offload)
+    return ddp.wrap(model, cfg.ddp, world)
+
+
 def export_sample_report(
-    raw_model: GPT2 | Llama, lora_info, tokenizer, cfg: Config, out_dir: Path, step: int, log, prompts
+    raw_model: GPT2 | Llama, lora_info, tokenizer, cfg: Config, out_dir: Path, step: int, log, prompts, world
 ):
     """Rank 0 at the end: export --export's weights in the Hugging Face format (final/README.md says
     which step they are; LoRA adapters merged into the weights), sample from them (from the
-    validation `prompts` for prompt/completion data), draw the report."""
+    validation `prompts` for prompt/completion data), draw the report. A sharded model is first
+    gathered, with every rank's help, into a plain one on rank 0's host."""
+    sharded = fsdp.is_sharded(raw_model)
+    if not (world.is_main or sharded):
+        return
     best = rundir.load_best(raw_model, out_dir) if cfg.export == "best" else None
+    if sharded:
+        raw_model = fsdp.gather_model(raw_model, world, lora_info)
+        if not world.is_main:
+            return
     what = (
         f"step {best.step} (the lowest validation loss, {best.best['val_loss']:.4f})"
         if best

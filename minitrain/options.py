@@ -54,6 +54,14 @@ class SystemOptions:
 
 
 @dataclass
+class ParallelOptions:
+    """parallelism over processes (under torchrun)"""
+
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full replica per process; fsdp: weights, grads, AdamW sharded
+    cpu_offload: bool = False  # fsdp: keep shards, gradients and the optimizer step on the host (CPUOffloadPolicy)
+
+
+@dataclass
 class RunOptions:
     """logging and experiment tracking, checkpoints, the run folder"""
 

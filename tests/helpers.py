@@ -102,7 +102,12 @@ def metrics(out_dir, key) -> dict[int, float]:
 def final_params(out_dir) -> dict[str, torch.Tensor]:
     from minitrain.training.rundir import list_checkpoints
 
-    ckpt = torch.load(list_checkpoints(out_dir)[-1], map_location="cpu", weights_only=True)
+    last = list_checkpoints(out_dir)[-1]
+    if last.is_dir():  # a sharded (FSDP) checkpoint
+        from minitrain.training.fsdp import read_model
+
+        return read_model(last)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     return ckpt["model"]
 
 

@@ -104,3 +104,21 @@ def test_batch_size_auto_finds_a_micro_batch(tmp_path):
     args = tiny_gpt2_args(corpus, tmp_path / "out", tmp_path / "cache", device="cuda", batch_size="auto")
     result = train_gpt2.main(train_gpt2.Config(**dict(args, tokens_per_step=32 * 64, max_steps=3)))
     assert result["step"] == 3
+
+
+def test_fsdp_cpu_offload_on_gpu_equals_fsdp_without(tmp_path):
+    """--cpu_offload (shards, gradients and AdamW on the host, each block copied to the GPU for
+    its forward and backward) changes where the numbers live, not the numbers: the same run
+    without it, in fp32 on one GPU (a world of one)."""
+    from tests.helpers import final_params, metrics, run_script
+
+    corpus = small_corpus(tmp_path / "plays.txt")
+    runs = {}
+    for offload in (False, True):
+        out = tmp_path / f"offload{offload}"
+        args = tiny_gpt2_args(corpus, out, tmp_path / "cache", device="cuda", parallel="fsdp", cpu_offload=offload)
+        run_script("train_gpt2.py", args)
+        runs[offload] = metrics(out, "train_loss"), final_params(out)
+    (loss_a, params_a), (loss_b, params_b) = runs[False], runs[True]
+    assert all(abs(loss_a[s] - loss_b[s]) <= 1e-5 for s in loss_a)
+    assert max((params_a[k] - params_b[k]).abs().max().item() for k in params_a) <= 1e-5

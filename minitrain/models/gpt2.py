@@ -159,10 +159,9 @@ class GPT2(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
         self.activation_checkpointing = False  # trade compute for memory (set by the trainer)
-        pad = cfg.padded_vocab_size - cfg.vocab_size
-        bias = torch.cat([torch.zeros(cfg.vocab_size), torch.full((pad,), float("-inf"))])
         # not a weight: derived from the config, so it is left out of checkpoints and exports
-        self.register_buffer("pad_logit_bias", bias if pad else None, persistent=False)
+        self.register_buffer("pad_logit_bias", None, persistent=False)
+        self.init_buffers()
         self.apply(self._init_weights)
         # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual layers).
         for name, p in self.named_parameters():
@@ -172,11 +171,23 @@ class GPT2(nn.Module):
     def _init_weights(self, m):
         lm.init_weights(m, self.config.initializer_range)
 
+    def init_buffers(self) -> None:
+        """The buffers derived from the config (none is a weight): at construction, and again once a
+        model built on the meta device (sharded loading, training/fsdp.py) has real memory."""
+        cfg, device = self.config, self.lm_head.weight.device
+        pad = cfg.padded_vocab_size - cfg.vocab_size
+        bias = torch.cat([torch.zeros(cfg.vocab_size, device=device), torch.full((pad,), float("-inf"), device=device)])
+        self.pad_logit_bias = bias if pad else None
+
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks: what regional compilation and FSDP treat one by one."""
+        return self.transformer.h
+
     def compile_blocks(self) -> None:
         """Regional compilation (as torchtitan does): each transformer block is compiled in place,
         so the graph is compiled once and reused by every block, state_dict keys do not change,
         and data parallelism still reduces each block's gradients while backward goes on."""
-        for block in self.transformer.h:
+        for block in self.blocks():
             block.compile()
 
     def num_params(self, non_embedding=True) -> int:
@@ -253,13 +264,14 @@ class GPT2(nn.Module):
     # Hugging Face checkpoints
 
     @classmethod
-    def from_pretrained(cls, name_or_dir, **overrides) -> "GPT2":
-        """Load a GPT2LMHeadModel folder or hub id (`gpt2`, `gpt2-medium`, ...)."""
+    def from_pretrained(cls, name_or_dir, shard=None, **overrides) -> "GPT2":
+        """Load a GPT2LMHeadModel folder or hub id (`gpt2`, `gpt2-medium`, ...); with `shard`
+        (FSDP), each rank copies only its shard of each weight (see lm.build)."""
         model_dir = hub.resolve_model_dir(name_or_dir)
         hf_config = hub.read_config(model_dir)
         hub.check_model_type(hf_config, model_dir, "gpt2")
         cfg = GPT2Config.from_hf({**hf_config, **overrides})
-        model = cls(cfg)
+        model = lm.build(cls, cfg, shard)
         state = {}
         for k, v in hub.load_state_dict(model_dir).items():
             k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k

@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from minitrain import UserError, first_line
 from minitrain.atomic import atomic_write
@@ -291,4 +293,14 @@ def load_into(own: dict, state: dict, model_dir, skip=(), transposed=()) -> None
                     f"the weight {name} in {model_dir} has shape {tuple(src.shape)}, but the "
                     f"config says {tuple(dst.shape)}."
                 )
-            dst.copy_(src)
+            copy_into(dst, src)
+
+
+def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst.copy_(src); a sharded `dst` (FSDP's DTensor) takes only its own slice of the full `src`,
+    so a memory-mapped checkpoint is read, and held, only where this rank's shard lies."""
+    if not isinstance(dst, DTensor):
+        dst.copy_(src)
+        return
+    shape, offset = compute_local_shape_and_global_offset(dst.shape, dst.device_mesh, dst.placements)
+    dst.to_local().copy_(src[tuple(slice(o, o + n) for o, n in zip(offset, shape))])

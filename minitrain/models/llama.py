@@ -299,16 +299,25 @@ class Llama(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.activation_checkpointing = False  # trade compute for memory (set by the trainer)
         # derived from the config, so left out of checkpoints and exports
-        self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
+        self.register_buffer("inv_freq", None, persistent=False)
+        self.init_buffers()
         self.apply(self._init_weights)
 
     def _init_weights(self, m):
         # Hugging Face's initialisation: normal(0, initializer_range), zero biases, norms at one
         lm.init_weights(m, self.config.initializer_range)
 
+    def init_buffers(self) -> None:
+        """The rotation speeds, derived from the config (see GPT2.init_buffers)."""
+        self.inv_freq = rope_frequencies(self.config).to(self.lm_head.weight.device)
+
+    def blocks(self) -> nn.ModuleList:
+        """The decoder layers: what regional compilation and FSDP treat one by one."""
+        return self.model.layers
+
     def compile_blocks(self) -> None:
         """Each decoder layer compiled in place (see GPT2.compile_blocks)."""
-        for layer in self.model.layers:
+        for layer in self.blocks():
             layer.compile()
 
     def num_params(self, non_embedding=True) -> int:
@@ -381,12 +390,13 @@ class Llama(nn.Module):
     # Hugging Face checkpoints
 
     @classmethod
-    def from_pretrained(cls, name_or_dir, **overrides) -> "Llama":
+    def from_pretrained(cls, name_or_dir, shard=None, **overrides) -> "Llama":
         """Load a LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM folder or hub id; its
-        weights may be sharded (model.safetensors.index.json) and in any float dtype (kept fp32)."""
+        weights may be sharded (model.safetensors.index.json) and in any float dtype (kept fp32).
+        With `shard` (FSDP), each rank copies only its shard of each weight (see lm.build)."""
         model_dir = hub.resolve_model_dir(name_or_dir)
         cfg = LlamaConfig.from_hf({**hub.read_config(model_dir), **overrides}, model_dir)
-        model = cls(cfg)
+        model = lm.build(cls, cfg, shard)
         state = hub.load_state_dict(model_dir)
         own = model.state_dict()
         if cfg.tie_word_embeddings:  # one tensor: loaded as embed_tokens (a tied checkpoint may omit it)

@@ -6,6 +6,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def build(cls, cfg, shard=None) -> nn.Module:
+    """`cls(cfg)`; with `shard` (FSDP's, training/fsdp.py: shards a model in place and gives each
+    rank memory for its shards), the model is built on the meta device first (shapes, no memory,
+    no random numbers), sharded, and its derived buffers computed: no rank ever holds a full copy,
+    and the caller copies each rank's slices of the checkpoint in (hub.copy_into)."""
+    if shard is None:
+        return cls(cfg)
+    with torch.device("meta"):
+        model = cls(cfg)
+    shard(model)
+    model.init_buffers()
+    return model
+
+
 @torch.no_grad()
 def generate(
     model,

@@ -110,6 +110,19 @@ def add(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: 
 
 
 @torch.no_grad()
+def attach(model: nn.Module, info: dict | None) -> None:
+    """The adapters' layers of a LoRA description (`info`, from `add`) put on `model`, with no
+    check and no initialisation that matters: for a model whose weights are copied in next (the
+    full model gathered from FSDP's shards, training/fsdp.py). None: nothing to do."""
+    if info is None:
+        return
+    for name, m in list(model.named_modules()):
+        if type(m) is nn.Linear and any(name == t or name.endswith("." + t) for t in info["targets"]):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, LoRALinear(m, info["rank"], info["alpha"], info["dropout"]))
+
+
 def called_linears(model: nn.Module, names: list[str]) -> set[str]:
     """Which of the named linear layers the model's forward calls as modules, found by one forward
     pass of two token ids with a hook on each (a layer whose weight the forward only reads, as

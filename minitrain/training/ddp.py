@@ -23,6 +23,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.fsdp import FSDPModule
 
 from minitrain.options import DDPKind
 
@@ -136,8 +137,10 @@ def wrap(model: nn.Module, kind: DDPKind, world) -> nn.Module:
 def accumulate(model: nn.Module, batches: list, multi_process: bool):
     """`for x, y in accumulate(model, batches, ...):` the micro-batches of one optimizer step, with
     no gradient communication until the last: for every other one, model.no_sync() is held open
-    while the loop body (forward and backward) runs, since the generator is paused inside it."""
+    while the loop body (forward and backward) runs, since the generator is paused inside it.
+    A sharded model (FSDP) reduce-scatters after every micro-batch instead: see training/fsdp.py."""
+    defer = multi_process and not isinstance(model, FSDPModule)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
-        with model.no_sync() if multi_process and not last else contextlib.nullcontext():
+        with model.no_sync() if defer and not last else contextlib.nullcontext():
             yield batch

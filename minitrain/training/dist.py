@@ -50,10 +50,15 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(device: str = "auto") -> Dist:
-    """Join the process group torchrun describes (if any) and pick this process's device."""
+def setup(device: str = "auto", group_of_one: bool = False) -> Dist:
+    """Join the process group torchrun describes (if any) and pick this process's device. Outside
+    torchrun, `group_of_one` makes a process group of this one process (FSDP and DCP need one)."""
     if "RANK" not in os.environ:
-        return Dist(device=pick_device(device))
+        dev = pick_device(device)
+        if group_of_one and not dist.is_initialized():
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        return Dist(device=dev)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     dev = pick_device(device, local_rank)
@@ -81,10 +86,10 @@ def setup(device: str = "auto") -> Dist:
 
 
 @contextlib.contextmanager
-def process_group(device: str = "auto"):
+def process_group(device: str = "auto", group_of_one: bool = False):
     """`with process_group(cfg.device) as d:` joins torchrun's process group (if any) and leaves
     it at the end: after waiting for every rank when the body finished, at once after an error."""
-    world = setup(device)
+    world = setup(device, group_of_one)
     try:
         yield world
     except BaseException:

@@ -35,14 +35,20 @@ def lm_loss(
     model.eval()  # dropout off
     sums = torch.zeros(2, device=world.device, dtype=torch.float64)  # loss sum, target count
     mine = list(range(world.rank, n_blocks, world.world_size))
+    # every rank runs as many forwards as rank 0 (which has the most blocks): a sharded model's
+    # forward is a collective (FSDP gathers each block's weights), so a rank that has run out
+    # scores its first block again and counts nothing
+    n_batches = -(-len(range(0, n_blocks, world.world_size)) // batch_size)
     with _bar(len(mine), world, progress, "blocks") as bar:
-        for i in range(0, len(mine), batch_size):
-            x, y = tokens.batch(mine[i : i + batch_size], block_size, world.device)
+        for i in range(0, n_batches * batch_size, batch_size):
+            blocks = mine[i : i + batch_size]
+            x, y = tokens.batch(blocks or [0], block_size, world.device)
             with autocast(world.device, dtype):
                 _, loss_sum = model(x, y, reduction="sum")
-            sums[0] += loss_sum.double()
-            sums[1] += (y != -100).sum()  # prompt/completion data: completion tokens only
-            bar.update(len(x))
+            if blocks:
+                sums[0] += loss_sum.double()
+                sums[1] += (y != -100).sum()  # prompt/completion data: completion tokens only
+                bar.update(len(x))
     dist.all_reduce_sum(sums, world)
     model.train(was_training)
     return (sums[0] / sums[1]).item()

@@ -10,60 +10,113 @@ import socket
 import zipfile
 from pathlib import Path
 
+import torch
+
 from minitrain import UserError
 from minitrain.atomic import check_writable_folder
 from minitrain.models import lora
-from minitrain.training.dist import barrier, broadcast_object
+from minitrain.training import fsdp
+from minitrain.training.dist import all_reduce_sum, barrier, broadcast_object
 from minitrain.training.logger import Logger
 from minitrain.training.state import TrainState, gather_rng_states, load, save
 
-CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+CKPT_RE = re.compile(r"^ckpt-(\d+)(\.pt)?$")  # a file, or a sharded run's folder
+STATE_FILE = "state.pt"  # in a sharded checkpoint's folder: the TrainState without the tensors
 
 
 def save_step(
     state: TrainState, raw_model, optimizer, scaler, out_dir, world, *, keep_last: int, is_best: bool
 ) -> Path:
-    """Write the run's state at `state.step` as out_dir/ckpt-STEP.pt. Every rank calls it:
+    """Write the run's state at `state.step` as out_dir/ckpt-STEP.pt, or, for a sharded model
+    (FSDP), as the folder out_dir/ckpt-STEP/ (every rank's shards, and state.pt). Every rank calls it:
 
     - the model's weights (with LoRA the trainable tensors), the optimizer and the scaler go into
-      `state`, and the RNG states of all ranks, so that each rank continues its own random stream
-      after a resume with the same number of processes;
-    - `is_best`: the latest evaluation (of this step) becomes `state.best`, and best.pt this file;
+      `state` (sharded: into DCP's files, written by every rank in parallel), and the RNG states of
+      all ranks, so that each rank continues its own random stream after a resume with the same
+      number of processes;
+    - `is_best`: the latest evaluation (of this step) becomes `state.best`, and best.pt (sharded:
+      best/) this checkpoint;
     - weights that are not finite are refused: there would be nothing worth resuming;
-    - rank 0 writes atomically and deletes all but the newest `keep_last` step checkpoints (0 keeps
+    - the write is atomic (a file, or a folder written under a hidden name and renamed once every
+      rank is done); rank 0 then deletes all but the newest `keep_last` step checkpoints (0 keeps
       them all);
     - a failed write (disk full, ...) keeps the previous checkpoint and stops the run on every rank
       with one sentence. No rank goes on before the write is done.
     """
-    state.model = lora.state_to_save(raw_model)
-    state.optimizer, state.scaler = optimizer.state_dict(), scaler.state_dict()
+    sharded = fsdp.is_sharded(raw_model)
+    state.model = {} if sharded else lora.state_to_save(raw_model)
+    state.optimizer, state.scaler = ({} if sharded else optimizer.state_dict()), scaler.state_dict()
     state.rng = gather_rng_states(world)
     if is_best:
         state.best = state.evals[-1]
-    floats = [t for t in state.model.values() if t.is_floating_point()]
-    if floats and sum(t.isfinite().logical_not().sum() for t in floats).item():  # one host sync
+    if not_finite(raw_model, world):
         raise UserError(f"the weights are not finite at step {state.step}; no checkpoint was written.")
-    path, error = checkpoint_path(out_dir, state.step), None
-    if world.is_main:
-        try:
+    path, error = checkpoint_path(out_dir, state.step, sharded), None
+    try:
+        if sharded:
+            save_sharded(path, state, raw_model, optimizer, world)
+        elif world.is_main:
             save(path, state)
+    except OSError as e:
+        error = f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is kept, "
+        error += "and the run stops here."
+    if world.is_main and error is None:
+        try:
             if is_best:
                 mark_best(path)
             prune(out_dir, keep_last)
         except OSError as e:
-            error = (
-                f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is kept, "
-                f"and the run stops here."
-            )
+            error = f"could not update {out_dir}'s best checkpoint or prune it ({e.strerror or e}); the run stops here."
     error = broadcast_object(error, world)  # also the barrier that keeps every rank behind the write
     if error:
         raise UserError(error)
     return path
 
 
+def save_sharded(path: Path, state: TrainState, model, optimizer, world) -> None:
+    """The folder `path` written by every rank at once: DCP's files into a hidden `.NAME.partial`
+    folder, then rank 0 adds state.pt and renames it, so a crash mid-write leaves only the hidden
+    folder (removed by the next save) and the previous checkpoint stays the newest complete one."""
+    partial = path.with_name(f".{path.name}.partial")
+    if world.is_main and partial.exists():
+        shutil.rmtree(partial)  # a crashed write of ours
+    barrier(world)
+    fsdp.save(partial, model, optimizer)  # a collective: every rank writes its file, rank 0 the index
+    if world.is_main:
+        save(partial / STATE_FILE, state)
+        os.replace(partial, path)
+        fsync_folder(path.parent)
+
+
+def not_finite(model, world) -> bool:
+    """Whether any weight is inf or nan (sharded: on any rank); one host sync."""
+    weights = lora.state_to_save(model) if not fsdp.is_sharded(model) else dict(model.named_parameters())
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in weights.values()]
+    floats = [t for t in local if t.is_floating_point()]
+    bad = sum((t.isfinite().logical_not().sum() for t in floats), torch.zeros((), dtype=torch.long))
+    if fsdp.is_sharded(model):
+        all_reduce_sum(bad := bad.to(world.device), world)
+    return bool(bad.item())
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def load_best(model, out_dir) -> TrainState | None:
-    """Put best.pt's weights into `model` (for the export); its state, or None when there is none."""
-    path = Path(out_dir) / "best.pt"
+    """Put the best checkpoint's weights into `model` (for the export); its state, or None when
+    there is none. Sharded (FSDP: best/, a folder): every rank calls it."""
+    out_dir = Path(out_dir)
+    if fsdp.is_sharded(model):
+        if not (out_dir / "best").is_dir():
+            return None
+        fsdp.load(out_dir / "best", model)
+        return load(out_dir / "best")
+    path = out_dir / "best.pt"
     if not path.is_file():
         return None
     state = load(path)
@@ -74,15 +127,45 @@ def load_best(model, out_dir) -> TrainState | None:
 def mark_best(path) -> None:
     """Make `best.pt` (beside it) another name for the checkpoint just written at `path`: a hard
     link, so the state is not written twice (a copy where the file system has no links). The
-    rename makes the switch atomic; pruning old step checkpoints later leaves best.pt intact."""
+    rename makes the switch atomic; pruning old step checkpoints later leaves best.pt intact.
+    A sharded checkpoint (a folder) gets a hidden folder of hard links to its files, and `best`
+    becomes a symbolic link to it, switched by one rename as well."""
     path = Path(path)
+    if path.is_dir():
+        held = path.with_name(f".best-{path.name}")
+        if held.exists():
+            shutil.rmtree(held)
+        held.mkdir()
+        for f in path.iterdir():
+            _link_or_copy(f, held / f.name)
+        link = path.with_name("best.tmp")
+        link.unlink(missing_ok=True)
+        os.symlink(held.name, link)
+        os.replace(link, path.with_name("best"))
+        for old in path.parent.glob(".best-ckpt-*"):
+            if old != held:
+                shutil.rmtree(old)
+        return
     best, tmp = path.with_name("best.pt"), path.with_name("best.pt.tmp")
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
+    _link_or_copy(path, tmp)
     os.replace(tmp, best)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def remove_best(out_dir: Path) -> None:
+    """Delete the best checkpoint: best.pt, or a sharded run's best link and the folder it names."""
+    out_dir = Path(out_dir)
+    (out_dir / "best.pt").unlink(missing_ok=True)
+    (out_dir / "best").unlink(missing_ok=True)  # a symbolic link
+    for held in out_dir.glob(".best-ckpt-*"):
+        shutil.rmtree(held)
 
 
 def check_same_data(state: TrainState, data: dict, resume_path, new_data: bool, out_dir: Path, world) -> None:
@@ -111,12 +194,13 @@ def check_same_data(state: TrainState, data: dict, resume_path, new_data: bool, 
     state.data, state.evals, state.best, state.epoch, state.pos = data, [], None, 0, 0
     state.epoch_loss_sum, state.epoch_steps = 0.0, 0
     if world.is_main:
-        (Path(out_dir) / "best.pt").unlink(missing_ok=True)
+        remove_best(out_dir)
     barrier(world)
 
 
 def list_checkpoints(out_dir) -> list[Path]:
-    """Complete checkpoints in `out_dir`, oldest first (never a crashed write's temp file)."""
+    """Step checkpoints in `out_dir` (ckpt-STEP.pt files, or sharded ckpt-STEP/ folders), oldest
+    first (never a crashed write's temp file or hidden folder)."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
@@ -129,12 +213,14 @@ def latest(out_dir) -> Path | None:
 
     torch.save writes a zip archive whose directory is at the very end, so a truncated file has
     none: opening the directory checks completeness without reading (or unpickling) the tensors,
-    which the caller loads once afterwards.
+    which the caller loads once afterwards. A sharded folder also needs DCP's index (.metadata).
     """
     for path in reversed(list_checkpoints(out_dir)):
+        main = path / STATE_FILE if path.is_dir() else path
         try:
-            with zipfile.ZipFile(path) as archive:
-                if any(name.endswith("data.pkl") for name in archive.namelist()):
+            with zipfile.ZipFile(main) as archive:
+                index = not path.is_dir() or (path / ".metadata").is_file()
+                if index and any(name.endswith("data.pkl") for name in archive.namelist()):
                     return path
         except (zipfile.BadZipFile, OSError):
             pass
@@ -143,21 +229,23 @@ def latest(out_dir) -> Path | None:
 
 
 def prune(out_dir, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` step checkpoints (best.pt is kept separately)."""
+    """Delete all but the newest `keep_last` step checkpoints (best is kept separately)."""
     if keep_last <= 0:
         return
     for path in list_checkpoints(out_dir)[:-keep_last]:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def checkpoint_path(out_dir, step: int) -> Path:
-    return Path(out_dir) / f"ckpt-{step:07d}.pt"
+def checkpoint_path(out_dir, step: int, sharded: bool = False) -> Path:
+    return Path(out_dir) / (f"ckpt-{step:07d}" if sharded else f"ckpt-{step:07d}.pt")
 
 
 def holds_run(out_dir: Path) -> bool:
-    """Whether a folder holds (part of) a run: step checkpoints, best.pt, final/ or a metrics log."""
-    names = ("best.pt", "final", "metrics.jsonl")
-    return out_dir.is_dir() and (bool(list_checkpoints(out_dir)) or any((out_dir / n).exists() for n in names))
+    """Whether a folder holds (part of) a run: step checkpoints, best, final/ or a metrics log."""
+    names = ("best.pt", "best", "final", "metrics.jsonl")
+    return out_dir.is_dir() and (
+        bool(list_checkpoints(out_dir)) or any((out_dir / n).exists() or (out_dir / n).is_symlink() for n in names)
+    )
 
 
 def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
@@ -165,9 +253,9 @@ def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
     runs in one folder or replace a run that was not asked to be replaced."""
     if resume and resume != "auto":
         path = Path(resume)
-        if path.is_dir():
+        if path.is_dir() and not (path / STATE_FILE).is_file():
             raise UserError(f"--resume={resume} is a folder; pass a checkpoint file in it, or use --resume=auto.")
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"--resume={resume} is not a checkpoint file (or use --resume=auto).")
         if holds_run(out_dir) and path.resolve().parent != out_dir.resolve() and not overwrite:
             raise UserError(
@@ -179,7 +267,8 @@ def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
         path = latest(out_dir)
         if path is not None:
             return path
-        left = [p.name for p in list_checkpoints(out_dir)] + [n for n in ("best.pt", "final") if (out_dir / n).exists()]
+        left = [p.name for p in list_checkpoints(out_dir)]
+        left += [n for n in ("best.pt", "best", "final") if (out_dir / n).exists()]
         if left and not overwrite:
             raise UserError(
                 f"--resume=auto found no readable step checkpoint in {out_dir}, but it holds {', '.join(left)}; "
@@ -196,14 +285,21 @@ def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
     return None
 
 
-def open_run(out_dir: Path, resume: str, overwrite: bool, world, script: str) -> tuple[Path | None, TrainState | None]:
+def open_run(
+    out_dir: Path, resume: str, overwrite: bool, world, script: str, parallel: str = "ddp"
+) -> tuple[Path | None, TrainState | None]:
     """Where this run starts: (checkpoint path, its contents), or (None, None) for a new run. Rank 0
     decides and every rank gets the same answer, or the same one-sentence refusal. Nothing on disk
-    changes here: `start_run` prepares the folder once every check has passed."""
+    changes here: `start_run` prepares the folder once every check has passed. A sharded (FSDP)
+    checkpoint continues under --parallel fsdp only, and a file checkpoint under ddp only."""
     decision = None
     if world.is_main:
         try:
-            decision = ("ok", find_resume(resume, out_dir, overwrite))
+            path = find_resume(resume, out_dir, overwrite)
+            if path is not None and path.is_dir() != (parallel == "fsdp"):
+                kind = "a sharded (--parallel fsdp)" if path.is_dir() else "an unsharded (--parallel ddp)"
+                raise UserError(f"{path} is {kind} checkpoint; resume it with the --parallel it was written with.")
+            decision = ("ok", path)
         except UserError as e:
             decision = ("error", str(e))
     status, value = broadcast_object(decision, world)
@@ -219,11 +315,12 @@ def start_run(out_dir: Path, new: bool, outputs, world) -> None:
     folder that holds no run (no checkpoint, best.pt, final/ or metrics.jsonl) nothing is deleted: a
     `wandb/` or `mlflow.db` there is somebody else's."""
     if world.is_main and new and holds_run(out_dir):  # only what replaces a run: never files beside no run
-        for name in ("best.pt", *Logger.FILES, *outputs):
+        remove_best(out_dir)
+        for name in (*Logger.FILES, *outputs):
             p = out_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         for p in list_checkpoints(out_dir):
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     if world.is_main:  # who holds the lock (see `locked`), for the message a second run gets
         (out_dir / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}")
     barrier(world)

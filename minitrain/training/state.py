@@ -4,9 +4,9 @@
 A checkpoint is plain data (`torch.load(weights_only=True)` accepts it, so loading never runs
 code): the run's options, its progress (step, epoch, position in the epoch's order, every
 evaluation, the best one), the weights of the unwrapped, uncompiled model (with LoRA only the
-trainable tensors), the optimizer, the GradScaler, and every rank's random generators. The tensor
-fields hold full tensors today; a sharded run (FSDP) will put DCP's per-rank shards there instead,
-through the same fields.
+trainable tensors), the optimizer, the GradScaler, and every rank's random generators. A sharded
+run (FSDP) writes a folder instead: DCP's per-rank files hold the model and optimizer, and
+state.pt this TrainState with those two fields empty (training/fsdp.py, training/rundir.py).
 """
 
 import pickle
@@ -72,6 +72,8 @@ def load(path, script: str | None = None) -> TrainState:
     """A checkpoint, read with weights_only=True. With `script`, refuse one that another script
     wrote. A checkpoint of an earlier minitrain (format 1) is read into the same TrainState."""
     path = Path(path)
+    if (path / "state.pt").is_file():  # a sharded (FSDP) checkpoint's folder: its tensors are DCP's files
+        path = path / "state.pt"
     if path.is_file() and not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not a checkpoint file (torch.save writes a zip archive; this is none).")
     try:
@@ -223,7 +225,8 @@ def restore_training(state: TrainState, optimizer, scaler, world, seed: int, dty
     if state.dtype is not None and state.dtype != name:
         print(f"note: the checkpoint trained in {state.dtype}, this run continues in {name} (--dtype)", flush=True)
     state.dtype = name
-    optimizer.load_state_dict(state.optimizer)
+    if state.optimizer:  # empty in a sharded checkpoint: training/fsdp.py loads it
+        optimizer.load_state_dict(state.optimizer)
     if state.scaler:  # empty when the scaler was off
         scaler.load_state_dict(state.scaler)
     if len(state.rng) == world.world_size:
