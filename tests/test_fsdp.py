@@ -152,7 +152,7 @@ def test_bad_fsdp_input_one_sentence_exit_2(corpus, cache, tmp_path, sharded_run
         (dict(parallel="fsdp", dtype="fp16"), "--dtype=fp16"),
         (dict(parallel="fsdp", compile_scope="model"), "--compile_scope=blocks"),
         (dict(cpu_offload=True), "--parallel fsdp"),
-        (dict(parallel="fsdp", cpu_offload=True), "on the CPU they are there already"),
+        (dict(parallel="fsdp", cpu_offload=True), "on a CPU they are there already"),
         (dict(resume=str(sharded_run / "ckpt-0000004"), batch_size=3), "resume it with the --parallel"),
     ]
     for kw, words in cases:

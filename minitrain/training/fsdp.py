@@ -80,7 +80,7 @@ def shard(model: nn.Module, world, dtype: torch.dtype, cpu_offload: bool) -> nn.
     if not isinstance(blocks, nn.ModuleList) or not len(blocks):
         raise UserError(f"--parallel fsdp: {type(model).__name__} has no transformer blocks to shard one by one.")
     if cpu_offload and world.device.type != "cuda":
-        raise UserError("--cpu_offload moves FSDP's shards from the GPU to the host; on the CPU they are there already.")
+        raise UserError("--cpu_offload moves FSDP's shards from a GPU to the host; on a CPU they are there already.")
     if dtype == torch.float16:  # --dtype auto on a GPU without bf16
         raise UserError("--parallel fsdp trains in bf16 or fp32, and this device has no bf16; use --dtype=fp32.")
     mesh = init_device_mesh(world.device.type, (world.world_size,))
