@@ -69,9 +69,11 @@ def setup(device: str = "auto", group_of_one: bool = False) -> Dist:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         # torchrun's store outlives a restart (--max-restarts), and the previous round's keys
         # (the dead workers' addresses) can be read by the new round before they are replaced
-        # (pytorch/pytorch#167288). A key prefix per restart round keeps the rounds apart.
+        # (pytorch/pytorch#167288). A key prefix per round keeps the rounds apart. The round is
+        # counted in the store itself, by each rank: TORCHELASTIC_RESTART_COUNT is per node, and
+        # on several nodes only the failed node's agent counts a restart, so it differs.
         store, _, _ = next(dist.rendezvous("env://"))
-        round_ = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        round_ = store.add(f"minitrain/starts/rank{rank}", 1)
         store = dist.PrefixStore(f"minitrain/round{round_}", store)
         global _STORE
         _STORE = store
