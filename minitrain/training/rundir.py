@@ -89,13 +89,12 @@ def save_sharded(path: Path, state: TrainState, model, optimizer, world) -> None
 
 
 def not_finite(model, world) -> bool:
-    """Whether any weight is inf or nan (sharded: on any rank); one host sync."""
-    weights = lora.state_to_save(model) if not fsdp.is_sharded(model) else dict(model.named_parameters())
-    local = [t.to_local() if hasattr(t, "to_local") else t for t in weights.values()]
-    floats = [t for t in local if t.is_floating_point()]
-    bad = sum((t.isfinite().logical_not().sum() for t in floats), torch.zeros((), dtype=torch.long))
-    if fsdp.is_sharded(model):
-        all_reduce_sum(bad := bad.to(world.device), world)
+    """Whether any weight is inf or nan (sharded: on any rank's slices); one host sync."""
+    sharded = fsdp.is_sharded(model)
+    weights = [p.to_local() for p in model.parameters()] if sharded else lora.state_to_save(model).values()
+    bad = sum((t.isfinite().logical_not().sum() for t in weights if t.is_floating_point()), torch.zeros(()))
+    if sharded:
+        bad = all_reduce_sum(bad.to(world.device), world)
     return bool(bad.item())
 
 
