@@ -67,9 +67,9 @@ def test_no_time_left_skips_the_item_and_the_sweep_picks_its_fastest_micro_batch
         "peak_tflops": None,
         "smoke": False,
     }
-    session = gpu.Session(tmp_path, tmp_path, budget=0, min_item_s=20, header=header)
-    rec = session.run("tests", [sys.executable, "-c", "raise SystemExit(3)"], 60, None)
-    assert rec["status"] == "skipped" and "budget left" in rec["error"]
+    session = gpu.Session(tmp_path, budget=0, header=header)
+    rec = session.run("tests", [sys.executable, "-c", "raise SystemExit(3)"], (60, 20), None)
+    assert rec["status"] == "skipped" and "budget left, 20 needed" in rec["error"]
     assert json.loads((tmp_path / "gpu.json").read_text())["items"]["tests"]["status"] == "skipped"
 
     def step(mb, median, status="ok"):
@@ -80,3 +80,5 @@ def test_no_time_left_skips_the_item_and_the_sweep_picks_its_fastest_micro_batch
     items["hf-gpt2"] = {"status": "ok", "result": {"vs_hf": {"gpt2-124m": 1.3}, "rows": []}}
     text = gpu.summary(header, items)
     assert "GPT-2 124M training tokens/s >= 600,000: 7 MISSED" in text and "transformers >= 1.2: 1.30 met" in text
+    items |= {"variant-cudnn": {"status": "timeout"}, "llama-llama3.2-1b": {"status": "skipped"}}
+    assert gpu.rerun_command(items, 32) == "python3 -m bench.gpu --only variants llama --micro_batches 32"
