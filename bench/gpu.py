@@ -44,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# What each item runs, on a GPU and in the CPU rehearsal; budgets are seconds (the item's timeout).
+# What each item runs, on a GPU and in the CPU rehearsal; limits are seconds.
 SETTINGS = {
     "gpu": dict(
         preset="gpt2-124m", micro_batches=[16, 32, 64], steps=30, skip=2, compile="true",
@@ -125,7 +125,8 @@ def spawn(cmd: list[str], timeout: float, log: Path, name: str) -> dict:
         f.flush()
         start = f.tell()
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a killed item's output reaches the log
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -144,7 +145,14 @@ def spawn(cmd: list[str], timeout: float, log: Path, name: str) -> dict:
 
 def read_result(path: Path | None):
     """The item's JSON: a file, or the one JSON file in a folder (bench.run, bench.packing); the
-    pytest item's JUnit XML as counts."""
+    pytest item's JUnit XML as counts. None when there is none or it is unreadable (cut short)."""
+    try:
+        return _read_result(path)
+    except (OSError, ValueError, ET.ParseError, AttributeError):
+        return None
+
+
+def _read_result(path: Path | None):
     if path is None or not path.exists():
         return None
     if path.is_dir():
