@@ -7,7 +7,7 @@
 The items, in order of importance, each a subprocess (`python -m bench.X ...` or pytest) so that a
 crash, an out-of-memory or a timeout loses that item only:
 
-    tests     tests/test_gpu.py under pytest: passed / failed / skipped
+    tests     tests/test_gpu.py (and every test marked `gpu`) under pytest: passed / failed / skipped
     gpt2      bench.train_step (train_gpt2.py's own step): GPT-2 124M, T=1024, 524,288 tokens/step,
               bf16, compiled, 30 timed steps, micro-batch 16, 32, 64 (stops at the first that does
               not fit): tokens/s min/median/max, MFU, peak memory
@@ -232,7 +232,9 @@ def main(argv=None) -> dict:
 
     if "tests" in only:
         junit = parts / "junit.xml"
-        cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py", f"--junitxml={junit}"]
+        # tests/test_gpu.py and any other test file that marks tests `gpu` (other issues' GPU tests)
+        files = sorted(f"tests/{f.name}" for f in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in f.read_text())
+        cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *files, f"--junitxml={junit}"]
         run.run("tests", cmd, b["tests"], junit)
     step = [py, "-m", "bench.train_step", "--preset", s["preset"], "--dtype", "auto"]
     if "gpt2" in only:
