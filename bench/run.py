@@ -54,6 +54,10 @@ CASES = {
         16,
         128,
     ),
+    # smoke shapes (bench.gpu --smoke): the same code, seconds each
+    "gpt2-tiny": ("gpt2", dict(n_layer=2, n_head=2, n_embd=64, n_positions=64), 2, 64),
+    "smollm2-tiny": ("llama", dict(SMOLLM2_135M, vocab_size=512, hidden_size=72, num_hidden_layers=2), 2, 64),
+    "bert-tiny": ("bert", dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4), 4, 64),
 }
 GPU_CASES = ["gpt2-124m", "gpt2-350m", "bert-base", "smollm2-135m", "llama3.2-1b"]
 CPU_CASES = ["gpt2-cpu", "bert-cpu", "smollm2-cpu"]
@@ -158,6 +162,8 @@ def time_case(name, impl, args, device, dtype):
         "batch": B,
         "seq": T,
         "params_M": round(n_params / 1e6, 2),
+        # transformers' attention implementation ("sdpa" is the peer asked for); minitrain calls SDPA
+        "attention": getattr(model.config, "_attn_implementation", None) if impl == "hf" else "sdpa",
         "tokens_per_sec": round(tokens_per_sec, 1),
         "examples_per_sec": round(B / statistics.median(times), 2),  # sequences or pairs
         "step_ms_min": round(1e3 * min(times), 2),
@@ -230,6 +236,7 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--ddp", action="store_true", help="also run the 2-process DDP comparison")
+    p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True, help="time the input pipeline")
     p.add_argument("--out", default="bench/results")
     args = p.parse_args(argv)
 
@@ -298,7 +305,7 @@ def main(argv=None):
         if ours and theirs:
             ratios[name] = round(ours[0]["tokens_per_sec"] / theirs[0]["tokens_per_sec"], 3)
             print(f"{name}: minitrain / transformers tokens/s = {ratios[name]:.3f}")
-    pipe = pipeline_throughput()
+    pipe = pipeline_throughput() if args.pipeline else {"loader": "not measured (--no-pipeline)"}
     print(f"input pipeline: {pipe}")
     result = {**header, "rows": rows, "vs_hf": ratios, "pipeline": pipe}
     if args.ddp and cuda and torch.cuda.device_count() < 2:

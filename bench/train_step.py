@@ -16,6 +16,7 @@ peak for the device (MIG slices flagged), and peak memory, as JSON.
 import argparse
 import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def run(args) -> dict:
         train_gpt2.main(cfg)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "run/metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(out, ignore_errors=True)  # the run's checkpoint and export (GBs at 124M) are not kept
     per_step = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r and r["step"] > 1 + args.skip]
     warmup = next((r["warmup_s"] for r in rows if "warmup_s" in r), None)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -74,6 +76,8 @@ def run(args) -> dict:
         n_params = GPT2(GPT2Config(vocab_size=p["vocab"], n_positions=p["block_size"], **shape)).num_params()
     flops = metrics.flops_per_token(n_params, p["n_layer"], p["n_embd"], p["block_size"])
     median = statistics.median(per_step) if per_step else None
+    hs = p["n_embd"] // p["n_head"]
+    kernels = attention_kernels(args.sdpa, (B, p["n_head"], p["block_size"], hs))
     result = {
         "case": f"train_gpt2 step, {args.preset}",
         "micro_batch": B,
@@ -83,6 +87,7 @@ def run(args) -> dict:
         "compile": args.compile,
         "compile_scope": args.compile_scope,
         "sdpa": args.sdpa,
+        "attention_kernels": kernels,
         "dtype": args.dtype,
         "timed_steps": len(per_step),
         "tokens_per_sec_min": min(per_step) if per_step else None,
@@ -144,6 +149,24 @@ def contextlib_sdpa(name: str):
         "math": SDPBackend.MATH,
     }
     return sdpa_kernel([backends[name]])
+
+
+def attention_kernels(sdpa: str, shape: tuple) -> list[str]:
+    """The attention kernels that scaled_dot_product_attention runs, forward and backward, for the
+    step's (B, nh, T, hs) causal attention under the same backend setting: which kernel ran, on record
+    (on CUDA the device kernels in bf16, as autocast gives them; on CPU the operators)."""
+    from bench.profile import category
+
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    q, k, v = (torch.randn(shape, device="cuda" if cuda else "cpu", dtype=dtype, requires_grad=True) for _ in "qkv")
+    activities = [torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as prof, contextlib_sdpa(sdpa):
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+        if cuda:
+            torch.cuda.synchronize()
+    names = {e.key for e in prof.key_averages() if not cuda or e.device_type == torch.autograd.DeviceType.CUDA}
+    return sorted(n[:120] for n in names if category(n) == "attention")
 
 
 def save_result(result: dict, out: str, name: str) -> dict:
