@@ -25,8 +25,8 @@ Three measurements, each in fresh torchrun workers (`python -m bench.memory --wo
    calls minitrain.training.fsdp.shard (as train_gpt2.py's build_model does), or the unsharded
    Llama.from_pretrained(folder) for comparison. safetensors are memory-mapped, so pages read from
    the file count in RSS as file-backed pages, shared with the page cache and with the other ranks:
-   RssFile. Memory the process owns is RssAnon. Both are reported as increases over loading, with
-   RssAnon's peak sampled every millisecond by a thread, and VmHWM's increase (anon + file).
+   RssFile. Memory the process owns is RssAnon. Both are reported as increases over loading, their
+   peaks sampled every millisecond by a thread, and VmHWM's increase (anon + file).
 
 Writes JSON (default bench/results/memory-DATE.json); the meaning of each field is inside it.
 """
