@@ -48,3 +48,36 @@ def test_train_step_case_and_profile_run_the_real_script(tmp_path):
     p = profile.main(["--preset", "cpu", "--warmup", "2", "--active", "1", "--out", str(tmp_path / "prof.json")])
     assert p["ms_by_category"]["matmul"] > 0 and abs(sum(p["share_by_category"].values()) - 1) < 0.01
     assert any("attention" in k for k in p["attention_kernels"])
+
+
+def test_memory_bench_smoke_fsdp_holds_less_per_rank(tmp_path):
+    """`python -m bench.memory --smoke`: 2 processes of DDP and FSDP on a tiny Llama, and loading
+    it from a Hugging Face folder sharded and not. FSDP's ranks each hold less model state than a
+    DDP rank, and their shards add up to the whole model (nothing dropped, nothing duplicated)."""
+    import subprocess
+
+    from tests.helpers import PY, ROOT, script_env
+
+    out = tmp_path / "memory.json"
+    cmd = [PY, "-m", "bench.memory", "--smoke", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    keys = "command date environment machine shape params state ratios tokens_per_sec loading meaning"
+    assert set(keys.split()) <= r.keys()
+    runs = {(s["procs"], s["kind"]): s["per_rank"] for s in r["state"]}
+    assert set(runs) == {(2, "ddp"), (2, "fsdp")}
+    full = 4 * r["params"]
+    for d in runs[2, "ddp"]:
+        assert d["param_bytes"] == d["grad_bytes"] == full and d["optimizer_bytes"] >= 2 * full
+    for f in runs[2, "fsdp"]:
+        assert 0 < f["state_bytes"] < min(d["state_bytes"] for d in runs[2, "ddp"])
+        assert f["peak_rss_mb"] > 0 and f["peak_rss_training_mb"] > 0
+    assert sum(f["param_bytes"] for f in runs[2, "fsdp"]) == full
+    assert r["ratios"]["2"]["state_fsdp_over_ddp"] <= 0.55
+    assert r["tokens_per_sec"]["best"]["ddp"] > 0 and r["tokens_per_sec"]["best"]["fsdp"] > 0
+    loads = {run["sharded"]: run["per_rank"] for run in r["loading"]}
+    assert sum(row["local_param_bytes"] for row in loads[True]) == full
+    assert all(row["local_param_bytes"] == full for row in loads[False])
+    assert all(row["tied"] for rows in loads.values() for row in rows)
+    assert all({"rss_anon_peak_increase_mb", "rss_file_peak_increase_mb"} <= row.keys() for row in loads[True])
