@@ -218,6 +218,7 @@ def test_a_document_cut_anywhere_between_lines_has_the_whole_documents_digest(tm
         "\u212a\u212b \u0130 \u03a3\u03c3\u03c2 \u00bd",
         "\u3000trailing\u00a0\t ",
         "plain words",
+        " ascii\tvt\x0bff\x0cfs\x1cgs\x1drs\x1eus\x1f end  ",
         "\r",
         "END",
     ]
@@ -226,6 +227,9 @@ def test_a_document_cut_anywhere_between_lines_has_the_whole_documents_digest(tm
     assert want != clean.digest(" ".join(text.split()))  # normalisation matters here
     breaks = [i + 1 for i, c in enumerate(text[:-1]) if c == "\n"]
     rng = np.random.default_rng(0)
+    for _ in range(500):  # the numpy path of an ASCII piece == str.split and join
+        ascii_text = "".join(rng.choice(list("ab. \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"), rng.integers(0, 30)))
+        assert clean.words_of(ascii_text) == clean.joined(ascii_text).encode(), repr(ascii_text)
     cut_sets = [[b] for b in breaks] + [
         sorted(rng.choice(breaks, k, replace=False)) for k in (2, 5, 20) for _ in range(8)
     ]
