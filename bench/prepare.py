@@ -5,12 +5,17 @@ process) on the same text; then training's loader over one epoch of 1 shard and 
     python -m bench.prepare                      # 25 MB, 250 MB and 1 GB of text; 1 and 2 processes
     python -m bench.prepare --sizes 25 250       # MB of text
     python -m bench.prepare --procs 1 2 4 8      # on a machine with more cores
-    python -m bench.prepare --sizes 25 --dedup none exact near --no_baseline   # the cost of the cleaning
+    python -m bench.prepare --sizes 25 --dedup none exact near --no_baseline --rounds 3  # the dedup's cost
     python -m bench.prepare --index_docs 1000000 --sizes --no_baseline         # memory per document kept
 
---dedup runs each size and process count once per mode (the quality filters at their defaults in
-each; `none` with --filters false too, the old pipeline). Note that the rotated copies of one text
-are near copies of each other: --dedup near keeps one file, and tokens/s counts the removed too.
+--dedup runs each size and process count once per mode, the modes interleaved, --rounds times;
+every row has the same quality filters (--filters: off by default, so `none` is the old pipeline
+and the ratios are the deduplication's cost alone; on: every row, `none` too, filters). At 25 MB
+(5 text files, fewer than 10) prepare turns the filters off itself (each file is cut into a head
+and a validation tail). Rows give wall time and the CPU seconds of the process tree (less moved by
+other work on a shared machine), and the median ratios to `none` are printed. Note that the
+rotated copies of one text are near copies of each other: --dedup near keeps one file, and
+tokens/s counts the removed too.
 --index_docs N feeds N synthetic documents (distinct, whole) to the main process's Cleaner and
 reports what its indexes hold in memory per document (tracemalloc), for exact and near.
 
@@ -24,7 +29,9 @@ Writes JSON (default bench/results/prepare-DATE.json).
 
 import argparse
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,20 +80,23 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_prepare(corpus: Path, out: Path, tokenizer: Path, procs: int, dedup: str = "none") -> dict:
+def run_prepare(corpus: Path, out: Path, tokenizer: Path, procs: int, dedup: str = "none", filters=False) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "minitrain.prepare", f"--data={corpus}", f"--out={out}"]
     cmd += [f"--tokenizer={tokenizer}", f"--num_proc={procs}", "--progress=false", f"--dedup={dedup}"]
-    cmd += ["--filters=false"] if dedup == "none" else []
+    cmd += [f"--filters={str(filters).lower()}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if procs == 1:
         env["RAYON_NUM_THREADS"] = "1"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the prepare's workers are reaped by it: counted
     t0, peak = time.perf_counter(), 0
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
         time.sleep(0.02)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     stdout, stderr = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"prepare failed: {stderr}")
@@ -98,10 +108,12 @@ def run_prepare(corpus: Path, out: Path, tokenizer: Path, procs: int, dedup: str
     return {
         "processes": procs,
         "dedup": dedup,
+        "filters": (meta.get("clean") or {}).get("filters", False),  # as prepare applied them
         "removed_documents": sum(r[x]["documents"] for r in removed.values() for x in ("train", "val")),
         "tokens": tokens,
         "tokens_per_sec": meta["tokens_per_sec"],  # tokenizing and writing, as prepare reports it
         "wall_s": round(wall, 2),  # the whole command: interpreter start, imports, pool start
+        "cpu_s": round(cpu, 2),  # user + system of the process and its workers
         "peak_rss_mb": round(peak / 2**20, 1),
         "shards": len(meta["train"]["shards"]) + len(meta["val"]["shards"]),
     }
@@ -202,11 +214,28 @@ def loader_rss(folder: Path) -> list[dict]:
     return rows
 
 
+def dedup_ratios(rows: list[dict]) -> list[dict]:
+    """Per size and process count, each mode's median wall and CPU seconds over the median of `none`."""
+    out = []
+    for mb, procs in sorted({(r["text_mb"], r["processes"]) for r in rows}):
+        same = [r for r in rows if (r["text_mb"], r["processes"]) == (mb, procs)]
+        med = {m: {k: statistics.median(r[k] for r in same if r["dedup"] == m) for k in ("wall_s", "cpu_s")}
+               for m in {r["dedup"] for r in same}}  # fmt: skip
+        for mode in ("exact", "near"):
+            if "none" in med and mode in med:
+                wall, cpu = (round(med[mode][k] / med["none"][k], 3) for k in ("wall_s", "cpu_s"))
+                out.append({"text_mb": mb, "processes": procs, "dedup": mode, "wall_ratio": wall, "cpu_ratio": cpu})
+                print("ratio to none:", out[-1], flush=True)
+    return out
+
+
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[25, 250, 1000], help="MB of text")
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="--num_proc values")
     ap.add_argument("--dedup", nargs="+", default=["none"], choices=["none", "exact", "near"], help="cleaning modes")
+    ap.add_argument("--filters", choices=["off", "on"], default="off", help="the quality filters, in every row")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each mode, interleaved")
     ap.add_argument("--index_docs", type=int, default=0, help="measure the dedup indexes' memory per document")
     ap.add_argument("--no_baseline", action="store_true", help="skip the datasets.map path and the loader")
     ap.add_argument("--work", default="", help="where to write the corpora and shards (default: a temporary folder)")
@@ -224,14 +253,16 @@ def main() -> dict:
     for mb in args.sizes:
         corpus = make_corpus(work / f"text{mb}", mb)
         for procs in args.procs:
-            for mode in args.dedup:
-                row = {"text_mb": mb, **run_prepare(corpus, work / "shards", work / "tok", procs, mode)}
-                print(row, flush=True)
-                rows.append(row)
+            for r in range(args.rounds):
+                for mode in args.dedup:
+                    row = run_prepare(corpus, work / "shards", work / "tok", procs, mode, args.filters == "on")
+                    rows.append({"text_mb": mb, "round": r, **row})
+                    print(rows[-1], flush=True)
     if args.sizes and not args.no_baseline:
         before = {"text_mb": args.sizes[0], **old_path(smallest, work / "tok")}
         print("before:", before, flush=True)
         loader = loader_rss(work / "shards")  # the largest corpus's shards
+    ratios = dedup_ratios(rows)
     index = index_memory(args.index_docs) if args.index_docs else None
     shutil.rmtree(work, ignore_errors=True) if not args.work else None
     result = {
@@ -240,6 +271,7 @@ def main() -> dict:
         "environment": environment(),
         "cores": len(os.sched_getaffinity(0)),
         "runs": rows,
+        "dedup_ratios_to_none": ratios,
         "before_datasets_map_one_process": before,
         "loader_one_epoch": loader,
         "dedup_index_memory": index,

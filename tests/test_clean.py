@@ -201,6 +201,56 @@ def test_a_document_in_pieces_measures_as_the_whole(tmp_path):
     cleaner.close()
 
 
+def test_a_document_cut_anywhere_between_lines_has_the_whole_documents_digest(tmp_path):
+    """The exact rule on a document in pieces (each piece's normalised words from a worker, fed in
+    order to one BLAKE2b by the main process) is the whole-document rule, digest(joined(text)), for a
+    cut after every line break and for many sets of cuts, with and without the line filter (another
+    path in the worker): cuts before ligatures, full-width letters, a combining accent, a sharp s,
+    the Kelvin and Angstrom signs, inside whitespace runs NFKC collapses (no-break and ideographic
+    spaces), in CRLF pairs and blank lines. A cut is never inside a composing sequence ("e" | U+0301):
+    pieces end right after a line break (minitrain.data.sources)."""
+    lines = [
+        "\ufb01ne \ufb00 STRASSE Stra\u00dfe",
+        "\u0301e\u0301 caf\u00e9\r",
+        "\u00a0 \u3000\uff26\uff55\uff4c\uff4c  width",
+        "",
+        "   ",
+        "\u212a\u212b \u0130 \u03a3\u03c3\u03c2 \u00bd",
+        "\u3000trailing\u00a0\t ",
+        "plain words",
+        " ascii\tvt\x0bff\x0cfs\x1cgs\x1drs\x1eus\x1f end  ",
+        "\r",
+        "END",
+    ]
+    text = "\n".join(lines * 4) + "\n"
+    want = clean.digest(clean.joined(text))
+    assert want != clean.digest(" ".join(text.split()))  # normalisation matters here
+    breaks = [i + 1 for i, c in enumerate(text[:-1]) if c == "\n"]
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # the numpy path of an ASCII piece == str.split and join
+        ascii_text = "".join(rng.choice(list("ab. \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"), rng.integers(0, 30)))
+        assert clean.words_of(ascii_text) == clean.joined(ascii_text).encode(), repr(ascii_text)
+    cut_sets = [[b] for b in breaks] + [
+        sorted(rng.choice(breaks, k, replace=False)) for k in (2, 5, 20) for _ in range(8)
+    ]
+    cut_sets.append(breaks)  # every line its own piece
+    for opts in (CleanOptions(dedup="exact", filters=False), CleanOptions(dedup="exact"), CleanOptions(dedup="near")):
+        assert dedup.whole(clean.analyse([text], [True], opts), 0, text).digest == want
+        cleaner = dedup.Cleaner(opts, tmp_path)
+        for cuts in cut_sets:
+            bounds = [0, *cuts, len(text)]
+            pieces = [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            feats = clean.analyse(pieces, [False] * len(pieces), opts)  # one batch; a batch each in the next loop
+            for k in range(len(pieces) - 1):
+                cleaner.piece(feats, k, pieces[k])
+            assert cleaner.doc(feats, len(pieces) - 1, pieces[-1], False).digest == want, cuts
+            for k, piece in enumerate(pieces):
+                feats = clean.analyse([piece], [False], opts)
+                doc = cleaner.doc(feats, 0, piece, False) if k == len(pieces) - 1 else cleaner.piece(feats, 0, piece)
+            assert doc.digest == want, cuts
+        cleaner.close()
+
+
 def test_the_lsh_parameters_and_the_index():
     assert clean.lsh_params(0.8) == (9, 13) and clean.lsh_params(0.5)[0] > 9  # a lower threshold: more bands
     index = dedup.KeyIndex()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.data.clean import SHINGLE, band_keys, joined, lsh_params, minhash, shingles
+from minitrain.data.clean import SHINGLE, band_keys, lsh_params, minhash, shingles
 
 RULES = ("min_words", "non_alpha", "dup_lines", "word_length", "exact", "near")  # in the order they are tried
 SAMPLE_CHARS = 20_000  # of a removed document's text in removed.jsonl
@@ -152,12 +152,12 @@ class Assembly:
     def add(self, feats, i: int, text: str, cleaner: "Cleaner") -> None:
         for k in range(3):
             self.counts[k] += int(feats.counts[i, k])
-        if cleaner.exact is not None:  # the digest of the whole: its pieces' words, space-joined
-            words = joined(text)
-            if words:
-                self.hash.update(words.encode() if self.empty else b" " + words.encode())
-                self.empty = False
         parts = feats.parts[i]
+        if cleaner.exact is not None and parts.words:  # the digest of the whole: its pieces' words, space-joined
+            if not self.empty:
+                self.hash.update(b" ")
+            self.hash.update(parts.words)
+            self.empty = False
         room = MAX_LINES - self.kept_lines
         if room > 0 and len(parts.line_hashes):
             self.lines.append(parts.line_hashes[:room])

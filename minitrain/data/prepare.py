@@ -17,7 +17,9 @@ one's hidden folder). What may replace or delete a prepared folder is minitrain.
 
 With cleaning options (minitrain.options.CleanOptions) the workers also measure each piece
 (minitrain.data.clean) and this process keeps or removes each document at its last piece, in
-source order (minitrain.data.dedup); validation documents are decided first, in a pass of their own.
+source order (minitrain.data.dedup). When copies are removed, the validation documents come first in
+the stream (the source read for them, then for the training ones), so a training copy of a later
+validation document is removed from training: each document is read, measured and tokenized once.
 
 train_gpt2.py goes through the same code for a text `--data`: the shards are then cached under
 `--cache_dir` (minitrain.data.cache). The command line is minitrain/tools/prepare.py.
@@ -87,10 +89,9 @@ def _encode(texts: list[str], tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
-def _work(texts: list[str], whole: list[bool], clean, tokenize: bool, tokenizer=None):
-    """(ids, lengths, features) of a batch: tokenized unless `tokenize` is false (the validation
-    pass of a dedup), measured for cleaning when `clean` is given."""
-    ids, lengths = _encode(texts, tokenizer) if tokenize else (None, None)
+def _work(texts: list[str], whole: list[bool], clean, tokenizer=None):
+    """(ids, lengths, features) of a batch: tokenized, and measured for cleaning when `clean` is given."""
+    ids, lengths = _encode(texts, tokenizer)
     return ids, lengths, analyse(texts, whole, clean) if clean is not None else None
 
 
@@ -112,13 +113,13 @@ def _batches(pieces, stats: dict):
         yield texts, metas, whole
 
 
-def encoded(batches, tokenizer, num_proc: int, clean=None, tokenize: bool = True):
+def encoded(batches, tokenizer, num_proc: int, clean=None):
     """(texts, metas, whole, ids, lengths, features) for each batch, in order. With num_proc > 1,
     worker processes encode while this one reads and writes; at most 2 x num_proc batches are in
     flight, so a slow disk or a fast reader never piles text up in memory."""
     if num_proc == 1:
         for texts, metas, whole in batches:
-            yield texts, metas, whole, *_work(texts, whole, clean, tokenize, tokenizer)
+            yield texts, metas, whole, *_work(texts, whole, clean, tokenizer)
         return
     # spawn, not fork: the caller may be a training process with threads (and CUDA) running. An
     # executor, not a Pool: a worker that dies (killed for memory) fails the run instead of hanging it.
@@ -128,7 +129,7 @@ def encoded(batches, tokenizer, num_proc: int, clean=None, tokenize: bool = True
         pending = deque()
         try:
             for texts, metas, whole in batches:
-                pending.append((texts, metas, whole, pool.submit(_work, texts, whole, clean, tokenize)))
+                pending.append((texts, metas, whole, pool.submit(_work, texts, whole, clean)))
                 if len(pending) >= 2 * num_proc:
                     *batch, result = pending.popleft()
                     yield *batch, *result.result()
@@ -199,20 +200,22 @@ def prepare(
         clean = replace(clean, filters=False)
     cleaner = Cleaner(clean, work, keep_removed) if cleans(clean) else None
     try:
-        stats, start, val_rules = {"chars": 0}, time.perf_counter(), None
-        if cleaner is not None and cleaner.exact is not None and val_tokens == 0 and val_fraction > 0:
-            val_rules = _validation_first(src, text_field, val_fraction, piece_bytes, cleaner, tokenizer, num_proc)
-        pieces = sources.pieces(src, text_field, val_fraction, val_tokens, piece_bytes)
+        stats, start = {"chars": 0}, time.perf_counter()
+        # validation first when copies are removed: a training copy of any validation document goes
+        val_first = cleaner is not None and cleaner.exact is not None and val_tokens == 0 and val_fraction > 0
+        if val_first:
+            pieces = itertools.chain(
+                sources.pieces(src, text_field, val_fraction, 0, piece_bytes, only="val"),
+                sources.pieces(src, text_field, val_fraction, 0, piece_bytes, only="train"),
+            )
+        else:
+            pieces = sources.pieces(src, text_field, val_fraction, val_tokens, piece_bytes)
         bar = _bar(total, progress)
         batches = encoded(_batches(pieces, stats), tokenizer, num_proc, clean if cleaner else None)
-        written, read = _documents(
-            batches, (train, val), (bos, eot), val_tokens, cleaner, val_rules, Held(work), bar, stats
-        )
+        written, read = _documents(batches, (train, val), (bos, eot), val_tokens, cleaner, Held(work), bar, stats)
         bar.close()
         seconds = time.perf_counter() - start
         _check_splits(src, read, written, val_fraction, val_tokens)
-        if val_rules is not None and read["val"] != len(val_rules):
-            raise UserError(f"{spec} changed while it was read (its validation documents differ between two reads).")
         val.flush()
         train.flush()
         removed = cleaner.report() if cleaner else {}
@@ -231,7 +234,7 @@ def prepare(
             "shard_tokens": shard_tokens,
             "train": {"tokens": train.tokens, "documents": written["train"], "shards": train.shards},
             "val": {"tokens": val.tokens, "documents": written["val"], "shards": val.shards},
-            "clean": None if cleaner is None else {**asdict(clean), "validation_first": val_rules is not None},
+            "clean": None if cleaner is None else {**asdict(clean), "validation_first": val_first},
             "seconds": round(seconds, 3),
             "tokens_per_sec": round(n_tokens / max(seconds, 1e-9)),  # every document tokenized, removed ones too
             "num_proc": num_proc,
@@ -273,11 +276,11 @@ def cleans(clean) -> bool:
     return clean.dedup != "none" or filters
 
 
-def _documents(batches, writers, marks, val_tokens: int, cleaner, val_rules, held: Held, bar, stats: dict):
+def _documents(batches, writers, marks, val_tokens: int, cleaner, held: Held, bar, stats: dict):
     """Each document's ids, between the ids the tokenizer starts a text with (`marks`: (bos, eot);
     none for GPT-2) and the end-of-text id, to its split's writer, unless `cleaner` removes it
-    (decided at its last piece; the ids of its earlier pieces are `held` till then; validation
-    documents by `val_rules` when they were decided first). Returns (written, read) per split."""
+    (decided at its last piece; the ids of its earlier pieces are `held` till then). Returns
+    (written, read) per split."""
     (train, val), (bos, eot) = writers, marks
     written, read, doc_split = {"train": 0, "val": 0}, {"train": 0, "val": 0}, None
     for texts, metas, whole, ids, lengths, feats in batches:
@@ -290,7 +293,7 @@ def _documents(batches, writers, marks, val_tokens: int, cleaner, val_rules, hel
             if starts and cleaner is None:
                 writer.add(bos)
             if cleaner is not None:
-                rule = _judge(cleaner, feats, i, texts[i], whole[i], end, doc_split, read, val_rules)
+                rule = _judge(cleaner, feats, i, texts[i], whole[i], end, doc_split, read)
                 if not end:
                     held.add(ids[a:b])
                     continue
@@ -313,16 +316,9 @@ def _documents(batches, writers, marks, val_tokens: int, cleaner, val_rules, hel
     return written, read
 
 
-def _judge(cleaner, feats, i, text, whole, end, split, read, val_rules):
+def _judge(cleaner, feats, i, text, whole, end, split, read):
     """(rule, what it found) that removes the document whose piece i this is, or None (kept, or
-    not its last piece); the decision comes from `val_rules` for a validation document decided first."""
-    if val_rules is not None and split == "val":
-        if not end:
-            return None
-        if read["val"] >= len(val_rules):
-            raise UserError("the source changed while it was read (it has more validation documents than before).")
-        code = val_rules[read["val"]]
-        return (RULES[code - 1], {}) if code else None
+    not its last piece)."""
     if not end:
         cleaner.piece(feats, i, text)
         return None
@@ -333,23 +329,6 @@ def _judge(cleaner, feats, i, text, whole, end, split, read, val_rules):
         return None
     cleaner.sample(rule, key, doc, found)
     return rule, found
-
-
-def _validation_first(src, text_field: str, val_fraction: float, piece_bytes: int, cleaner, tokenizer, num_proc):
-    """The rule codes (0: kept) of the validation documents, decided in a first pass over them
-    alone, so that a later training document that copies one is removed from training (the
-    validation documents of a source may come after training ones)."""
-    rules, stats = bytearray(), {"chars": 0}
-    pieces = sources.pieces(src, text_field, val_fraction, 0, piece_bytes, only_val=True)
-    batches = encoded(_batches(pieces, stats), tokenizer, num_proc, cleaner.opts, tokenize=False)
-    read = {"val": 0}
-    for texts, metas, whole, _, _, feats in batches:
-        for i, (_, end) in enumerate(metas):
-            rule = _judge(cleaner, feats, i, texts[i], whole[i], end, "val", read, None)
-            if end:
-                rules.append(RULES.index(rule[0]) + 1 if rule else 0)
-                read["val"] += 1
-    return rules
 
 
 def _prefix(spec: str) -> str:

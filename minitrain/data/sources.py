@@ -191,21 +191,19 @@ def _decode(raw: bytes, path: Path, offset: int) -> str:
         raise UserError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}).") from None
 
 
-def pieces(
-    spec: "str | Source", text_field="text", val_fraction=0.1, val_tokens=0, piece_bytes=PIECE_BYTES, only_val=False
-):
+def pieces(spec: "str | Source", text_field="text", val_fraction=0.1, val_tokens=0, piece_bytes=PIECE_BYTES, only=""):
     """(text, split, end) for every document of a source, in order (see the module's docstring);
-    `only_val`: of the validation documents only, without reading training files where the rule
-    allows (a prepare that removes duplicates reads them first)."""
+    `only` ("val" or "train"): of that split's documents only, without reading the other split's
+    files where the rule allows (a prepare that removes duplicates reads validation first)."""
     src = resolve(spec)
     if src.is_hf:
-        yield from _hf_pieces(src.spec, text_field, val_fraction, val_tokens, only_val)
+        yield from _hf_pieces(src.spec, text_field, val_fraction, val_tokens, only)
         return
     paths = src.files
     only_text = all(_kind(p) != "records" for p in paths)
     if splits_lines(src, val_fraction, val_tokens):
         for p in paths:  # few documents: each one's last lines are validation
-            yield from (x for x in _line_split(p, val_fraction, piece_bytes) if not only_val or x[1] == "val")
+            yield from (x for x in _line_split(p, val_fraction, piece_bytes) if not only or x[1] == only)
         return
     val_files = set()
     if only_text and val_tokens == 0 and val_fraction > 0:  # whole files, by a fixed permutation
@@ -216,7 +214,7 @@ def pieces(
         if _kind(p) == "records":
             for text in _records(p, text_field):
                 split = split_of(index, val_fraction, val_tokens)
-                if only_val and split != "val":
+                if only and split != only:
                     index += 1
                     continue
                 for piece, end in _split_text(text, piece_bytes):
@@ -224,7 +222,7 @@ def pieces(
                 index += 1
         else:  # a text file is one document: by the files' permutation, or as a record
             split = ("val" if i in val_files else "train") if val_files else split_of(index, val_fraction, val_tokens)
-            if only_val and split != "val":
+            if only and split != only:
                 index += 1
                 continue
             blank = True
@@ -450,12 +448,12 @@ def hf_rows(spec: str) -> Iterator[tuple[str, dict, bool]]:
             yield f"{name} {split} row {n}", row, split == val_split
 
 
-def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int, only_val: bool = False) -> Iterator:
+def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int, only: str = "") -> Iterator:
     """A Hugging Face data set in streaming mode: rows arrive as they download, nothing is stored
     first. Its validation split (validation, valid or test), if any, is the validation data."""
     has_val, index = False, 0
     for where, row, is_val in hf_rows(spec):
-        if only_val and has_val and not is_val:  # its own validation split is read: the rest is training
+        if only == "val" and has_val and not is_val:  # its own validation split is read: the rest is training
             return
         if field not in row:  # a data set whose text column has another name: its first string column
             strings = [k for k, v in row.items() if isinstance(v, str)]
@@ -469,7 +467,7 @@ def _hf_pieces(spec: str, field: str, val_fraction: float, val_tokens: int, only
         has_val = has_val or is_val
         split = "val" if is_val else "train" if has_val else split_of(index, val_fraction, val_tokens)
         index += not is_val
-        if only_val and split != "val":
+        if only and split != only:
             continue
         for piece, end in _split_text(text, PIECE_BYTES):
             yield piece, split, end
