@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from minitrain import UserError
 from minitrain.data import cache, clean, dedup, prepare, sources
 from minitrain.data.shards import find_shards
 from minitrain.data.tokenizer import train_bpe
@@ -132,6 +133,27 @@ def test_a_training_copy_of_a_later_validation_document_leaves_training(tmp_path
         assert meta["val"]["documents"] == len(val) and meta["clean"]["validation_first"]
         (row,) = removed_texts(tmp_path / mode)["exact"]
         assert row["split"] == "train" and row["copy_of"] == {"split": "val", "document": val.index(target)}
+
+
+def test_a_source_that_changes_between_its_two_reads_is_refused(tmp_path, tok, monkeypatch):
+    """With copies removed the source is read twice (validation, then training): a file that grows
+    in between could put a document in both splits or in neither, so the run stops in one sentence
+    and leaves no output."""
+    spec = tmp_path / "d.jsonl"
+    spec.write_text("".join(json.dumps({"text": t}) + "\n" for t in distinct(30, seed=2)))
+    real = sources.pieces
+
+    def pieces(*args, only="", **kw):
+        yield from real(*args, only=only, **kw)
+        if only == "val":  # between the two reads: a writer appends a record
+            with open(spec, "a") as f:
+                f.write(json.dumps({"text": "one more document arrives while the source is read"}) + "\n")
+
+    monkeypatch.setattr(sources, "pieces", pieces)
+    opts = CleanOptions(dedup="exact", filters=False)
+    with pytest.raises(UserError, match="changed while it was read"):
+        prepare.prepare(str(spec), tmp_path / "out", tok, val_fraction=0.2, clean=opts)
+    assert not (tmp_path / "out").exists()
 
 
 def test_one_process_equals_two_and_a_rerun_byte_for_byte(tmp_path, tok, monkeypatch):

@@ -200,8 +200,9 @@ def prepare(
         clean = replace(clean, filters=False)
     cleaner = Cleaner(clean, work, keep_removed) if cleans(clean) else None
     try:
-        stats, start = {"chars": 0}, time.perf_counter()
+        stats, start, before = {"chars": 0}, time.perf_counter(), sources.signature(src)
         # validation first when copies are removed: a training copy of any validation document goes
+        # (the source is then read twice, once per split: it must not change in between)
         val_first = cleaner is not None and cleaner.exact is not None and val_tokens == 0 and val_fraction > 0
         if val_first:
             pieces = itertools.chain(
@@ -216,6 +217,8 @@ def prepare(
         bar.close()
         seconds = time.perf_counter() - start
         _check_splits(src, read, written, val_fraction, val_tokens)
+        if sources.signature(src) != before:  # a file's size or modification time moved
+            raise UserError(f"{spec} changed while it was read; prepare it again once it is complete.")
         val.flush()
         train.flush()
         removed = cleaner.report() if cleaner else {}
