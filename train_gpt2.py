@@ -46,12 +46,11 @@ from minitrain.data.corpus import open_splits, pick_tokenizer
 from minitrain.data.tokenizer import eot_id, save_for_transformers, token_bytes
 from minitrain.data.tokens import EpochOrder, accumulation_steps
 from minitrain.models import hub, lora, registry
-from minitrain.models.gpt2 import GPT2, GPT2Config
-from minitrain.models.llama import Llama, LlamaConfig
+from minitrain.models.gpt2 import GPT2
+from minitrain.models.llama import Llama
 from minitrain.options import LoRAOptions, OptimOptions, ParallelOptions, RunOptions, SamplingOptions, SystemOptions
-from minitrain.training import ddp, dist, fsdp, report, rundir, tracking
+from minitrain.training import ddp, dist, fsdp, parallel, report, rundir, tracking
 from minitrain.training.batchsize import auto_batch_size, training_blocks
-from minitrain.training.compile import compile_model
 from minitrain.training.evaluate import LMScores
 from minitrain.training.logger import Logger
 from minitrain.training.metrics import Stopwatch, flops_per_token, peak_tflops, perplexity, stopped_early, throughput
@@ -152,7 +151,7 @@ def main(cfg: Config) -> dict:
 
         # the model (with LoRA: frozen, adapters on the target layers; lora_info describes them);
         # --parallel fsdp loads a checkpoint straight into each rank's shards (see parallel_model)
-        shard = (lambda m: parallel_model(m, cfg, world, dtype)) if cfg.parallel == "fsdp" else None
+        shard = (lambda m: parallel.parallelize(m, cfg, world, dtype)) if cfg.parallel == "fsdp" else None
         raw_model, lora_info = build_model(cfg, tokenizer, state, shard)
         if not fsdp.is_sharded(raw_model):
             raw_model.to(world.device)
@@ -186,7 +185,7 @@ def main(cfg: Config) -> dict:
 
         # compile (on CUDA by default, per block), then shard (fsdp) or wrap (ddp) for the processes:
         # `model` is what the loop calls, `raw_model` what is saved (with FSDP, the same object)
-        model = raw_model if fsdp.is_sharded(raw_model) else parallel_model(raw_model, cfg, world, dtype)
+        model = raw_model if fsdp.is_sharded(raw_model) else parallel.parallelize(raw_model, cfg, world, dtype)
 
         # optimizer, precision, and the training state: a new one, or the checkpoint's
         optimizer = make_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), world.device)
@@ -366,10 +365,7 @@ def check_together(cfg: Config) -> None:
             raise UserError(f"--n_head={cfg.n_head} is not a multiple of --n_kv_head={kv}.")
         if (cfg.n_embd // cfg.n_head) % 2:
             raise UserError(f"--n_embd / --n_head = {cfg.n_embd // cfg.n_head} is odd: RoPE rotates pairs.")
-    if cfg.parallel == "fsdp":
-        fsdp.check_options(cfg.ddp, cfg.dtype, cfg.compile_scope, cfg.batch_size)
-    elif cfg.cpu_offload:
-        raise UserError("--cpu_offload is FSDP's: it needs --parallel fsdp.")
+    parallel.check(cfg)  # --parallel fsdp and the options it does not take
     check_writable_folder(cfg.cache_dir, "--cache_dir")
     if cfg.init_from != "scratch":
         registry.check_local(cfg.init_from)  # a family minitrain trains, with a config its model implements
@@ -382,21 +378,11 @@ def build_model(cfg: Config, tokenizer, state: TrainState | None, shard=None) ->
     straight into each rank's shards (the model is built on the meta device; LoRA fingerprints the
     whole frozen base first, so it loads it whole and is sharded afterwards)."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    if cfg.init_from == "scratch":
-        eot, V = eot_id(tokenizer), tokenizer.get_vocab_size()
-        if cfg.arch == "gpt2":
-            drop = dict(embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
-            shape = dict(n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head)
-            model = GPT2(GPT2Config(vocab_size=V, **shape, **drop, bos_token_id=eot, eos_token_id=eot))
-        else:
-            # SwiGLU's three matrices at 8/3 of the width hold as many weights as GPT-2's two at 4x
-            # (Shazeer 2020), rounded up to a multiple of 64 for the matmuls
-            hidden = (8 * cfg.n_embd // 3 + 63) // 64 * 64
-            shape = dict(hidden_size=cfg.n_embd, intermediate_size=hidden, num_hidden_layers=cfg.n_layer)
-            heads = dict(num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head or cfg.n_head)
-            config = LlamaConfig(vocab_size=V, max_position_embeddings=cfg.block_size, **shape, **heads,
-                                 attention_dropout=cfg.dropout, bos_token_id=eot, eos_token_id=eot)  # fmt: skip
-            model = Llama(config)
+    if cfg.init_from == "scratch":  # --arch's shape (--n_layer, --n_embd, ...) with the tokenizer's vocabulary
+        shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd)
+        model = registry.scratch(
+            cfg.arch, tokenizer.get_vocab_size(), cfg.block_size, cfg.dropout, eot_id(tokenizer), **shape
+        )
     else:
         folder = hub.resolve_model_dir(cfg.init_from)
         cls = registry.load_model_class(folder)
@@ -422,15 +408,6 @@ def build_model(cfg: Config, tokenizer, state: TrainState | None, shard=None) ->
             lora.load_state(model, state.model)
     model.activation_checkpointing = cfg.activation_checkpointing
     return model, lora_info
-
-
-def parallel_model(raw_model, cfg: Config, world, dtype):
-    """What the loop calls: `raw_model` compiled (per block, in place), then sharded in place over
-    the processes (--parallel fsdp: training/fsdp.py) or wrapped for data parallelism (ddp.py)."""
-    model = compile_model(raw_model, cfg.compile, cfg.compile_scope, world.device)
-    if cfg.parallel == "fsdp":
-        return fsdp.shard(model, world, dtype, cfg.cpu_offload)
-    return ddp.wrap(model, cfg.ddp, world)
 
 
 def export_sample_report(

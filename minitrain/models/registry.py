@@ -6,8 +6,8 @@ from pathlib import Path
 
 from minitrain import UserError
 from minitrain.models import hub
-from minitrain.models.gpt2 import GPT2
-from minitrain.models.llama import Llama
+from minitrain.models.gpt2 import GPT2, GPT2Config
+from minitrain.models.llama import Llama, LlamaConfig
 
 CAUSAL = {"gpt2": GPT2, "llama": Llama, "qwen2": Llama, "qwen3": Llama}
 
@@ -31,6 +31,23 @@ def from_pretrained(name_or_dir, **overrides):
     """A causal LM from a local folder or hub id, whichever supported family it is."""
     folder = hub.resolve_model_dir(name_or_dir)
     return load_model_class(folder).from_pretrained(folder, **overrides)
+
+
+def scratch(arch: str, vocab_size: int, block_size: int, dropout: float, eot: int, n_layer, n_head, n_kv_head, n_embd):
+    """A new model of `arch` (gpt2 or llama) from train_gpt2's shape options, random weights
+    (seed first: the same on every rank); end-of-text is its bos and eos."""
+    if arch == "gpt2":
+        drop = dict(embd_pdrop=dropout, attn_pdrop=dropout, resid_pdrop=dropout)
+        shape = dict(n_positions=block_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
+        return GPT2(GPT2Config(vocab_size=vocab_size, **shape, **drop, bos_token_id=eot, eos_token_id=eot))
+    # SwiGLU's three matrices at 8/3 of the width hold as many weights as GPT-2's two at 4x
+    # (Shazeer 2020), rounded up to a multiple of 64 for the matmuls
+    hidden = (8 * n_embd // 3 + 63) // 64 * 64
+    shape = dict(hidden_size=n_embd, intermediate_size=hidden, num_hidden_layers=n_layer)
+    heads = dict(num_attention_heads=n_head, num_key_value_heads=n_kv_head or n_head)
+    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=block_size, **shape, **heads,
+                         attention_dropout=dropout, bos_token_id=eot, eos_token_id=eot)  # fmt: skip
+    return Llama(config)
 
 
 def config_from_dict(d: dict):
