@@ -101,6 +101,15 @@ def shard(model: nn.Module, world, dtype: torch.dtype, cpu_offload: bool) -> nn.
     return model
 
 
+def local_shards(model: nn.Module) -> list[torch.Tensor]:
+    """This rank's slice of every parameter. Every unit is resharded first: FSDP2 leaves the root's
+    parameters gathered after a forward without backward (an evaluation), as plain tensors."""
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+    return [p.to_local() for p in model.parameters()]
+
+
 def full_norm(norm: torch.Tensor) -> torch.Tensor:
     """clip_grad_norm_'s result over sharded gradients is a replicated DTensor: the plain tensor."""
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
@@ -183,6 +192,7 @@ def gather_model(model: nn.Module, world, lora_info: dict | None) -> nn.Module |
             lora.attach(plain, lora_info)  # the adapters' layers (merged at the export)
         plain.to_empty(device="cpu")
         plain.init_buffers()
+    local_shards(model)  # every unit resharded: each parameter a DTensor again
     for name, p in model.named_parameters():
         full = p.full_tensor()  # a collective: every rank takes part
         if plain is not None:

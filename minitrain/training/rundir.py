@@ -91,7 +91,7 @@ def save_sharded(path: Path, state: TrainState, model, optimizer, world) -> None
 def not_finite(model, world) -> bool:
     """Whether any weight is inf or nan (sharded: on any rank's slices); one host sync."""
     sharded = fsdp.is_sharded(model)
-    weights = [p.to_local() for p in model.parameters()] if sharded else lora.state_to_save(model).values()
+    weights = fsdp.local_shards(model) if sharded else lora.state_to_save(model).values()
     bad = sum((t.isfinite().logical_not().sum() for t in weights if t.is_floating_point()), torch.zeros(()))
     if sharded:
         bad = all_reduce_sum(bad.to(world.device), world)
