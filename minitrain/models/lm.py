@@ -62,15 +62,16 @@ def attention_mask(T: int, T_k: int, device, documents_mask=None):
 
 
 def attention(q, k, v, mask, is_causal: bool, dropout_p: float = 0.0, enable_gqa: bool = False):
-    """scaled_dot_product_attention(q, k, v), in fp32 on a CPU: under CPU bf16 autocast, PyTorch's
-    CPU attention kernel runs 2-3x slower in bf16 than in fp32 (its backward above all; measured on
-    the main job's shape, NOTES.md), so there q, k and v go in as fp32 (a more exact softmax too) and
-    the output comes back in their dtype. Elsewhere (CUDA, fp32) it is the plain call."""
+    """scaled_dot_product_attention(q, k, v), in fp32 under CPU autocast: PyTorch's CPU attention
+    kernel runs 2-3x slower in bf16 than in fp32 (its backward above all; measured on the main
+    job's shape, NOTES.md), so there q, k and v go in as fp32 (a more exact softmax too) and the
+    output comes back in the autocast dtype, as autocast would return it. Elsewhere: the plain call."""
     kw = dict(attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=enable_gqa)
-    if q.device.type != "cpu" or q.dtype == torch.float32:
+    if q.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return F.scaled_dot_product_attention(q, k, v, **kw)
-    with torch.autocast("cpu", enabled=False):  # autocast would cast them back to bf16
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw).to(q.dtype)
+    with torch.autocast("cpu", enabled=False):  # autocast would cast them to bf16
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)
+    return y.to(torch.get_autocast_dtype("cpu"))
 
 
 def init_weights(m: nn.Module, std: float) -> None:
