@@ -134,7 +134,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), (grad_w * grad_loss).to(ctx.weight_dtype), None, None, None
+        # scaled in place: no second (V, C) copy of the head's gradient (a second backward through
+        # this graph fails loudly, as autograd sees the saved tensors modified)
+        grad_h, grad_w = grad_h.mul_(grad_loss.to(grad_h.dtype)), grad_w.mul_(grad_loss)
+        return grad_h, grad_w.to(ctx.weight_dtype), None, None, None
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
