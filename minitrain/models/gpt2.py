@@ -97,14 +97,7 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + T, hs)
             v = torch.cat([past[1], v], dim=2)  # (B, nh, T_past + T, hs)
         mask, causal = lm.attention_mask(T, k.size(2), x.device, mask)  # documents in a row, or a cache
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T, hs)
+        y = lm.attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y)), (k, v)
 

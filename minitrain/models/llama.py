@@ -232,15 +232,8 @@ class Attention(nn.Module):
         mask, causal = lm.attention_mask(T, k.size(2), x.device, mask)  # documents in a row, or a cache
         # Grouped-query attention: query head i reads key/value head i // (nh / nkv). enable_gqa
         # lets the kernel do that without copying k and v nh / nkv times (the cache stays small too).
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=nkv != nh,
-        )  # (B, nh, T, hs)
+        dropout = self.dropout if self.training else 0.0
+        y = lm.attention(q, k, v, mask, causal, dropout, enable_gqa=nkv != nh)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # the heads side by side again
         return self.o_proj(y), (k, v)
 

@@ -75,6 +75,19 @@ def attention_mask(T: int, T_k: int, device, documents_mask=None):
     return torch.ones(T, T_k, dtype=torch.bool, device=device).tril(T_k - T), False
 
 
+def attention(q, k, v, mask, is_causal: bool, dropout_p: float = 0.0, enable_gqa: bool = False):
+    """scaled_dot_product_attention(q, k, v), in fp32 under CPU autocast: PyTorch's CPU attention
+    kernel runs 2-3x slower in bf16 than in fp32 (its backward above all; measured on the main
+    job's shape, NOTES.md), so there q, k and v go in as fp32 (a more exact softmax too) and the
+    output comes back in the autocast dtype, as autocast would return it. Elsewhere: the plain call."""
+    kw = dict(attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=enable_gqa)
+    if q.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+    with torch.autocast("cpu", enabled=False):  # autocast would cast them to bf16
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)
+    return y.to(torch.get_autocast_dtype("cpu"))
+
+
 def init_weights(m: nn.Module, std: float) -> None:
     """Hugging Face's initialisation of a causal LM's layers: normal(0, std) weights, zero biases
     (norms keep their ones)."""
@@ -93,7 +106,7 @@ def lm_loss(h, weight, bias, labels, reduction: str):
 
 def chunked_cross_entropy(h, weight, bias, targets, chunk_elements: int = 2**26):
     """sum over rows of cross_entropy(h @ weight.T + bias, targets), -100 skipped, without the (N, V)
-    logits: rows go `chunk_elements // V` at a time, the matmul in the autocast dtype, log-sum-exp
+    logits: rows go `chunk_elements // V` at a time, the matmul in the autocast dtype, log-softmax
     in fp32. For GPT-2 124M that is ~1,300 rows (~0.5 GB of fp32 logits at a time) instead of
     16 x 1024 rows (~6.6 GB with its fp32 copy and log-probs). With autograd, the gradients are
     computed in the same pass (softmax minus one-hot), so no chunk is kept for backward: the idea
@@ -112,22 +125,22 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, targets, rows):
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_h, grad_w = torch.empty_like(h), None
+        w = weight.to(h.dtype)  # cast once (bf16 autocast), not once per chunk and per matmul
         for s in range(0, h.size(0), rows):
             hc, t = h[s : s + rows], targets[s : s + rows]
-            logits = F.linear(hc, weight, bias).float()  # (n, V), fp32 for the softmax
-            valid = t != -100
-            t = t.clamp(min=0)
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += ((lse - logits.gather(1, t[:, None])[:, 0]) * valid).sum()
-            # d(sum of losses) / d logits = softmax - one-hot, on the rows with a target
-            g = torch.exp(logits - lse[:, None])
-            g[torch.arange(len(t), device=g.device), t] -= 1
-            g *= valid[:, None]
-            g = g.to(hc.dtype)
-            grad_h[s : s + rows] = g @ weight.to(hc.dtype)
-            grad_w += (g.t() @ hc).float()
+            valid = (t != -100)[:, None]  # (n, 1): rows with a target
+            t = t.clamp(min=0)[:, None]  # (n, 1)
+            # Each pass over the (n, V) chunk costs as much as a small matmul on a CPU, so there are
+            # two: one fused log-softmax (in fp32), then exp in place, which is the softmax.
+            logp = F.log_softmax(F.linear(hc, w, bias), dim=-1, dtype=torch.float32)  # (n, V)
+            loss -= (logp.gather(1, t) * valid).sum()
+            # d(sum of losses) / d logits = softmax - one-hot; the rows without a target are
+            # zeroed on the narrow (n, C) side of the matmuls rather than on the (n, V) one
+            g = logp.exp_().scatter_add_(1, t, torch.full(t.shape, -1.0, device=t.device)).to(hc.dtype)
+            grad_h[s : s + rows] = (g @ w) * valid
+            g_w = (g.t() @ (hc * valid)).float()  # (V, C)
+            grad_w = g_w if grad_w is None else grad_w.add_(g_w)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return loss
@@ -135,7 +148,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), (grad_w * grad_loss).to(ctx.weight_dtype), None, None, None
+        # scaled in place: no second (V, C) copy of the head's gradient (a second backward through
+        # this graph fails loudly, as autograd sees the saved tensors modified)
+        grad_h, grad_w = grad_h.mul_(grad_loss.to(grad_h.dtype)), grad_w.mul_(grad_loss)
+        return grad_h, grad_w.to(ctx.weight_dtype), None, None, None
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
