@@ -134,7 +134,8 @@ class Hold:
             self.fd = None
 
     def __del__(self):
-        self.close()
+        if self.fd is not None and os is not None:  # at interpreter exit `os` may be gone: the OS closes it
+            self.close()
 
 
 def lock_for_replace(folder, what: str) -> int:
