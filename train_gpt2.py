@@ -150,7 +150,7 @@ def main(cfg: Config) -> dict:
             rundir.check_same_data(state, data, resume_path, cfg.new_data, out_dir, world)
 
         # the model (with LoRA: frozen, adapters on the target layers; lora_info describes them);
-        # --parallel fsdp loads a checkpoint straight into each rank's shards (see parallel_model)
+        # --parallel fsdp: built on the meta device and loaded straight into each rank's shards
         shard = (lambda m: parallel.parallelize(m, cfg, world, dtype)) if cfg.parallel == "fsdp" else None
         raw_model, lora_info = build_model(cfg, tokenizer, state, shard)
         if not fsdp.is_sharded(raw_model):
@@ -374,33 +374,27 @@ def check_together(cfg: Config) -> None:
 def build_model(cfg: Config, tokenizer, state: TrainState | None, shard=None) -> tuple[GPT2 | Llama, dict | None]:
     """(the model to train, its LoRA description or None): new from --init_from (its config.json's
     model_type picks the class) or --arch, checked against the tokenizer and --block_size, with a
-    checkpoint's weights when resuming. With `shard` (FSDP) and no LoRA, --init_from's weights go
-    straight into each rank's shards (the model is built on the meta device; LoRA fingerprints the
-    whole frozen base first, so it loads it whole and is sharded afterwards)."""
+    checkpoint's weights when resuming. With `shard` (FSDP) --init_from is built on the meta device,
+    adapters put on, sharded, then each rank's slices filled (lm.build, lora.sharded_adapters)."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    prepare = None
     if cfg.init_from == "scratch":  # --arch's shape (--n_layer, --n_embd, ...) with the tokenizer's vocabulary
         shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd)
-        model = registry.scratch(
-            cfg.arch, tokenizer.get_vocab_size(), cfg.block_size, cfg.dropout, eot_id(tokenizer), **shape
-        )
+        V, eot = tokenizer.get_vocab_size(), eot_id(tokenizer)
+        model = registry.scratch(cfg.arch, V, cfg.block_size, cfg.dropout, eot, **shape)
     else:
         folder = hub.resolve_model_dir(cfg.init_from)
         cls = registry.load_model_class(folder)
-        shard = shard if not cfg.lora_rank else None
-        model = cls.from_pretrained(folder, shard=shard, **{k: cfg.dropout for k in cls.config_class.DROPOUT})
-    n_positions, vocab_size = model.config.n_positions, model.config.vocab_size
-    if cfg.block_size > n_positions:
-        raise UserError(
-            f"--block_size={cfg.block_size} is larger than the model's {n_positions} positions; "
-            f"use --block_size={n_positions} or less."
-        )
-    if tokenizer.get_vocab_size() > vocab_size:  # only a checkpoint's model can have fewer rows than tokens
-        raise UserError(
-            f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only {vocab_size} (the vocab_size "
-            f"of {hub.resolve_model_dir(cfg.init_from) / 'config.json'}): they do not belong together."
-        )
-    # --lora_rank: frozen model, adapters on the targets (the family's projections by default)
-    lora_info = lora.from_options(model, cfg, model.config.model_type)
+        prepare = lora.AdaptThenShard(cfg, shard) if shard else None  # FSDP shards the adapters too
+        model = cls.from_pretrained(folder, shard=prepare, **{k: cfg.dropout for k in cls.config_class.DROPOUT})
+    registry.check_fits(model, cfg.block_size, tokenizer.get_vocab_size(), cfg.init_from)
+    # --lora_rank: frozen model, adapters on the targets (the family's projections by default),
+    # initialised from their own seed, so that they start the same however the base was built
+    torch.manual_seed(cfg.seed + 1)
+    if prepare is not None:
+        lora_info = lora.sharded_adapters(model, prepare.info)
+    else:
+        lora_info = lora.from_options(model, cfg, model.config.model_type)
     if state is not None:
         model.config.check_same_shape(registry.config_from_dict(state.model_config), f"--init_from={cfg.init_from}")
         lora.check_resume(lora_info, state.lora)

@@ -138,7 +138,7 @@ def test_fsdp_fine_tuning_exports_what_one_process_does(corpus, cache, tmp_path,
     """Fine-tuning a Hugging Face folder under FSDP (built on the meta device, each rank copying
     its slices of the memory-mapped weights: GPT-2's transposed Conv1D weights and padded
     vocabulary, Llama's untied head) exports the same final/ as one process without it; the same
-    with LoRA (the frozen base sharded, adapters trained, merged at the export)."""
+    with LoRA (adapters put on the meta model, then sharded with the base; merged at the export)."""
     from minitrain.models.hub import read_safetensors
 
     base = sft_model if family == "gpt2" else llama_folder
@@ -149,6 +149,9 @@ def test_fsdp_fine_tuning_exports_what_one_process_does(corpus, cache, tmp_path,
     b = read_safetensors(tmp_path / "fsdp/final/model.safetensors")
     assert_same_params(a, b)
     assert max_param_diff(a, read_safetensors(base / "model.safetensors")) > 1e-4  # trained weights, not the base
+    if lora:  # the frozen base's fingerprint (a resume's check), gathered from the shards, is the whole model's
+        one, sharded = load(tmp_path / "one/ckpt-0000003.pt").lora, load(tmp_path / "fsdp/ckpt-0000003").lora
+        assert one["base"] == sharded["base"] and one["trainable"] == sharded["trainable"]
 
 
 def test_llama_under_fsdp_with_activation_checkpointing_and_compile(corpus, cache, tmp_path):

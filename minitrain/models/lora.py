@@ -19,8 +19,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from minitrain import UserError
+from minitrain.models.hub import copy_into
 from minitrain.options import LoRAOptions
 
 DEFAULT_TARGETS = {  # the attention and MLP projections of each model
@@ -75,7 +77,8 @@ def add(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: 
         raise UserError(f"--lora_rank={rank} is larger than the smallest adapted dimension, {smallest}.")
     for p in model.parameters():
         p.requires_grad_(False)
-    base = base_fingerprint(model)
+    # a model built on the meta device (FSDP's loading) has no values yet: see sharded_adapters
+    base = None if any(p.is_meta for p in model.parameters()) else base_fingerprint(model)
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -121,6 +124,35 @@ def attach(model: nn.Module, info: dict | None) -> None:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, LoRALinear(m, info["rank"], info["alpha"], info["dropout"]))
+
+
+class AdaptThenShard:
+    """FSDP's loading (lm.build) calls this on the model on the meta device: the --lora_* options'
+    adapters go on first (`info` describes them), then `shard` shards the model, adapters and all."""
+
+    def __init__(self, opts: LoRAOptions, shard):
+        self.opts, self.shard, self.info = opts, shard, None
+
+    def __call__(self, model: nn.Module) -> None:
+        self.info = from_options(model, self.opts, model.config.model_type)
+        self.shard(model)
+
+
+@torch.no_grad()
+def sharded_adapters(model: nn.Module, info: dict | None) -> dict | None:
+    """Adapters put on a model on the meta device, then sharded and loaded (FSDP): their initial
+    values, drawn as LoRALinear draws them (A ~ kaiming uniform, B = 0, layer by layer, from the
+    global generator), each rank copying its slice; and the frozen base's fingerprint (`info`'s
+    "base", gathered a tensor at a time: the same as the unsharded model's). Every rank calls it."""
+    if info is None:
+        return None
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            a = torch.empty(m.lora_A.shape, dtype=m.lora_A.dtype)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            copy_into(m.lora_A, a)
+            copy_into(m.lora_B, torch.zeros(m.lora_B.shape, dtype=m.lora_B.dtype))
+    return {**info, "base": base_fingerprint(model)}
 
 
 def called_linears(model: nn.Module, names: list[str]) -> set[str]:
@@ -229,8 +261,9 @@ def base_fingerprint(model: nn.Module) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, p in sorted(model.named_parameters()):
         if not p.requires_grad:
+            full = p.full_tensor() if isinstance(p, DTensor) else p  # sharded (FSDP): gathered, a collective
             h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(full.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -50,6 +50,22 @@ def scratch(arch: str, vocab_size: int, block_size: int, dropout: float, eot: in
     return Llama(config)
 
 
+def check_fits(model, block_size: int, n_tokens: int, init_from: str) -> None:
+    """The model takes --block_size tokens at once and has a row for each of the tokenizer's
+    `n_tokens` (only a checkpoint's model can have fewer rows than tokens)."""
+    n_positions, vocab_size = model.config.n_positions, model.config.vocab_size
+    if block_size > n_positions:
+        raise UserError(
+            f"--block_size={block_size} is larger than the model's {n_positions} positions; "
+            f"use --block_size={n_positions} or less."
+        )
+    if n_tokens > vocab_size:
+        raise UserError(
+            f"the tokenizer has {n_tokens} tokens but the model only {vocab_size} (the vocab_size "
+            f"of {hub.resolve_model_dir(init_from) / 'config.json'}): they do not belong together."
+        )
+
+
 def config_from_dict(d: dict):
     """A checkpoint's recorded architecture (asdict of the config) back as its config; checkpoints
     written before the family was recorded are GPT-2's."""
