@@ -19,12 +19,11 @@ excluded) in both modes; packing efficiency is real tokens / (rows x row length)
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.train_step import environment
+from bench.train_step import environment, save_result
 from minitrain.data.completions import Examples
 from minitrain.data.packing import Layout
 from minitrain.data.tokens import EpochOrder
@@ -127,12 +126,7 @@ def main(argv=None) -> dict:
     )
     result = {**environment(), "config": {k: str(v) for k, v in vars(args).items()}, "best": best}
     result |= {"speedup": round(speedup, 3), "final_loss_difference": loss_gap}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"packing-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
-    return result
+    return save_result(result, "", "packing", folder=args.out)  # --out: a folder
 
 
 if __name__ == "__main__":

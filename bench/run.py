@@ -13,15 +13,13 @@ Only PyTorch is needed on this path (numpy for the pipeline case); transformers 
 """
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from bench.train_step import environment
+from bench.train_step import environment, save_result
 from minitrain.models.bert import BertConfig, BertForSequenceClassification
 from minitrain.models.gpt2 import GPT2, GPT2Config
 from minitrain.models.llama import Llama, LlamaConfig
@@ -315,12 +313,7 @@ def main(argv=None):
         from bench.ddp import compare
 
         result["ddp"] = compare(device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
-    return result
+    return save_result(result, "", "bench", folder=args.out)  # --out: a folder
 
 
 if __name__ == "__main__":

@@ -169,9 +169,9 @@ def attention_kernels(sdpa: str, shape: tuple) -> list[str]:
     return sorted(n[:120] for n in names if category(n) == "attention")
 
 
-def save_result(result: dict, out: str, name: str) -> dict:
-    """Write a result as JSON (default bench/results/NAME-DATE.json); returns it."""
-    path = Path(out or f"bench/results/{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+def save_result(result: dict, out: str, name: str, folder: str = "bench/results") -> dict:
+    """Write a result as JSON to the file `out`, or else to FOLDER/NAME-DATE.json; returns it."""
+    path = Path(out or f"{folder}/{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")

@@ -34,6 +34,7 @@ number of ranks reads from every file the pieces its own slices need: resharding
 
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -137,11 +138,7 @@ def load(folder, model: nn.Module, optimizer=None) -> None:
     """The inverse of `save`, on any number of ranks (each reads the pieces its slices need); a
     model that is not sharded (one process: evaluation, export) reads full tensors. A folder that
     lacks a file its index names is refused naming it, on every rank, before any collective."""
-    missing = missing_files(folder)
-    if missing:
-        raise UserError(
-            f"{folder} is incomplete: {missing[0]} is missing (a rank's shard); resume an older checkpoint."
-        )
+    check_complete(folder)
     opts = _options(model)
     state = {"model": get_model_state_dict(model, options=opts)}
     if optimizer is not None:
@@ -155,10 +152,7 @@ def load(folder, model: nn.Module, optimizer=None) -> None:
 def read_model(folder) -> dict:
     """A sharded checkpoint's model weights as full tensors, in this one process (evaluation,
     generation, tests): the tensors DCP's index lists under "model", each read from its pieces."""
-    missing = missing_files(folder)
-    if missing:
-        raise UserError(f"{folder} is incomplete: {missing[0]} is missing (a rank's shard).")
-    metadata = dcp.FileSystemReader(str(folder)).read_metadata()
+    metadata = check_complete(folder)
     model = {
         name.removeprefix("model."): torch.empty(m.size, dtype=m.properties.dtype)
         for name, m in metadata.state_dict_metadata.items()
@@ -170,13 +164,14 @@ def read_model(folder) -> dict:
     return model
 
 
-def missing_files(folder) -> list[str]:
-    """The files of a DCP folder that its `.metadata` names and that are not there."""
-    from pathlib import Path
-
+def check_complete(folder):
+    """A DCP folder's index (`.metadata`), once every file it names is there; else one sentence
+    naming the first missing one (a rank's shard), raised before any collective."""
     metadata = dcp.FileSystemReader(str(folder)).read_metadata()
-    names = sorted({item.relative_path for item in metadata.storage_data.values()})
-    return [name for name in names if not (Path(folder) / name).is_file()]
+    for name in sorted({item.relative_path for item in metadata.storage_data.values()}):
+        if not (Path(folder) / name).is_file():
+            raise UserError(f"{folder} is incomplete: {name} is missing (a rank's shard); use an older checkpoint.")
+    return metadata
 
 
 @torch.no_grad()
