@@ -154,13 +154,39 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients(padded_vo
     t[::5] = -100
     want = F.cross_entropy(F.linear(h, w, bias), t, ignore_index=-100, reduction="sum")
     gh, gw = torch.autograd.grad(want * 0.7, (h, w))
-    got = chunked_cross_entropy(h, w, bias, t, chunk_elements=8 * w.size(0))  # 8 rows a chunk
-    h2, w2 = torch.autograd.grad(got * 0.7, (h, w))
-    assert abs(got.item() - want.item()) <= 1e-6 * abs(want.item())
-    for a, b in ((h2, gh), (w2, gw)):  # fp32 rounding: within 1e-6 of the largest entry (~5 here)
-        assert (a - b).abs().max().item() <= 1e-6 * max(1.0, b.abs().max().item())
+    # 8 rows a chunk; the softmax 8 rows at a time (one block a chunk) or 3 (CPU blocks)
+    for block_rows in (8, 3):
+        got = chunked_cross_entropy(h, w, bias, t, chunk_elements=8 * w.size(0), block_elements=block_rows * w.size(0))
+        h2, w2 = torch.autograd.grad(got * 0.7, (h, w))
+        assert abs(got.item() - want.item()) <= 1e-6 * abs(want.item())
+        for a, b in ((h2, gh), (w2, gw)):  # fp32 rounding: within 1e-6 of the largest entry (~5 here)
+            assert (a - b).abs().max().item() <= 1e-6 * max(1.0, b.abs().max().item())
     with torch.no_grad():  # evaluation: the loss alone, chunked
         assert abs(chunked_cross_entropy(h, w, bias, t, chunk_elements=8 * w.size(0)).item() - want.item()) <= 1e-4
+
+
+def test_chunked_cross_entropy_in_bf16_blocks_equals_one_block_and_the_plain_loss():
+    """Under bf16 autocast (the CPU default where bf16 is native): the softmax's fp32 passes a few
+    rows at a time (CPU blocks) give the gradients of one pass over the chunk bit for bit (each row
+    is computed alone), and both stay within bf16 rounding of autocast's plain logits path."""
+    from minitrain.models.gpt2 import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    N, C, V = 37, 16, 50
+    h = torch.randn(N, C, requires_grad=True)
+    w = torch.randn(V, C, requires_grad=True)
+    t = torch.randint(0, V, (N,))
+    t[::5] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.cross_entropy(F.linear(h, w).float(), t, ignore_index=-100, reduction="sum")
+        got = {rows: chunked_cross_entropy(h, w, None, t, 16 * V, rows * V) for rows in (16, 3)}
+    gh, gw = torch.autograd.grad(want, (h, w))
+    grads = {rows: torch.autograd.grad(loss, (h, w)) for rows, loss in got.items()}
+    assert abs(got[3].item() - got[16].item()) <= 1e-6 * abs(got[16].item())
+    assert all(torch.equal(a, b) for a, b in zip(grads[3], grads[16]))
+    assert abs(got[3].item() - want.item()) <= 1e-2 * abs(want.item())
+    for a, b in zip(grads[3], (gh, gw)):  # bf16 products: within 2 % of the largest entry
+        assert (a - b).abs().max().item() <= 2e-2 * b.abs().max().item()
 
 
 def test_model_loss_and_gradients_equal_the_logits_path(tiny_gpt2_dir):

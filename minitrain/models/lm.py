@@ -104,16 +104,21 @@ def lm_loss(h, weight, bias, labels, reduction: str):
     return loss / (labels != -100).sum().clamp(min=1) if reduction == "mean" else loss
 
 
-def chunked_cross_entropy(h, weight, bias, targets, chunk_elements: int = 2**26):
+def chunked_cross_entropy(h, weight, bias, targets, chunk_elements: int = 2**26, block_elements: int = 2**19):
     """sum over rows of cross_entropy(h @ weight.T + bias, targets), -100 skipped, without the (N, V)
     logits: rows go `chunk_elements // V` at a time, the matmul in the autocast dtype, log-softmax
     in fp32. For GPT-2 124M that is ~1,300 rows (~0.5 GB of fp32 logits at a time) instead of
     16 x 1024 rows (~6.6 GB with its fp32 copy and log-probs). With autograd, the gradients are
     computed in the same pass (softmax minus one-hot), so no chunk is kept for backward: the idea
-    of Liger-Kernel's fused linear cross-entropy, in plain PyTorch."""
+    of Liger-Kernel's fused linear cross-entropy, in plain PyTorch.
+
+    On a CPU the fp32 passes over a chunk's logits go `block_elements // V` rows at a time: a few
+    MB that stay in cache and reuse the same memory, where a whole chunk's fp32 copy (200 MB for
+    GPT-2's vocabulary) page-faults on every allocation (NOTES.md). On a GPU, one block a chunk."""
     rows = max(1, chunk_elements // weight.size(0))
+    block = max(1, block_elements // weight.size(0)) if h.device.type == "cpu" else rows
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _ChunkedCrossEntropy.apply(h, weight, bias, targets, rows)
+        return _ChunkedCrossEntropy.apply(h, weight, bias, targets, rows, block)
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
     for s in range(0, h.size(0), rows):
         logits = F.linear(h[s : s + rows], weight, bias).float()
@@ -123,7 +128,7 @@ def chunked_cross_entropy(h, weight, bias, targets, chunk_elements: int = 2**26)
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, rows):
+    def forward(ctx, h, weight, bias, targets, rows, block):
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h, grad_w = torch.empty_like(h), None
         w = weight.to(h.dtype)  # cast once (bf16 autocast), not once per chunk and per matmul
@@ -131,13 +136,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             hc, t = h[s : s + rows], targets[s : s + rows]
             valid = (t != -100)[:, None]  # (n, 1): rows with a target
             t = t.clamp(min=0)[:, None]  # (n, 1)
-            # Each pass over the (n, V) chunk costs as much as a small matmul on a CPU, so there are
-            # two: one fused log-softmax (in fp32), then exp in place, which is the softmax.
-            logp = F.log_softmax(F.linear(hc, w, bias), dim=-1, dtype=torch.float32)  # (n, V)
-            loss -= (logp.gather(1, t) * valid).sum()
-            # d(sum of losses) / d logits = softmax - one-hot; the rows without a target are
-            # zeroed on the narrow (n, C) side of the matmuls rather than on the (n, V) one
-            g = logp.exp_().scatter_add_(1, t, torch.full(t.shape, -1.0, device=t.device)).to(hc.dtype)
+            logits = F.linear(hc, w, bias)  # (n, V), overwritten below by its own gradient
+            for i in range(0, hc.size(0), block):
+                ti = t[i : i + block]
+                # two passes: one fused log-softmax (in fp32), then exp in place, which is the softmax
+                logp = F.log_softmax(logits[i : i + block], dim=-1, dtype=torch.float32)
+                loss -= (logp.gather(1, ti) * valid[i : i + block]).sum()
+                # d(sum of losses) / d logits = softmax - one-hot, stored back in the logits' dtype
+                logits[i : i + block] = logp.exp_().scatter_add_(1, ti, torch.full(ti.shape, -1.0, device=ti.device))
+            g = logits
+            # the rows without a target are zeroed on the narrow (n, C) side of the matmuls
             grad_h[s : s + rows] = (g @ w) * valid
             g_w = (g.t() @ (hc * valid)).float()  # (V, C)
             grad_w = g_w if grad_w is None else grad_w.add_(g_w)
@@ -151,7 +159,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         # scaled in place: no second (V, C) copy of the head's gradient (a second backward through
         # this graph fails loudly, as autograd sees the saved tensors modified)
         grad_h, grad_w = grad_h.mul_(grad_loss.to(grad_h.dtype)), grad_w.mul_(grad_loss)
-        return grad_h, grad_w.to(ctx.weight_dtype), None, None, None
+        return grad_h, grad_w.to(ctx.weight_dtype), None, None, None, None
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
