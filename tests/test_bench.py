@@ -81,3 +81,17 @@ def test_memory_bench_smoke_fsdp_holds_less_per_rank(tmp_path):
     assert all(row["local_param_bytes"] == full for row in loads[False])
     assert all(row["tied"] for rows in loads.values() for row in rows)
     assert all({"rss_anon_peak_increase_mb", "rss_file_peak_increase_mb"} <= row.keys() for row in loads[True])
+
+
+def test_prepare_bench_corpus_of_documents_and_its_planted_copies(tmp_path):
+    """bench.prepare's corpus for --dedup: distinct documents and planted copies; exact removes
+    exactly the planted exact copies, near every planted copy, and none removes anything."""
+    from bench.prepare import main
+
+    argv = ["--sizes", "1", "--procs", "1", "--dedup", "none", "exact", "near", "--no_baseline"]
+    result = main(argv + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "prepare.json")])
+    planted = result["planted_per_text_mb"][1]
+    assert result["corpus"] == "documents" and planted["planted_exact"] > 5 and planted["planted_near"] > 5
+    removed = {r["dedup"]: r["removed_documents"] for r in result["runs"]}
+    assert removed == {"none": 0, "exact": planted["planted_exact"], "near": planted["planted_exact"] + planted["planted_near"]}
+    assert {r["dedup"] for r in result["dedup_ratios_to_none"]} == {"exact", "near"}

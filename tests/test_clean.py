@@ -273,8 +273,29 @@ def test_a_document_cut_anywhere_between_lines_has_the_whole_documents_digest(tm
         cleaner.close()
 
 
+def test_copies_at_jaccard_0_9_are_all_found(tmp_path, tok):
+    """30 near copies with 6 of 600 words changed (Jaccard of the shingles ~0.9): each found (the
+    bands make a pair at 0.9 a candidate with probability 0.999; equal weights' 0.93 would miss
+    about 2 of 30), and nothing else removed."""
+    docs = distinct(30, seed=5)
+    copies = []
+    for i, text in enumerate(docs):
+        words = text.split(" ")
+        for k in np.random.default_rng(i).choice(len(words), 6, replace=False):
+            words[k] = "changed"
+        copies.append(" ".join(words))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs + copies))
+    opts = CleanOptions(dedup="near", filters=False)
+    meta = prepare.prepare(str(tmp_path / "d.jsonl"), tmp_path / "out", tok, val_fraction=0, clean=opts, keep_removed=30)
+    assert meta["clean"]["removed"]["near"]["train"]["documents"] == 30 and meta["train"]["documents"] == 30
+    assert sorted(r["copy_of"]["document"] for r in removed_texts(tmp_path / "out")["near"]) == list(range(30))
+
+
 def test_the_lsh_parameters_and_the_index():
-    assert clean.lsh_params(0.8) == (9, 13) and clean.lsh_params(0.5)[0] > 9  # a lower threshold: more bands
+    bands, rows = clean.lsh_params(0.8)
+    assert (bands, rows) == (14, 9) and clean.lsh_params(0.5)[0] > bands  # a lower threshold: more bands
+    found = lambda j: 1 - (1 - j**rows) ** bands  # noqa: E731  the chance a pair at Jaccard j is a candidate
+    assert found(0.85) >= 0.97 and found(0.9) >= 0.998 and found(0.5) <= 0.03
     index = dedup.KeyIndex()
     for i in range(100_000):
         index.add((i * 2654435761) % 2**64, i)

@@ -118,13 +118,17 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 @functools.lru_cache
 def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows) for a Jaccard threshold: the pair with the least false-positive plus
-    false-negative area under the S-curve 1 - (1 - J^r)^b (datasketch's _optimal_param, equal weights)."""
+    """(bands, rows) for a Jaccard threshold: the pair with the least weighted false-positive plus
+    false-negative area under the S-curve 1 - (1 - J^r)^b (datasketch's _optimal_param), the misses
+    weighted 0.9 and the false candidates 0.1: every candidate is verified on its signature, so a
+    false candidate costs one comparison, a miss keeps a copy. At 0.8: 14 bands of 9 rows, which
+    find a pair at Jaccard 0.8 / 0.85 / 0.9 with probability 0.87 / 0.975 / 0.999 (equal weights'
+    9 x 13: 0.40 / 0.69 / 0.93)."""
     best, grid = None, np.linspace(0, 1, 2001)
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
             p = 1 - (1 - grid**r) ** b
-            err = np.trapezoid(np.where(grid < threshold, p, 1 - p), grid)
+            err = np.trapezoid(np.where(grid < threshold, 0.1 * p, 0.9 * (1 - p)), grid)
             if best is None or err < best[0] - 1e-12:
                 best = (err, b, r)
     return best[1], best[2]

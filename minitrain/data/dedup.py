@@ -9,7 +9,7 @@ with an earlier kept one whose signatures agree on at least --near_threshold of 
 Memory grows with the number of documents kept, never with their size:
 - exact: 8 bytes of the digest and 8 of the document's number, in one sorted numpy array, the
   newest keys in a dict until they are merged in (KeyIndex): ~16-20 bytes a document;
-- near: besides, each LSH band's 8-byte key and a 4-byte signature number (bands x 12 bytes, 9
+- near: besides, each LSH band's 8-byte key and a 4-byte signature number (bands x 12 bytes, 14
   bands at 0.8), the owner's 8-byte number, and the signature (128 x 16 bits, 256 bytes) written
   to an unnamed temporary file in the work folder and read back only to verify a candidate;
 - a document longer than one piece: its ids wait in memory up to 64 MB, then in such a file (Held),
