@@ -47,9 +47,11 @@ class KeyIndex:
     def get(self, key: int) -> list[int]:
         found = []
         if len(self.keys):
-            a = int(np.searchsorted(self.keys, key, "left"))
+            # as a uint64: a Python int below 2**63 would be taken as int64, and numpy would then
+            # convert the whole array to float64 on every call (a search that costs O(n))
+            a = int(np.searchsorted(self.keys, np.uint64(key), "left"))
             if a < len(self.keys) and int(self.keys[a]) == key:
-                b = int(np.searchsorted(self.keys, key, "right"))
+                b = int(np.searchsorted(self.keys, np.uint64(key), "right"))
                 found = self.values[a:b].tolist()
         return found + self.recent.get(key, [])
 
