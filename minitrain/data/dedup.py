@@ -47,11 +47,12 @@ class KeyIndex:
     def get(self, key: int) -> list[int]:
         found = []
         if len(self.keys):
-            # as a uint64: a Python int below 2**63 would be taken as int64, and numpy would then
+            # searched as a uint64: numpy takes a Python int below 2**63 as an int64 and would
             # convert the whole array to float64 on every call (a search that costs O(n))
-            a = int(np.searchsorted(self.keys, np.uint64(key), "left"))
+            k = np.uint64(key)
+            a = int(np.searchsorted(self.keys, k, "left"))
             if a < len(self.keys) and int(self.keys[a]) == key:
-                b = int(np.searchsorted(self.keys, np.uint64(key), "right"))
+                b = int(np.searchsorted(self.keys, k, "right"))
                 found = self.values[a:b].tolist()
         return found + self.recent.get(key, [])
 
