@@ -93,5 +93,9 @@ def test_prepare_bench_corpus_of_documents_and_its_planted_copies(tmp_path):
     planted = result["planted_per_text_mb"][1]
     assert result["corpus"] == "documents" and planted["planted_exact"] > 5 and planted["planted_near"] > 5
     removed = {r["dedup"]: r["removed_documents"] for r in result["runs"]}
-    assert removed == {"none": 0, "exact": planted["planted_exact"], "near": planted["planted_exact"] + planted["planted_near"]}
+    assert removed == {
+        "none": 0,
+        "exact": planted["planted_exact"],
+        "near": planted["planted_exact"] + planted["planted_near"],
+    }
     assert {r["dedup"] for r in result["dedup_ratios_to_none"]} == {"exact", "near"}

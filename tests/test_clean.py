@@ -286,7 +286,9 @@ def test_copies_at_jaccard_0_9_are_all_found(tmp_path, tok):
         copies.append(" ".join(words))
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs + copies))
     opts = CleanOptions(dedup="near", filters=False)
-    meta = prepare.prepare(str(tmp_path / "d.jsonl"), tmp_path / "out", tok, val_fraction=0, clean=opts, keep_removed=30)
+    meta = prepare.prepare(
+        str(tmp_path / "d.jsonl"), tmp_path / "out", tok, val_fraction=0, clean=opts, keep_removed=30
+    )
     assert meta["clean"]["removed"]["near"]["train"]["documents"] == 30 and meta["train"]["documents"] == 30
     assert sorted(r["copy_of"]["document"] for r in removed_texts(tmp_path / "out")["near"]) == list(range(30))
 
