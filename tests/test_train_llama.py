@@ -118,9 +118,10 @@ def test_prepare_with_a_vocabulary_over_65536_writes_uint32_shards_that_train_re
     ids = np.concatenate([read_shard(p) for p in train])
     assert ids.dtype == np.uint32 and ids.min() >= 128_255 - len(words) and ids.max() == 128_255
     assert np.fromfile(train[0], dtype="<i4", count=2).tolist() == [20240801, 7]  # llm.c's uint32 magic, version
+    # the shard folder keeps the tokenizer's settings too: training on it alone finds the eos
+    assert json.loads((tmp_path / "shards" / "tokenizer_config.json").read_text()) == {"eos_token": "<|end_of_text|>"}
     out = tmp_path / "run"
-    # --tokenizer: the shard folder keeps tokenizer.json only, not the eos that tokenizer_config.json names
-    kw = dict(data=str(tmp_path / "shards"), tokenizer=str(folder), max_steps=2, eval_interval=2, **LLAMA)
+    kw = dict(data=str(tmp_path / "shards"), max_steps=2, eval_interval=2, **LLAMA)
     result = run_main(None, out, cache, **kw)
     assert np.isfinite(result["val_loss"])
     ckpt = torch.load(out / "ckpt-0000002.pt", weights_only=True)

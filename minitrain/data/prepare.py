@@ -11,7 +11,8 @@ validation or the training ShardWriter, which writes a shard whenever its buffer
 `--shard_tokens` ids is full. So memory is one shard plus a few batches, whatever the corpus.
 
 Everything is written into a hidden `.OUT.partial-PID-XXXX` folder beside `--out` and renamed to `--out`
-at the end, with `meta.json` (counts, tokenizer, source, split rule) and `tokenizer.json`: a killed
+at the end, with `meta.json` (counts, tokenizer, source, split rule), `tokenizer.json` and, for a
+tokenizer from a folder with settings (eos, bos, chat template), its `tokenizer_config.json`: a killed
 prepare leaves no folder that training would read, and a rerun starts afresh (and removes the dead
 one's hidden folder). What may replace or delete a prepared folder is minitrain.data.prepared.
 
@@ -172,7 +173,7 @@ def prepare(
     fails in one sentence, or, with `keep_existing` (a content-addressed cache), uses that.
     `clean`: remove copies and filter documents (minitrain.data.dedup; None: keep every document);
     `keep_removed`: write that many removed documents of each rule to removed.jsonl."""
-    from minitrain.data.tokenizer import eot_id, prefix_ids
+    from minitrain.data.tokenizer import eot_id, prefix_ids, settings_of
 
     out = Path(os.path.expanduser(str(out)))
     eot = np.array([eot_id(tokenizer)], dtype=np.uint32)
@@ -251,8 +252,12 @@ def prepare(
                 with atomic_write(work / prepared.REMOVED, "w") as f:
                     for rule in RULES:
                         f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in cleaner.samples[rule])
-        with atomic_write(work / "tokenizer.json", "w") as f:
+        with atomic_write(work / prepared.TOKENIZER, "w") as f:
             f.write(tokenizer.to_str())
+        if settings_of(tokenizer):  # eos, bos, chat template: training on these shards alone finds them
+            with atomic_write(work / prepared.TOKENIZER_SETTINGS, "w") as f:
+                json.dump(settings_of(tokenizer), f, indent=2)
+            meta["tokenizer_settings"] = prepared.TOKENIZER_SETTINGS  # written by prepare: may be replaced
         with atomic_write(work / "meta.json", "w") as f:
             json.dump(meta, f, indent=2)
         if not prepared.publish(work, out, replacing=replacing, keep_existing=keep_existing):
@@ -402,12 +407,13 @@ def _remove_stale_partials(out: Path) -> None:
 
 def _written_by_prepare(name: str) -> bool:
     """The names a prepare gives files in its hidden folder: shards, their temporary files
-    (".NAME.bin.tmp"), meta.json and tokenizer.json and their atomic_write temporary files."""
-    if prepared.SHARD_NAME.match(name) or name in ("meta.json", prepared.TOKENIZER, prepared.REMOVED):
+    (".NAME.bin.tmp"), meta.json, the tokenizer's two files, removed.jsonl and their atomic_write
+    temporary files."""
+    own = ("meta.json", prepared.TOKENIZER, prepared.TOKENIZER_SETTINGS, prepared.REMOVED)
+    if prepared.SHARD_NAME.match(name) or name in own:
         return True
     return name.endswith(".tmp") and (
-        bool(prepared.SHARD_NAME.match(name[1:-4]))
-        or name.startswith((".meta.json.", ".tokenizer.json.", f".{prepared.REMOVED}."))
+        bool(prepared.SHARD_NAME.match(name[1:-4])) or name.startswith(tuple(f".{x}." for x in own))
     )
 
 

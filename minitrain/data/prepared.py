@@ -4,8 +4,9 @@ one in one atomic step.
 
 The rule (issue 22): minitrain never deletes or replaces what it did not write. A folder is a
 prepare's when its meta.json has prepare's `format` string and version and the keys prepare
-writes; what may go is exactly the shards it lists, meta.json, tokenizer.json and removed.jsonl, and a
-folder that holds anything else is refused, not cleaned.
+writes; what may go is exactly the shards it lists, meta.json, tokenizer.json, removed.jsonl and
+the tokenizer_config.json its meta.json says it wrote, and a folder that holds anything else is
+refused, not cleaned.
 
 Locks are flocks on the folder itself (no lock file to go stale; the kernel drops a dead process's
 lock): a run that reads the shards holds a shared one for as long as its `Tokens` live; a prepare
@@ -26,6 +27,7 @@ FORMAT_VERSION = 1  # of the cached shards: a change of the rules makes new cach
 META_KEYS = ("format", "version", "source", "tokenizer", "vocab_size", "eot_id", "dtype", "train", "val")
 SHARD_NAME = re.compile(r"^[^/\\.][^/\\]*_(train|val)_\d{6}\.bin$")  # what ShardWriter names a shard
 TOKENIZER = "tokenizer.json"
+TOKENIZER_SETTINGS = "tokenizer_config.json"  # a tokenizer folder's settings (eos, bos, chat template), when it had any
 REMOVED = "removed.jsonl"  # prepare --keep_removed: a sample of the documents the cleaning removed
 
 
@@ -71,12 +73,14 @@ def read_meta(folder) -> dict:
 
 def owned_files(folder, what: str = "--out", damaged: bool = False) -> list[Path]:
     """The files of `folder` that a prepare wrote and a new prepare may delete: the shards its
-    meta.json lists, meta.json, tokenizer.json and removed.jsonl. Refuses a folder that is not a prepare's, or
+    meta.json lists, meta.json, tokenizer.json, removed.jsonl and tokenizer_config.json where meta.json
+    says it wrote one ("tokenizer_settings"). Refuses a folder that is not a prepare's, or
     that holds anything else (a file of the user's is never deleted with the shards). `damaged`:
     a training cache whose meta.json is unreadable; its shards are known by their names then."""
     folder = Path(folder)
     if damaged:
-        mine = {p.name for p in folder.iterdir() if SHARD_NAME.match(p.name)} | {"meta.json", TOKENIZER, REMOVED}
+        shards = {p.name for p in folder.iterdir() if SHARD_NAME.match(p.name)}
+        mine = shards | {"meta.json", TOKENIZER, TOKENIZER_SETTINGS, REMOVED}
     else:
         if not (folder / "meta.json").is_file():
             raise UserError(
@@ -84,7 +88,8 @@ def owned_files(folder, what: str = "--out", damaged: bool = False) -> list[Path
             )
         meta = read_meta(folder)
         listed = {s["file"] for split in ("train", "val") for s in meta[split]["shards"]}
-        mine = {"meta.json", TOKENIZER, REMOVED} | listed
+        wrote = {TOKENIZER_SETTINGS} if meta.get("tokenizer_settings") == TOKENIZER_SETTINGS else set()
+        mine = {"meta.json", TOKENIZER, REMOVED} | wrote | listed
     others = sorted(p.name for p in folder.iterdir() if p.name not in mine or p.is_symlink() or not p.is_file())
     if others:
         raise UserError(
