@@ -183,19 +183,18 @@ def analyse(texts: list[str], whole: list[bool], opts) -> Features:
             counts[:, 1] = np.add.reduceat(word, begin, dtype=np.int64)
             counts[:, 2] = np.add.reduceat(alpha & word, begin, dtype=np.int64)
     by_line = opts.filters and opts.max_dup_lines < 1
-    empty = np.zeros(0, np.uint64)
+    empty, exact = np.zeros(0, np.uint64), opts.dedup != "none"
     for i in range(n):
         found = lines(norms[i]) if by_line else None
         # the words joined by single spaces (with the lines cut: the non-empty lines so joined)
-        if opts.dedup == "none":
-            words = b""
-        else:
+        words = b""
+        if exact:
             words = " ".join(filter(None, found)).encode() if by_line else words_of(norms[i])
         if whole[i]:
             if by_line:  # repeated characters: all lines' minus each distinct line's once
                 counts[i, 4] = sum(map(len, found))
                 counts[i, 3] = counts[i, 4] - sum(map(len, set(found)))
-            if opts.dedup != "none":
+            if exact:
                 digests[i] = digest(words)
         else:
             hashes = line_hashes(found) if by_line else (empty, empty)

@@ -254,9 +254,9 @@ def prepare(
                         f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in cleaner.samples[rule])
         with atomic_write(work / prepared.TOKENIZER, "w") as f:
             f.write(tokenizer.to_str())
-        if settings_of(tokenizer):  # eos, bos, chat template: training on these shards alone finds them
+        if settings := settings_of(tokenizer):  # eos, bos, chat template: training on these shards alone finds them
             with atomic_write(work / prepared.TOKENIZER_SETTINGS, "w") as f:
-                json.dump(settings_of(tokenizer), f, indent=2)
+                json.dump(settings, f, indent=2)
             meta["tokenizer_settings"] = prepared.TOKENIZER_SETTINGS  # written by prepare: may be replaced
         with atomic_write(work / "meta.json", "w") as f:
             json.dump(meta, f, indent=2)

@@ -144,10 +144,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 loss -= (logp.gather(1, ti) * valid[i : i + block]).sum()
                 # d(sum of losses) / d logits = softmax - one-hot, stored back in the logits' dtype
                 logits[i : i + block] = logp.exp_().scatter_add_(1, ti, torch.full(ti.shape, -1.0, device=ti.device))
-            g = logits
-            # the rows without a target are zeroed on the narrow (n, C) side of the matmuls
-            grad_h[s : s + rows] = (g @ w) * valid
-            g_w = (g.t() @ (hc * valid)).float()  # (V, C)
+            # logits now holds their gradient; the rows without a target are zeroed on the narrow
+            # (n, C) side of the matmuls
+            grad_h[s : s + rows] = (logits @ w) * valid
+            g_w = (logits.t() @ (hc * valid)).float()  # (V, C)
             grad_w = g_w if grad_w is None else grad_w.add_(g_w)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype

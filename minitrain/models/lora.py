@@ -46,7 +46,7 @@ class LoRALinear(nn.Linear):
             self.bias.requires_grad_(False)
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=base.weight.dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=base.weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        init_A_(self.lora_A)
         self.scale = alpha / rank
         self.lora_dropout = nn.Dropout(dropout)
 
@@ -61,28 +61,44 @@ class LoRALinear(nn.Linear):
         return (self.lora_B @ self.lora_A) * self.scale
 
 
+def init_A_(a: torch.Tensor) -> torch.Tensor:
+    """An adapter's A drawn in place as PEFT draws it (B starts at zero): kaiming uniform, a = sqrt(5)."""
+    return nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+
+
+def _chosen(model: nn.Module, targets: list[str]) -> dict[str, nn.Linear]:
+    """The model's linear layers whose name is, or ends with, one of `targets`, in module order."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if type(m) is nn.Linear and any(name == t or name.endswith("." + t) for t in targets)
+    }
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
 def add(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float, keep_trainable=()) -> dict:
     """Freeze `model` and put adapters on the linear layers whose name ends with one of `targets`
     ("c_attn" matches "transformer.h.0.attn.c_attn"). Parameters named in `keep_trainable` (a
     classifier's head) stay trainable. Returns counts for the report."""
-    linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
-    chosen = [name for name in linears if any(name == t or name.endswith("." + t) for t in targets)]
+    chosen = _chosen(model, targets)
     if not chosen:
-        kinds = sorted({name.rsplit(".", 1)[-1] for name in linears})
+        kinds = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m) is nn.Linear})
         raise UserError(
             f"--lora_targets={','.join(targets)} names no linear layer of the model (it has {', '.join(kinds)})."
         )
-    smallest = min(min(linears[n].in_features, linears[n].out_features) for n in chosen)
+    smallest = min(min(m.in_features, m.out_features) for m in chosen.values())
     if rank > smallest:
         raise UserError(f"--lora_rank={rank} is larger than the smallest adapted dimension, {smallest}.")
     for p in model.parameters():
         p.requires_grad_(False)
     # a model built on the meta device (FSDP's loading) has no values yet: see sharded_adapters
     base = None if any(p.is_meta for p in model.parameters()) else base_fingerprint(model)
-    for name in chosen:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(linears[name], rank, alpha, dropout))
+    for name, m in chosen.items():
+        _replace(model, name, LoRALinear(m, rank, alpha, dropout))
     # Every adapter must be reached by the forward (checked with the adapters in place: a model may
     # take another path once they are there, as BERT leaves its fused q/k/v matmul); the run stops
     # here otherwise, so the model is not put back.
@@ -119,11 +135,8 @@ def attach(model: nn.Module, info: dict | None) -> None:
     full model gathered from FSDP's shards, training/fsdp.py). None: nothing to do."""
     if info is None:
         return
-    for name, m in list(model.named_modules()):
-        if type(m) is nn.Linear and any(name == t or name.endswith("." + t) for t in info["targets"]):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALinear(m, info["rank"], info["alpha"], info["dropout"]))
+    for name, m in _chosen(model, info["targets"]).items():
+        _replace(model, name, LoRALinear(m, info["rank"], info["alpha"], info["dropout"]))
 
 
 class AdaptThenShard:
@@ -148,9 +161,7 @@ def sharded_adapters(model: nn.Module, info: dict | None) -> dict | None:
         return None
     for m in model.modules():
         if isinstance(m, LoRALinear):
-            a = torch.empty(m.lora_A.shape, dtype=m.lora_A.dtype)
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-            copy_into(m.lora_A, a)
+            copy_into(m.lora_A, init_A_(torch.empty(m.lora_A.shape, dtype=m.lora_A.dtype)))
             copy_into(m.lora_B, torch.zeros(m.lora_B.shape, dtype=m.lora_B.dtype))
     return {**info, "base": base_fingerprint(model)}
 
@@ -277,8 +288,7 @@ def merge(model: nn.Module) -> None:
             plain.weight = nn.Parameter(m.weight + m.delta().to(m.weight.dtype))
             if m.bias is not None:
                 plain.bias = nn.Parameter(m.bias.detach().clone())
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
+            _replace(model, name, plain)
 
 
 def adapters(model: nn.Module) -> dict:

@@ -23,9 +23,9 @@ import contextlib
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.fsdp import FSDPModule
 
 from minitrain.options import DDPKind
+from minitrain.training import fsdp
 
 
 class Bucket:
@@ -139,7 +139,7 @@ def accumulate(model: nn.Module, batches: list, multi_process: bool):
     no gradient communication until the last: for every other one, model.no_sync() is held open
     while the loop body (forward and backward) runs, since the generator is paused inside it.
     A sharded model (FSDP) reduce-scatters after every micro-batch instead: see training/fsdp.py."""
-    defer = multi_process and not isinstance(model, FSDPModule)
+    defer = multi_process and not fsdp.is_sharded(model)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         with model.no_sync() if defer and not last else contextlib.nullcontext():

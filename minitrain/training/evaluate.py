@@ -37,7 +37,7 @@ def lm_loss(
     mine = list(range(world.rank, n_blocks, world.world_size))
     # every rank runs as many forwards as rank 0 (which has the most blocks): a sharded model's
     # forward is a collective (FSDP gathers each block's weights), so a rank that has run out
-    # scores its first block again and counts nothing
+    # scores block 0 again and counts nothing
     n_batches = -(-len(range(0, n_blocks, world.world_size)) // batch_size)
     with _bar(len(mine), world, progress, "blocks") as bar:
         for i in range(0, n_batches * batch_size, batch_size):

@@ -18,8 +18,8 @@ gradient of its own slice. At any moment a rank holds its shards plus one or two
 steps on the local slices alone: AdamW is elementwise, so the sharded update equals the full one.
 
 With gradient accumulation, gradients are reduce-scattered after every micro-batch (FSDP2's
-default) and accumulate sharded: the memory stays 1/W, at the price of W-1 extra reduce-scatters
-per step; skipping them (`set_requires_gradient_sync(False)`) would keep full gradients, the very
+default) and accumulate sharded: the memory stays 1/W, at the price of one extra reduce-scatter
+per micro-batch after the first; skipping them (`set_requires_gradient_sync(False)`) would keep full gradients, the very
 memory FSDP exists to save.
 
 Mixed precision (`--dtype bf16`): parameters are gathered in bf16 for compute and gradients
@@ -102,12 +102,17 @@ def shard(model: nn.Module, world, dtype: torch.dtype, cpu_offload: bool) -> nn.
     return model
 
 
-def local_shards(model: nn.Module) -> list[torch.Tensor]:
-    """This rank's slice of every parameter. Every unit is resharded first: FSDP2 leaves the root's
-    parameters gathered after a forward without backward (an evaluation), as plain tensors."""
+def reshard_all(model: nn.Module) -> None:
+    """Every unit resharded, each parameter a DTensor again: FSDP2 leaves the root's parameters
+    gathered after a forward without backward (an evaluation), as plain tensors."""
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.reshard()
+
+
+def local_shards(model: nn.Module) -> list[torch.Tensor]:
+    """This rank's slice of every parameter."""
+    reshard_all(model)
     return [p.to_local() for p in model.parameters()]
 
 
@@ -187,7 +192,7 @@ def gather_model(model: nn.Module, world, lora_info: dict | None) -> nn.Module |
             lora.attach(plain, lora_info)  # the adapters' layers (merged at the export)
         plain.to_empty(device="cpu")
         plain.init_buffers()
-    local_shards(model)  # every unit resharded: each parameter a DTensor again
+    reshard_all(model)
     for name, p in model.named_parameters():
         full = p.full_tensor()  # a collective: every rank takes part
         if plain is not None:

@@ -8,7 +8,7 @@ from minitrain.data.tokenizer import load_tokenizer
 from minitrain.models import hub, lora, registry
 from minitrain.models.bert import BertForSequenceClassification
 from minitrain.training import fsdp
-from minitrain.training.state import load
+from minitrain.training.state import load, sharded_folder
 
 KINDS = {"train_gpt2": "causal", "train_mrpc": "classifier"}
 
@@ -19,7 +19,7 @@ def load_model(name: str, kind: str):
     "causal" (GPT-2, Llama, Qwen) or "classifier" (BERT with its trained head). A LoRA checkpoint holds the
     adapters only: the base comes from the run's --init_from / --model, the adapters are merged in."""
     path = Path(name).expanduser()
-    if not (path.is_file() or (path / "state.pt").is_file()):  # a checkpoint: a file, or a sharded one's folder
+    if not (path.is_file() or sharded_folder(path)):  # a checkpoint: a file, or a sharded one's folder
         folder = hub.resolve_model_dir(name)
         if kind == "causal":
             return registry.from_pretrained(folder), load_tokenizer(folder)  # its model_type picks the class
@@ -28,7 +28,7 @@ def load_model(name: str, kind: str):
             raise UserError(f"{name} has no trained classification head; pass train_mrpc.py's final/ folder.")
         return model, load_tokenizer(folder)
     state = load(path)
-    if path.is_dir():  # sharded (FSDP): the weights are in DCP's files, read here whole
+    if sharded_folder(path):  # the weights are in DCP's files, read here whole
         state.model = fsdp.read_model(path)
     script = next(s for s, k in KINDS.items() if k == kind)
     usable = state.model_config is not None if kind == "causal" else "classifier.weight" in state.model

@@ -18,10 +18,9 @@ from minitrain.models import lora
 from minitrain.training import fsdp
 from minitrain.training.dist import all_reduce_sum, barrier, broadcast_object
 from minitrain.training.logger import Logger
-from minitrain.training.state import TrainState, gather_rng_states, load, save
+from minitrain.training.state import STATE_FILE, TrainState, gather_rng_states, load, save, sharded_folder
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)(\.pt)?$")  # a file, or a sharded run's folder
-STATE_FILE = "state.pt"  # in a sharded checkpoint's folder: the TrainState without the tensors
 
 
 def save_step(
@@ -49,7 +48,7 @@ def save_step(
     state.rng = gather_rng_states(world)
     if is_best:
         state.best = state.evals[-1]
-    if not_finite(raw_model, world):
+    if not_finite(fsdp.local_shards(raw_model) if sharded else state.model.values(), sharded, world):
         raise UserError(f"the weights are not finite at step {state.step}; no checkpoint was written.")
     path, error = checkpoint_path(out_dir, state.step, sharded), None
     try:
@@ -88,10 +87,8 @@ def save_sharded(path: Path, state: TrainState, model, optimizer, world) -> None
         fsync_folder(path.parent)
 
 
-def not_finite(model, world) -> bool:
-    """Whether any weight is inf or nan (sharded: on any rank's slices); one host sync."""
-    sharded = fsdp.is_sharded(model)
-    weights = fsdp.local_shards(model) if sharded else lora.state_to_save(model).values()
+def not_finite(weights, sharded: bool, world) -> bool:
+    """Whether any of the weights is inf or nan (sharded: of any rank's slices); one host sync."""
     bad = sum((t.isfinite().logical_not().sum() for t in weights if t.is_floating_point()), torch.zeros(()))
     if sharded:
         bad = all_reduce_sum(bad.to(world.device), world)
@@ -252,7 +249,7 @@ def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
     runs in one folder or replace a run that was not asked to be replaced."""
     if resume and resume != "auto":
         path = Path(resume)
-        if path.is_dir() and not (path / STATE_FILE).is_file():
+        if path.is_dir() and not sharded_folder(path):
             raise UserError(f"--resume={resume} is a folder; pass a checkpoint file in it, or use --resume=auto.")
         if not path.exists():
             raise UserError(f"--resume={resume} is not a checkpoint file (or use --resume=auto).")

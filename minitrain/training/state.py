@@ -68,12 +68,20 @@ def save(path, state: TrainState) -> None:
         torch.save(state.as_dict(), f)
 
 
+STATE_FILE = "state.pt"  # in a sharded checkpoint's folder: the TrainState without the tensors
+
+
+def sharded_folder(path) -> bool:
+    """Whether `path` is a sharded (FSDP) checkpoint's folder: its tensors are DCP's files."""
+    return (Path(path) / STATE_FILE).is_file()
+
+
 def load(path, script: str | None = None) -> TrainState:
     """A checkpoint, read with weights_only=True. With `script`, refuse one that another script
     wrote. A checkpoint of an earlier minitrain (format 1) is read into the same TrainState."""
     path = Path(path)
-    if (path / "state.pt").is_file():  # a sharded (FSDP) checkpoint's folder: its tensors are DCP's files
-        path = path / "state.pt"
+    if sharded_folder(path):
+        path = path / STATE_FILE
     if path.is_file() and not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not a checkpoint file (torch.save writes a zip archive; this is none).")
     try:
