@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minitrain import UserError
-from minitrain.models import documents, hub, lm
+from minitrain.models import documents, hub, lm, lora
 from minitrain.models.lm import chunked_cross_entropy, sample_next  # noqa: F401 (their home was here)
 
 
@@ -274,7 +274,7 @@ class GPT2(nn.Module):
         if wte is not None and wte.size(0) == cfg.vocab_size:  # pad to the padded vocabulary
             pad = cfg.padded_vocab_size - cfg.vocab_size
             state["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(pad, wte.size(1))])
-        own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        own = {k: v for k, v in lora.base_state(model).items() if k != "lm_head.weight"}
         hub.load_into(own, state, model_dir, skip=cls.NOT_WEIGHTS, transposed=cls.CONV1D)
         return model
 

@@ -274,8 +274,6 @@ def load_into(own: dict, state: dict, model_dir, skip=(), transposed=()) -> None
     Conv1D. Any other missing or unexpected key is an error that names it.
     """
     state = {k: v for k, v in state.items() if not any(s in k for s in skip)}
-    # LoRA's adapters are not the checkpoint's (FSDP's loading puts them on first: lm.build)
-    own = {k: v for k, v in own.items() if not k.endswith((".lora_A", ".lora_B"))}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

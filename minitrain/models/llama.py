@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minitrain import UserError
-from minitrain.models import documents, hub, lm
+from minitrain.models import documents, hub, lm, lora
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 ROPE_TYPES = ("default", "llama3")  # the rope_scaling rules implemented here
@@ -391,7 +391,7 @@ class Llama(nn.Module):
         cfg = LlamaConfig.from_hf({**hub.read_config(model_dir), **overrides}, model_dir)
         model = lm.build(cls, cfg, shard)
         state = hub.load_state_dict(model_dir)
-        own = model.state_dict()
+        own = lora.base_state(model)
         if cfg.tie_word_embeddings:  # one tensor: loaded as embed_tokens (a tied checkpoint may omit it)
             state.pop("lm_head.weight", None)
             own.pop("lm_head.weight")

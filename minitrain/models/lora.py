@@ -233,6 +233,13 @@ def from_options(model: nn.Module, opts: LoRAOptions, kind: str, keep_trainable=
     return add(model, targets, opts.lora_rank, opts.lora_alpha, opts.lora_dropout, keep_trainable)
 
 
+def base_state(model: nn.Module) -> dict:
+    """The model's state_dict without its adapters' tensors: what a checkpoint of the base model
+    fills (FSDP's loading puts the adapters on before the weights are copied in: lm.build)."""
+    mine = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, LoRALinear) for t in ("lora_A", "lora_B")}
+    return {k: v for k, v in model.state_dict().items() if k not in mine}
+
+
 def has_adapters(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
 
