@@ -114,11 +114,19 @@ def main_first(world: Dist):
 def teardown(clean: bool = True) -> None:
     """Leave the process group. After a clean run, wait for every rank first: tearing gloo down
     while another rank still talks to it can abort the process. After an error, do not wait
-    (the other ranks may never arrive); torchrun stops them."""
+    (the other ranks may never arrive); torchrun stops them.
+
+    Under torchrun the group is not destroyed: the process leaves by os._exit right after
+    (cli.run_cli). Destroying it can hang the process: gloo's destructor joins its worker thread
+    while holding the GIL, and a worker still freeing the last collective's tensors waits for the
+    GIL. The destructor runs when the last holder of the group goes -- torch's DDP (its reducer)
+    and FSDP hold it too, and are freed after this -- so the hang came at random: about 1 run in
+    30 with --ddp=torch on this 2-core CPU."""
     if dist.is_initialized():
         if clean:
             dist.barrier()
-        dist.destroy_process_group()
+        if dist.get_world_size() == 1:  # one process (group_of_one): another may be made later
+            dist.destroy_process_group()
 
 
 def say_once(message: str, wait_s: float = 3.0) -> bool:
