@@ -18,8 +18,10 @@ $(STAMP): requirements.txt requirements-data.txt requirements-test.txt requireme
 train: $(STAMP)
 	OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node=$(NPROC) train_gpt2.py $(ARGS)
 
+# The suite in one pytest worker per core (at most 4): most tests wait on subprocesses (torchrun,
+# the scripts), so two workers on two cores take ~0.75x the time of one.
 test: $(STAMP)
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses=4 tests $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --vs hf --ddp $(ARGS)

@@ -144,6 +144,8 @@ def main(cfg: Config) -> dict:
             )
         # what the run reads, as the checkpoint records it: every rank must read the same, and a
         # resume continues on the data it started with (or restarts its evaluations: --new_data)
+        stack.callback(train_tokens.close)  # the shard folders' locks go when the run ends
+        stack.callback(val_tokens.close)
         data = corpus.identity(source, val_source, train_tokens, val_tokens, tokenizer)
         dist.same_everywhere(world, "data", data["fingerprint"])
         if state is not None:

@@ -7,7 +7,7 @@ import sys
 
 from minitrain import UserError
 from minitrain.config import parse_args
-from minitrain.training.dist import say_once
+from minitrain.training.dist import say_once, under_torchrun
 from minitrain.training.precision import oom_sentence
 
 
@@ -16,7 +16,7 @@ def _fail(message: str, code: int) -> None:
     printed stay quiet, so a mistake every rank makes is printed once (see dist.say_once)."""
     if say_once(message):
         print(f"error: {message}", file=sys.stderr, flush=True)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if under_torchrun():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # no interpreter finalization under torchrun (see the end of run_cli)
@@ -40,7 +40,7 @@ def run_cli(main_fn, config_cls=None) -> None:
         _fail(oom_sentence(), 2)
     except KeyboardInterrupt:  # Ctrl-C before training started (the loop itself stops cleanly)
         _fail("interrupted (Ctrl-C); nothing was trained, and no file was left half-written.", 130)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if under_torchrun():
         # Under torchrun, leave without Python's interpreter finalization: gloo's worker threads
         # can abort a process while it is torn down ("terminate called without an active
         # exception", cf. pytorch/pytorch#179291), which would turn a finished run into a failed

@@ -2,6 +2,7 @@
 exit 2 and leaves the file system as it was; nothing read back from disk is trusted blindly; no
 run is replaced without --overwrite; values are checked up front; signals and ranks."""
 
+import gc
 import os
 import signal
 import subprocess
@@ -160,18 +161,24 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(corpus, cache, tmp_path
 @pytest.mark.parametrize("damage", ["zeros", "other ids", "truncated"])
 def test_a_damaged_token_cache_is_rebuilt_and_training_is_unchanged(corpus, tmp_path, capfd, damage):
     cache = tmp_path / "cache"
-    run_main(corpus, tmp_path / "clean", cache, max_steps=3)
-    for path in cache.glob("shards-*/*_train_*.bin"):
-        raw = bytearray(path.read_bytes())
-        if damage == "zeros":
-            raw = bytearray(len(raw))
-        elif damage == "other ids":
-            raw = raw[2:] + raw[:2]  # the same ids, shifted by one token: same size, other content
-        else:
-            raw = raw[: len(raw) // 2]
-        path.write_bytes(bytes(raw))
-    capfd.readouterr()
-    run_main(corpus, tmp_path / "again", cache, max_steps=3)
+    # with the garbage collector off, the second run finds the cache folder free only if the first
+    # released its lock on it when it ended (in one process, as a notebook or a sweep runs them)
+    gc.disable()
+    try:
+        run_main(corpus, tmp_path / "clean", cache, max_steps=3)
+        for path in cache.glob("shards-*/*_train_*.bin"):
+            raw = bytearray(path.read_bytes())
+            if damage == "zeros":
+                raw = bytearray(len(raw))
+            elif damage == "other ids":
+                raw = raw[2:] + raw[:2]  # the same ids, shifted by one token: same size, other content
+            else:
+                raw = raw[: len(raw) // 2]
+            path.write_bytes(bytes(raw))
+        capfd.readouterr()
+        run_main(corpus, tmp_path / "again", cache, max_steps=3)
+    finally:
+        gc.enable()
     assert "does not match the checksum recorded when it was written; tokenizing again" in capfd.readouterr().err
     assert metrics(tmp_path / "again", "train_loss") == metrics(tmp_path / "clean", "train_loss")
 

@@ -52,8 +52,8 @@ class TokenSource(Protocol):
 
 class Tokens:
     """Token ids in one or more shards (paths, or arrays in memory), read as blocks. `holds`: the
-    locks that keep the shards' folders from being replaced while these are read (kept as long as
-    this object lives); `vocab_size` > 0: each shard's ids are checked to be below it when the
+    locks that keep the shards' folders from being replaced while these are read (kept until
+    `close`, or as long as this object lives); `vocab_size` > 0: each shard's ids are checked to be below it when the
     shard is first mapped (an id past the tokenizer would index past the embedding)."""
 
     OPEN = 2  # shards kept mapped: the current one and the one a global batch may run on into
@@ -65,6 +65,13 @@ class Tokens:
         self.itemsize = max((a.dtype.itemsize for a in arrays), default=0)  # 2: uint16 ids, 4: uint32
         self._mapped = OrderedDict()
         self._starts = {}
+
+    def close(self) -> None:
+        """Unmap the shards and release the folders' locks now, when the run ends, not whenever the
+        garbage collector frees this object: in one process, a later run may replace the folder."""
+        self._mapped.clear()
+        for hold in self.holds:
+            hold.close()
 
     def __len__(self) -> int:
         return sum(self.sizes)

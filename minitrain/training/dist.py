@@ -53,7 +53,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 def setup(device: str = "auto", group_of_one: bool = False) -> Dist:
     """Join the process group torchrun describes (if any) and pick this process's device. Outside
     torchrun, `group_of_one` makes a process group of this one process (FSDP and DCP need one)."""
-    if "RANK" not in os.environ:
+    if not under_torchrun():
         dev = pick_device(device)
         if group_of_one and not dist.is_initialized():
             backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -121,12 +121,18 @@ def teardown(clean: bool = True) -> None:
     while holding the GIL, and a worker still freeing the last collective's tensors waits for the
     GIL. The destructor runs when the last holder of the group goes -- torch's DDP (its reducer)
     and FSDP hold it too, and are freed after this -- so the hang came at random: about 1 run in
-    30 with --ddp=torch on this 2-core CPU."""
+    30 with --ddp=torch on this 2-core CPU. Outside torchrun (group_of_one) the group is destroyed,
+    so that the process can make another."""
     if dist.is_initialized():
         if clean:
             dist.barrier()
-        if dist.get_world_size() == 1:  # one process (group_of_one): another may be made later
+        if not under_torchrun():
             dist.destroy_process_group()
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (it sets RANK, WORLD_SIZE, ... for every worker)."""
+    return "RANK" in os.environ
 
 
 def say_once(message: str, wait_s: float = 3.0) -> bool:
