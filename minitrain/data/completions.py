@@ -174,6 +174,9 @@ class Examples:
     def __len__(self) -> int:
         return int(sum(len(s) for s in self.seqs))
 
+    def close(self) -> None:
+        """Nothing to release: the examples are in memory, read from files already closed."""
+
     def num_blocks(self, T: int) -> int:
         return len(self.seqs)
 

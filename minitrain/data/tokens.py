@@ -49,6 +49,8 @@ class TokenSource(Protocol):
 
     def unused(self, T: int) -> int: ...  # token ids that are never a target (shard tails)
 
+    def close(self) -> None: ...  # the run ends: release what it holds (folder locks, mapped files)
+
 
 class Tokens:
     """Token ids in one or more shards (paths, or arrays in memory), read as blocks. `holds`: the
