@@ -57,7 +57,7 @@ from minitrain.training.metrics import Stopwatch, flops_per_token, peak_tflops, 
 from minitrain.training.optim import lr_at, make_optimizer, report_skipped, step_unless
 from minitrain.training.precision import allow_tf32, autocast, choose_dtype, make_scaler
 from minitrain.training.sampling import sample_texts
-from minitrain.training.state import TrainState, restore_training
+from minitrain.training.state import TrainState
 
 
 @dataclass
@@ -142,10 +142,10 @@ def main(cfg: Config) -> dict:
             train_tokens, val_tokens = open_splits(
                 source, tokenizer, cfg.val_fraction, cfg.cache_dir, cfg.progress, val_source, cfg.block_size
             )
-        # what the run reads, as the checkpoint records it: every rank must read the same, and a
-        # resume continues on the data it started with (or restarts its evaluations: --new_data)
         stack.callback(train_tokens.close)  # the shard folders' locks go when the run ends
         stack.callback(val_tokens.close)
+        # what the run reads, as the checkpoint records it: every rank must read the same, and a
+        # resume continues on the data it started with (or restarts its evaluations: --new_data)
         data = corpus.identity(source, val_source, train_tokens, val_tokens, tokenizer)
         dist.same_everywhere(world, "data", data["fingerprint"])
         if state is not None:
@@ -198,10 +198,8 @@ def main(cfg: Config) -> dict:
             state = TrainState(
                 "train_gpt2", asdict(cfg), model_config=shape, lora=lora_info, data=data, dtype=precision
             )
-        else:  # optimizer moments, loss scale, every rank's random stream, data position
-            restore_training(state, optimizer, scaler, world, cfg.seed, dtype)
-            if fsdp.is_sharded(raw_model):  # weights and AdamW's moments: each rank reads its slices
-                fsdp.load(resume_path, raw_model, optimizer)
+        else:  # weights, optimizer moments, loss scale, every rank's random stream (FSDP: its slices)
+            rundir.load_step(resume_path, state, raw_model, optimizer, scaler, world, cfg.seed, dtype)
             where = f"step {state.step} (epoch {state.epoch}, {state.pos} sequences into it)"
             dist.print0(f"resumed from {resume_path} at {where}")
         state.config = asdict(cfg)  # the options this part of the run was given
@@ -375,8 +373,9 @@ def check_together(cfg: Config) -> None:
 
 def build_model(cfg: Config, tokenizer, state: TrainState | None, shard=None) -> tuple[GPT2 | Llama, dict | None]:
     """(the model to train, its LoRA description or None): new from --init_from (its config.json's
-    model_type picks the class) or --arch, checked against the tokenizer and --block_size, with a
-    checkpoint's weights when resuming. With `shard` (FSDP) --init_from is built on the meta device,
+    model_type picks the class) or --arch, checked against the tokenizer and --block_size and, when
+    resuming, against the checkpoint's shape and adapters (its weights are read once the optimizer
+    is made: rundir.load_step). With `shard` (FSDP) --init_from is built on the meta device,
     adapters put on, sharded, then each rank's slices filled (lm.build, lora.sharded_adapters)."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     prepare = None
@@ -397,11 +396,9 @@ def build_model(cfg: Config, tokenizer, state: TrainState | None, shard=None) ->
         lora_info = lora.sharded_adapters(model, prepare.info)
     else:
         lora_info = lora.from_options(model, cfg, model.config.model_type)
-    if state is not None:
+    if state is not None:  # the checkpoint's weights fit this model (read once the optimizer is made)
         model.config.check_same_shape(registry.config_from_dict(state.model_config), f"--init_from={cfg.init_from}")
         lora.check_resume(lora_info, state.lora)
-        if state.model:  # a sharded checkpoint's weights are read once the model is sharded
-            lora.load_state(model, state.model)
     model.activation_checkpointing = cfg.activation_checkpointing
     return model, lora_info
 

@@ -38,7 +38,7 @@ from minitrain.training.logger import Logger
 from minitrain.training.metrics import stopped_early
 from minitrain.training.optim import lr_at, make_optimizer, report_skipped, step_unless
 from minitrain.training.precision import allow_tf32, autocast, choose_dtype, make_scaler
-from minitrain.training.state import TrainState, restore_training
+from minitrain.training.state import TrainState
 
 
 @dataclass
@@ -145,8 +145,8 @@ def main(cfg: Config) -> dict:
         if state is None:
             precision = str(dtype).removeprefix("torch.")
             state = TrainState("train_mrpc", asdict(cfg), lora=lora_info, data=data, dtype=precision)
-        else:  # optimizer moments, loss scale, every rank's random stream, data position
-            restore_training(state, optimizer, scaler, world, cfg.seed, dtype)
+        else:  # weights, optimizer moments, loss scale, every rank's random stream
+            rundir.load_step(resume_path, state, raw_model, optimizer, scaler, world, cfg.seed, dtype)
             where = f"step {state.step} (epoch {state.epoch + 1}, {state.pos} pairs into it)"
             dist.print0(f"resumed from {resume_path} at {where}")
         state.config = asdict(cfg)  # the options this part of the run was given
@@ -281,8 +281,8 @@ def main(cfg: Config) -> dict:
 
 def build_model(cfg: Config, num_labels: int, state: TrainState | None):
     """(model, tokenizer, LoRA description or None): the encoder from --model with a fresh head
-    seeded by --seed, checked against its tokenizer and --max_length, with a checkpoint's weights
-    when resuming."""
+    seeded by --seed, checked against its tokenizer and --max_length and, when resuming, against
+    the checkpoint's adapters (its weights are read once the optimizer is made: rundir.load_step)."""
     names = ("hidden_dropout_prob", "classifier_dropout", "attention_probs_dropout_prob")
     overrides = dict.fromkeys(names, cfg.dropout) if cfg.dropout is not None else {}
     folder = hub.resolve_model_dir(cfg.model)
@@ -301,8 +301,8 @@ def build_model(cfg: Config, num_labels: int, state: TrainState | None):
         )
     # --lora_rank: freeze the encoder, adapters on the target layers; the head trains fully
     lora_info = lora.from_options(model, cfg, "bert", keep_trainable=("classifier.",))
-    if state is not None:
-        lora.load_checkpoint(model, lora_info, state.lora, state.model)
+    if state is not None:  # the checkpoint's adapters, or their absence, fit this model's
+        lora.check_resume(lora_info, state.lora)
     return model, tokenizer, lora_info
 
 

@@ -244,13 +244,6 @@ def has_adapters(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
 
 
-def load_checkpoint(model: nn.Module, info: dict | None, saved_info: dict | None, weights: dict) -> None:
-    """A checkpoint's weights into `model`, after checking that its adapters (`saved_info`), or
-    their absence, match the model's (`info`): the same rank, alpha, targets and frozen base."""
-    check_resume(info, saved_info)
-    load_state(model, weights)
-
-
 def state_to_save(model: nn.Module) -> dict:
     """What a checkpoint holds of the model: with adapters, only the trainable tensors (the base
     is rebuilt from --init_from / --model on resume); without, every weight."""

@@ -18,7 +18,15 @@ from minitrain.models import lora
 from minitrain.training import fsdp
 from minitrain.training.dist import all_reduce_sum, barrier, broadcast_object
 from minitrain.training.logger import Logger
-from minitrain.training.state import STATE_FILE, TrainState, gather_rng_states, load, save, sharded_folder
+from minitrain.training.state import (
+    STATE_FILE,
+    TrainState,
+    gather_rng_states,
+    load,
+    restore_training,
+    save,
+    sharded_folder,
+)
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)(\.pt)?$")  # a file, or a sharded run's folder
 
@@ -70,6 +78,18 @@ def save_step(
     if error:
         raise UserError(error)
     return path
+
+
+def load_step(path: Path, state: TrainState, raw_model, optimizer, scaler, world, seed: int, dtype) -> None:
+    """The inverse of save_step, once the model is built (and, under FSDP, sharded) and its
+    optimizer made: the checkpoint's weights (with LoRA: the adapters), AdamW's moments, the loss
+    scale and every rank's random stream. Sharded (a folder): every rank reads the slices of the
+    weights and moments it holds."""
+    if fsdp.is_sharded(raw_model):
+        fsdp.load(path, raw_model, optimizer)
+    else:
+        lora.load_state(raw_model, state.model)
+    restore_training(state, optimizer, scaler, world, seed, dtype)  # last: it sets the random streams
 
 
 def save_sharded(path: Path, state: TrainState, model, optimizer, world) -> None:
@@ -229,7 +249,15 @@ def prune(out_dir, keep_last: int) -> None:
     if keep_last <= 0:
         return
     for path in list_checkpoints(out_dir)[:-keep_last]:
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        remove(path)
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a folder (a sharded checkpoint) of the run, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def checkpoint_path(out_dir, step: int, sharded: bool = False) -> Path:
@@ -314,9 +342,9 @@ def start_run(out_dir: Path, new: bool, outputs, world) -> None:
         remove_best(out_dir)
         for name in (*Logger.FILES, *outputs):
             p = out_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            remove(p)
         for p in list_checkpoints(out_dir):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            remove(p)
     if world.is_main:  # who holds the lock (see `locked`), for the message a second run gets
         (out_dir / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}")
     barrier(world)
