@@ -55,8 +55,9 @@ class TokenSource(Protocol):
 class Tokens:
     """Token ids in one or more shards (paths, or arrays in memory), read as blocks. `holds`: the
     locks that keep the shards' folders from being replaced while these are read (kept until
-    `close`, or as long as this object lives); `vocab_size` > 0: each shard's ids are checked to be below it when the
-    shard is first mapped (an id past the tokenizer would index past the embedding)."""
+    `close`, or as long as this object lives); `vocab_size` > 0: each shard's ids are checked to
+    be below it when the shard is first mapped (an id past the tokenizer would index past the
+    embedding)."""
 
     OPEN = 2  # shards kept mapped: the current one and the one a global batch may run on into
 
