@@ -78,4 +78,4 @@ def compare(device, rounds=2):
 
 if __name__ == "__main__":
     worker(sys.argv[1])
-    os._exit(0)  # skip interpreter finalization under torchrun (see minitrain.config.run_cli)
+    os._exit(0)  # skip interpreter finalization under torchrun (see minitrain.cli.run_cli)

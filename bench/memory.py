@@ -47,6 +47,7 @@ import torch
 
 from bench.run import SMOLLM2_135M
 from bench.train_step import environment, save_result
+from minitrain.training.dist import under_torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 2**20
@@ -387,5 +388,5 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
-    if "RANK" in os.environ:
-        os._exit(0)  # skip interpreter finalization under torchrun (see minitrain.config.run_cli)
+    if under_torchrun():
+        os._exit(0)  # skip interpreter finalization under torchrun (see minitrain.cli.run_cli)

@@ -44,7 +44,8 @@ def run_cli(main_fn, config_cls=None) -> None:
         # Under torchrun, leave without Python's interpreter finalization: gloo's worker threads
         # can abort a process while it is torn down ("terminate called without an active
         # exception", cf. pytorch/pytorch#179291), which would turn a finished run into a failed
-        # one. Everything is written and the process group is destroyed by now.
+        # one. Everything is written, and every rank has passed teardown's barrier (the group is left
+        # undestroyed on purpose: see dist.teardown).
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

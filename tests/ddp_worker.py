@@ -54,4 +54,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    os._exit(0)  # as minitrain.config.run_cli does under torchrun: skip interpreter finalization
+    os._exit(0)  # as minitrain.cli.run_cli does under torchrun: skip interpreter finalization
