@@ -19,9 +19,10 @@ train: $(STAMP)
 	OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node=$(NPROC) train_gpt2.py $(ARGS)
 
 # The suite in one pytest worker per core (at most 4): most tests wait on subprocesses (torchrun,
-# the scripts), so two workers on two cores take ~0.75x the time of one.
+# the scripts), so two workers on two cores take ~0.75x the time of one. --dist loadgroup keeps
+# the tests that share reference runs (tests/conftest.py: shared_run) on one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses=4 tests $(ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadgroup tests $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --vs hf --ddp $(ARGS)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One pytest-xdist worker per core (`make test`): each takes its share of the cores, so in-process
+# tests do not oversubscribe them while another worker computes.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,6 +77,31 @@ def corpus(tmp_path_factory) -> Path:
 def cache(tmp_path_factory) -> Path:
     """One token/tokenizer cache for the whole session (its keys are content hashes)."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def shared_run(corpus, cache, tmp_path_factory):
+    """`shared_run(nproc, **options)`: the out_dir of a tiny GPT-2 run on `corpus`
+    (tests.helpers.tiny_gpt2_args with these options; what it printed is in `<out_dir>.stdout`
+    beside it), made the first time a test asks for it and
+    reused by every later test that asks for the same run: the references that the DDP, FSDP and
+    multi-node comparisons share. Tests only read these folders. Tests that use it carry
+    `@pytest.mark.xdist_group("shared_run")`, so that `make test` (--dist loadgroup) runs them on
+    one worker, which makes each run once."""
+    from tests.helpers import run_script, tiny_gpt2_args
+
+    root, done = tmp_path_factory.mktemp("shared_runs"), {}
+
+    def run(nproc: int = 1, **options) -> Path:
+        key = (nproc, tuple(sorted((k, str(v)) for k, v in options.items())))
+        if key not in done:
+            out = root / f"run{len(done)}"
+            proc = run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **options), nproc=nproc)
+            out.with_suffix(".stdout").write_text(proc.stdout)
+            done[key] = out
+        return done[key]
+
+    return run
 
 
 @pytest.fixture(scope="session")

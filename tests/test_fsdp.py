@@ -8,47 +8,44 @@ import torch
 
 from minitrain.models.llama import Llama, LlamaConfig
 from minitrain.training.state import load
-from tests.helpers import final_params, max_param_diff, metrics, run_script, split_key_bias, tiny_gpt2_args
-from tests.test_ddp import EQ_LR
-
-
-def close(a: dict, b: dict, tol: float) -> bool:
-    return a.keys() == b.keys() and all(abs(a[s] - b[s]) <= tol for s in a)
-
-
-def assert_same_params(a: dict, b: dict, tol=1e-6):
-    """Every weight within `tol`; GPT-2's attention key biases (an exactly zero true gradient that
-    AdamW turns into ~lr-sized noise, see tests/helpers.split_key_bias) within a few lr."""
-    (rest_a, keys_a), (rest_b, keys_b) = split_key_bias(a), split_key_bias(b)
-    assert max_param_diff(rest_a, rest_b) <= tol
-    if keys_a or keys_b:  # GPT-2 only
-        assert max_param_diff(keys_a, keys_b) <= 3 * EQ_LR
+from tests.helpers import (
+    EQ_LR,
+    EQ_RUN,
+    assert_same_params,
+    close,
+    final_params,
+    max_param_diff,
+    metrics,
+    run_script,
+    tiny_gpt2_args,
+)
+from tests.test_faults import cli_fails, tiny_argv
 
 
 def train(corpus, cache, out, nproc=1, **kw):
-    kw = dict(dict(max_steps=4, lr=EQ_LR, max_grad_norm=0.05), **kw)  # the norm is ~0.1-0.4: clipping acts
-    return run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **kw), nproc=nproc)
+    return run_script("train_gpt2.py", tiny_gpt2_args(corpus, out, cache, **dict(EQ_RUN, **kw)), nproc=nproc)
 
 
+@pytest.mark.xdist_group("shared_run")
 @pytest.mark.parametrize("accum", [1, 2])
-def test_fsdp_two_processes_equal_one_process_and_the_hand_written_ddp(corpus, cache, tmp_path, accum):
+def test_fsdp_two_processes_equal_one_process_and_the_hand_written_ddp(shared_run, accum):
     """FSDP on 2 processes == 1 process (no FSDP) with the double batch == DDP on the same 2:
     losses, the logged gradient norm (a gradient summed instead of averaged over the ranks, as
     pytorch/pytorch#162338 once did on gloo, doubles it while AdamW would hide it in the weights)
     and the final weights; with clipping active and with accumulation."""
-    train(corpus, cache, tmp_path / "one", batch_size=4, grad_accum_steps=accum)
-    train(corpus, cache, tmp_path / "ddp", 2, batch_size=2, grad_accum_steps=accum)
-    proc = train(corpus, cache, tmp_path / "fsdp", 2, batch_size=2, grad_accum_steps=accum, parallel="fsdp")
-    assert "2 processes x 2 sequences" in proc.stdout
-    norms = metrics(tmp_path / "one", "grad_norm")
+    one = shared_run(batch_size=4, grad_accum_steps=accum, **EQ_RUN)
+    ddp = shared_run(2, batch_size=2, grad_accum_steps=accum, **EQ_RUN)
+    fsdp = shared_run(2, batch_size=2, grad_accum_steps=accum, parallel="fsdp", **EQ_RUN)
+    assert "2 processes x 2 sequences" in fsdp.with_suffix(".stdout").read_text()
+    norms = metrics(one, "grad_norm")
     assert min(norms.values()) > 0.05  # the clipping is exercised
-    for other in ("ddp", "fsdp"):
-        assert close(metrics(tmp_path / "one", "train_loss"), metrics(tmp_path / other, "train_loss"), 1e-6)
-        assert close(metrics(tmp_path / "one", "val_loss"), metrics(tmp_path / other, "val_loss"), 1e-6)
-        other_norms = metrics(tmp_path / other, "grad_norm")
+    for other in (ddp, fsdp):
+        assert close(metrics(one, "train_loss"), metrics(other, "train_loss"), 1e-6)
+        assert close(metrics(one, "val_loss"), metrics(other, "val_loss"), 1e-6)
+        other_norms = metrics(other, "grad_norm")
         assert all(abs(other_norms[s] - norms[s]) <= 1e-5 * norms[s] for s in norms)
-        assert_same_params(final_params(tmp_path / "one"), final_params(tmp_path / other))
-    assert (tmp_path / "fsdp/ckpt-0000003/.metadata").is_file() and (tmp_path / "fsdp/best").is_dir()
+        assert_same_params(final_params(one), final_params(other))
+    assert (fsdp / "ckpt-0000003/.metadata").is_file() and (fsdp / "best").is_dir()
 
 
 def test_fsdp_in_bf16_follows_ddp_in_bf16(corpus, cache, tmp_path):
@@ -168,7 +165,7 @@ def test_llama_under_fsdp_with_activation_checkpointing_and_compile(corpus, cach
     assert max_param_diff(final_params(tmp_path / "plain"), final_params(tmp_path / "compiled")) <= 1e-4
 
 
-def test_bad_fsdp_input_one_sentence_exit_2(corpus, cache, tmp_path, sharded_run):
+def test_bad_fsdp_input_one_sentence_exit_2(corpus, cache, tmp_path, sharded_run, capsys):
     """Options that conflict with --parallel fsdp, a checkpoint of the other kind, a checkpoint
     folder missing one rank's shard: one sentence, exit 2, no hang, nothing written."""
     bad = tmp_path / "bad"
@@ -178,12 +175,14 @@ def test_bad_fsdp_input_one_sentence_exit_2(corpus, cache, tmp_path, sharded_run
         (dict(parallel="fsdp", compile_scope="model"), "--compile_scope=blocks"),
         (dict(cpu_offload=True), "--parallel fsdp"),
         (dict(parallel="fsdp", cpu_offload=True), "on a CPU they are there already"),
-        (dict(resume=str(sharded_run / "ckpt-0000004"), batch_size=3), "resume it with the --parallel"),
     ]
-    for kw, words in cases:
-        proc = run_script("train_gpt2.py", tiny_gpt2_args(corpus, bad, cache, **kw), check=False)
-        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    for kw, words in cases:  # the command line's own checks: in this process (tests.test_faults.cli_fails)
+        assert words in cli_fails(tiny_argv(corpus, bad, cache, **kw), capsys)
         assert not bad.exists()
+    kw = dict(resume=str(sharded_run / "ckpt-0000004"), batch_size=3)
+    proc = run_script("train_gpt2.py", tiny_gpt2_args(corpus, bad, cache, **kw), check=False)
+    assert proc.returncode == 2 and "resume it with the --parallel" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not bad.exists()
     ddp_run = tmp_path / "ddp"
     train(corpus, cache, ddp_run, max_steps=2, save_interval=2, batch_size=2)
     args = tiny_gpt2_args(corpus, bad, cache, parallel="fsdp", resume=str(ddp_run / "ckpt-0000002.pt"))

@@ -7,9 +7,20 @@ import subprocess
 
 import pytest
 
-from tests.helpers import PY, ROOT, cli, final_params, max_param_diff, metrics, run_script, script_env, tiny_gpt2_args
-from tests.test_ddp import EQ_LR
-from tests.test_fsdp import assert_same_params, close
+from tests.helpers import (
+    EQ_RUN,
+    PY,
+    RESTART_RUN,
+    ROOT,
+    assert_same_params,
+    cli,
+    close,
+    final_params,
+    max_param_diff,
+    metrics,
+    script_env,
+    tiny_gpt2_args,
+)
 
 
 def free_port() -> int:
@@ -43,30 +54,30 @@ def two_nodes(script: str, args: dict, launcher_args=(), env=None, timeout=300) 
     return done
 
 
+@pytest.mark.xdist_group("shared_run")
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_nodes_equal_one_process(corpus, cache, tmp_path, parallel):
-    kw = dict(max_steps=4, lr=EQ_LR, max_grad_norm=0.05)
-    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4, **kw))
-    args = tiny_gpt2_args(corpus, tmp_path / "nodes", cache, batch_size=2, parallel=parallel, **kw)
+def test_two_nodes_equal_one_process(corpus, cache, tmp_path, shared_run, parallel):
+    one = shared_run(batch_size=4, grad_accum_steps=1, **EQ_RUN)
+    args = tiny_gpt2_args(corpus, tmp_path / "nodes", cache, batch_size=2, parallel=parallel, **EQ_RUN)
     procs = two_nodes("train_gpt2.py", args)
     assert any("2 processes x 2 sequences" in p.stdout for p in procs)
-    assert close(metrics(tmp_path / "one", "train_loss"), metrics(tmp_path / "nodes", "train_loss"), 1e-6)
-    g1, g2 = metrics(tmp_path / "one", "grad_norm"), metrics(tmp_path / "nodes", "grad_norm")
+    assert close(metrics(one, "train_loss"), metrics(tmp_path / "nodes", "train_loss"), 1e-6)
+    g1, g2 = metrics(one, "grad_norm"), metrics(tmp_path / "nodes", "grad_norm")
     assert all(abs(g1[s] - g2[s]) <= 1e-5 * g1[s] for s in g1)
-    assert_same_params(final_params(tmp_path / "one"), final_params(tmp_path / "nodes"))
+    assert_same_params(final_params(one), final_params(tmp_path / "nodes"))
 
 
+@pytest.mark.xdist_group("shared_run")
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_a_killed_node_worker_restarts_from_the_last_checkpoint(corpus, cache, tmp_path, parallel):
+def test_a_killed_node_worker_restarts_from_the_last_checkpoint(corpus, cache, tmp_path, shared_run, parallel):
     """Rank 1 (the second node's worker) dies on its 8th batch; with --max-restarts both agents
     start their workers again, which continue from the newest complete checkpoint (--resume=auto)
     and end with the uninterrupted job's weights."""
-    kw = dict(max_steps=12, save_interval=4, batch_size=2, eval_interval=100, lr=EQ_LR, parallel=parallel)
-    run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "ref", cache, **kw), nproc=2)
+    ref = shared_run(2, parallel=parallel, **RESTART_RUN)
     out, marker = tmp_path / "crashy", tmp_path / "crashed"
-    args = tiny_gpt2_args(corpus, out, cache, resume="auto", **kw)
+    args = tiny_gpt2_args(corpus, out, cache, resume="auto", parallel=parallel, **RESTART_RUN)
     procs = two_nodes("tests/crash_once.py", args, ["--max-restarts=1"], env={"CRASH_MARKER": str(marker)})
     assert marker.exists()  # the worker did die once
     assert any("resumed from" in p.stdout for p in procs)
-    assert close(metrics(tmp_path / "ref", "train_loss"), metrics(out, "train_loss"), 1e-6)
-    assert max_param_diff(final_params(tmp_path / "ref"), final_params(out)) <= 1e-6
+    assert close(metrics(ref, "train_loss"), metrics(out, "train_loss"), 1e-6)
+    assert max_param_diff(final_params(ref), final_params(out)) <= 1e-6

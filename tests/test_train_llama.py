@@ -64,7 +64,7 @@ def test_scratch_llama_trains_exports_and_loads_everywhere(corpus, cache, tmp_pa
 
 
 def test_llama_accumulation_equals_big_batch_and_resume_is_exact(corpus, cache, tmp_path):
-    from tests.test_ddp import EQ_LR  # Adam scales summation-order rounding up to ~lr: keep it under the bar
+    from tests.helpers import EQ_LR  # Adam scales summation-order rounding up to ~lr: keep it under the bar
 
     eq = dict(max_steps=3, lr=EQ_LR, **LLAMA)
     run_main(corpus, tmp_path / "acc", cache, batch_size=2, grad_accum_steps=4, **eq)
@@ -81,8 +81,7 @@ def test_llama_accumulation_equals_big_batch_and_resume_is_exact(corpus, cache, 
 
 def test_two_processes_equal_one_process_with_double_batch(corpus, cache, tmp_path):
     """The hand-written DDP under torchrun on a tiny Llama (GQA, RMSNorm, RoPE): 2 x 2 == 1 x 4."""
-    from tests.helpers import run_script, tiny_gpt2_args
-    from tests.test_ddp import EQ_LR
+    from tests.helpers import EQ_LR, run_script, tiny_gpt2_args
 
     kw = dict(max_steps=4, lr=EQ_LR, dtype="fp32", **LLAMA)
     run_script("train_gpt2.py", tiny_gpt2_args(corpus, tmp_path / "one", cache, batch_size=4, **kw))
