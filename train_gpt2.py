@@ -175,7 +175,8 @@ def main(cfg: Config) -> dict:
         n_train_blocks = training_blocks(train_tokens, val_tokens, T, blocks_per_step)
         n_val_blocks = val_tokens.num_blocks(T)
         n_eval_blocks = min(n_val_blocks, cfg.eval_batches * B * W) if cfg.eval_batches else n_val_blocks
-        validate = LMScores(val_tokens, n_eval_blocks, T, B, token_bytes(tokenizer))  # loss, perplexity, bits/byte
+        # loss, perplexity, bits/byte; a --doc_mask run's blocks split at end-of-text, as it trains
+        validate = LMScores(val_tokens, n_eval_blocks, T, B, token_bytes(tokenizer), layout.eot)
         steps_per_epoch = n_train_blocks // blocks_per_step
         max_steps = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs > 0 else cfg.max_steps
         dist.print0(

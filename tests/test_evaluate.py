@@ -38,6 +38,31 @@ def test_lm_loss_is_the_mean_over_every_target_of_the_blocks():
     assert data.Tokens([tokens]).num_blocks(8) == 7
 
 
+def test_lm_loss_with_doc_mask_scores_each_document_alone():
+    """A --doc_mask run's validation: each block split at end-of-text ids equals each document of
+    the block scored in a row of its own (from position 0), their losses summed over all targets."""
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2)).eval()
+    eot = 49
+    tokens = torch.randint(0, 49, (8 * 5 + 1,))
+    tokens[[3, 9, 10, 20, 31, 32, 33]] = eot  # documents of 0-6 tokens, one across a block's end
+    tokens = tokens.numpy()
+    args = dict(n_blocks=5, block_size=8, batch_size=2, world=Dist(), dtype=torch.float32)
+    got = evaluate.lm_loss(model, data.Tokens([tokens]), doc_eot=eot, **args)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(5):
+            x = torch.from_numpy(tokens[i * 8 : i * 8 + 8].astype("int64"))
+            y = torch.from_numpy(tokens[i * 8 + 1 : i * 8 + 9].astype("int64"))
+            starts = [0] + [t for t in range(1, 8) if x[t] == eot] + [8]  # an end-of-text begins a document
+            for a, b in zip(starts, starts[1:]):
+                logits, _ = model(x[None, a:b])
+                total += torch.nn.functional.cross_entropy(logits[0, :, :50], y[a:b], reduction="sum").item()
+                count += b - a
+    assert abs(got - total / count) <= 1e-6
+    assert abs(got - evaluate.lm_loss(model, data.Tokens([tokens]), **args)) > 1e-3  # the split does something
+
+
 def test_classify_equals_the_metrics_of_the_models_own_predictions(tiny_bert_dir):
     model = BertForSequenceClassification.from_pretrained(tiny_bert_dir).eval()
     g = torch.Generator().manual_seed(0)

@@ -183,17 +183,30 @@ def test_packed_resume_is_exact(sft_model, short_sft, cache, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_doc_mask_on_text_trains_and_leaves_validation_alone(corpus, cache, tmp_path):
+def test_doc_mask_on_text_trains_and_validates_split_at_end_of_text(corpus, cache, tmp_path):
+    """--doc_mask changes training and validation alike (validation splits its blocks at
+    end-of-text as training does: the loss of the setting the model is trained in); the evaluate
+    command with --doc_mask gives the run's validation loss again, without it the plain one."""
+    from minitrain.tools import evaluate as evaluate_tool
+
     docs = tmp_path / "docs.jsonl"  # one document per line: an end-of-text id after each
     text = corpus.read_text()[:24000]
     docs.write_text("".join(json.dumps({"text": text[i : i + 300]}) + "\n" for i in range(0, len(text), 80)))
-    kw = dict(max_steps=2, eval_interval=2, save_interval=2)
+    kw = dict(max_steps=2, eval_interval=2, save_interval=2, eval_batches=0)
     run_main(docs, tmp_path / "plain", cache, **kw)
     run_main(docs, tmp_path / "masked", cache, doc_mask=True, **kw)
     plain, masked = (metrics(tmp_path / n, "train_loss") for n in ("plain", "masked"))
     assert plain[1] != masked[1]  # blocks that cross a document's end train differently
-    assert metrics(tmp_path / "plain", "val_loss")[0] == metrics(tmp_path / "masked", "val_loss")[0]
+    v_plain, v_masked = (metrics(tmp_path / n, "val_loss") for n in ("plain", "masked"))
+    assert abs(v_plain[0] - v_masked[0]) > 1e-4  # the same initial weights, scored split and not
     assert metrics(tmp_path / "masked", "packing_efficiency")[2] == 1.0  # text blocks are full
+    for doc_mask in (True, False):
+        cfg = evaluate_tool.EvalConfig(
+            model=str(tmp_path / "masked/ckpt-0000002.pt"), data=str(docs), split="validation", block_size=32,
+            doc_mask=doc_mask, dtype="fp32", cache_dir=str(cache), progress=False,
+        )  # fmt: skip
+        got = evaluate_tool.main(cfg)["loss"]
+        assert (abs(got - v_masked[2]) <= 1e-6) == doc_mask, (got, v_masked[2])
 
 
 def test_bad_combinations_are_one_sentence(corpus, sft_model, sft_data, cache, tmp_path):

@@ -12,7 +12,9 @@
   document (document ids are the running count of end-of-text ids), so attention never reaches
   into the previous document and positions restart there, as nanochat and Llama 3 pre-train.
 
-Evaluation and generation never go through here: validation stays padded (one example per row).
+Evaluation and generation never go through here: validation stays padded (one example per row);
+text validation of a --doc_mask run splits its blocks at end-of-text the same way
+(models/documents.split_at, training/evaluate.lm_loss).
 """
 
 from typing import NamedTuple
@@ -23,6 +25,7 @@ import torch
 from minitrain import UserError
 from minitrain.data.completions import IGNORE, Examples
 from minitrain.data.tokens import TokenSource, to_device
+from minitrain.models import documents
 
 
 class Batch(NamedTuple):
@@ -107,9 +110,7 @@ class Layout:
             doc = None if doc is None else to_device(torch.from_numpy(doc), device)
             return Batch(to_device(torch.from_numpy(x), device), to_device(torch.from_numpy(y), device), doc)
         x, y = source.batch(ids, self.T, device)
-        # text: a document starts at each end-of-text id (it is the next document's first token,
-        # at position 0, as generation from an empty prompt starts): computed on the device
-        doc = (x == self.eot).cumsum(dim=1) if self.eot is not None else None
+        doc = documents.split_at(x, self.eot) if self.eot is not None else None  # on the device
         return Batch(x, y, doc)
 
     def count(self, source: TokenSource, ids, B: int) -> tuple[int, int]:

@@ -31,3 +31,10 @@ def attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
     same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
     return (same & causal)[:, None]  # (B, 1, T, T)
+
+
+def split_at(input_ids: torch.Tensor, eot: int) -> torch.Tensor:
+    """(B, T) document ids of text rows in which each end-of-text id `eot` starts a new document
+    (it is that document's first token, at position 0, as generation from an empty prompt starts):
+    the running count of end-of-text ids. Training's --doc_mask and its validation both call this."""
+    return (input_ids == eot).cumsum(dim=1)

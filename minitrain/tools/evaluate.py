@@ -18,7 +18,7 @@ from minitrain.cli import run_cli
 from minitrain.config import NonNegativeInt, PositiveInt, Range, check
 from minitrain.data import corpus, pairs
 from minitrain.data.hellaswag import read_hellaswag
-from minitrain.data.tokenizer import token_bytes
+from minitrain.data.tokenizer import eot_id, token_bytes
 from minitrain.data.tokens import Tokens
 from minitrain.training import dist
 from minitrain.training.evaluate import LMScores, classify, hellaswag, write_predictions
@@ -38,6 +38,7 @@ class EvalConfig:
     val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # the held-out share, as the training run had it
     block_size: NonNegativeInt = 0  # lm: tokens per block (0: the model's context)
     max_blocks: NonNegativeInt = 0  # lm: score only the first N blocks (0: all)
+    doc_mask: bool = False  # lm: as a --doc_mask run trained: attention and positions restart at each end-of-text
     batch_size: PositiveInt = 8  # blocks, pairs or HellaSwag examples per batch
     max_length: PositiveInt = 128  # mrpc: longest pair in tokens (longest-first truncation)
     predictions: str = ""  # mrpc: also write index<TAB>prediction lines to this file
@@ -88,7 +89,9 @@ def score_lm(cfg: EvalConfig, world, dtype) -> dict:
         n_blocks = min(n_blocks, cfg.max_blocks)
     if n_blocks == 0:
         raise UserError(f"the text has {len(tokens)} tokens, less than one block of {T} + 1; lower --block_size.")
-    scores = LMScores(tokens, n_blocks, T, cfg.batch_size, token_bytes(tokenizer))
+    scores = LMScores(
+        tokens, n_blocks, T, cfg.batch_size, token_bytes(tokenizer), eot_id(tokenizer) if cfg.doc_mask else None
+    )
     s = scores(model, world, dtype, cfg.progress)
     return {
         "split": split,

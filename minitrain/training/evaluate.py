@@ -15,6 +15,7 @@ from tqdm import tqdm
 from minitrain.atomic import atomic_write
 from minitrain.data import pairs
 from minitrain.data.tokens import TokenSource
+from minitrain.models import documents
 from minitrain.training import dist
 from minitrain.training.metrics import bits_per_byte, classification_metrics, perplexity
 from minitrain.training.precision import autocast
@@ -26,11 +27,21 @@ def _bar(total: int, world, progress: bool, desc: str):
 
 @torch.no_grad()
 def lm_loss(
-    model, tokens: TokenSource, n_blocks: int, block_size: int, batch_size: int, world, dtype, progress=False
+    model,
+    tokens: TokenSource,
+    n_blocks: int,
+    block_size: int,
+    batch_size: int,
+    world,
+    dtype,
+    progress=False,
+    doc_eot: int | None = None,
 ) -> float:
     """Mean next-token loss over the first `n_blocks` blocks of `tokens` (every token of those
     blocks but the first is a target exactly once: see data/tokens.py), or over the completion
-    tokens of the first `n_blocks` prompt/completion examples."""
+    tokens of the first `n_blocks` prompt/completion examples. With `doc_eot` (a --doc_mask run's
+    end-of-text id) each block is split into documents there, as training split it: attention and
+    positions restart at each end-of-text."""
     was_training = model.training
     model.eval()  # dropout off
     sums = torch.zeros(2, device=world.device, dtype=torch.float64)  # loss sum, target count
@@ -43,8 +54,9 @@ def lm_loss(
         for i in range(0, n_batches * batch_size, batch_size):
             blocks = mine[i : i + batch_size]
             x, y = tokens.batch(blocks or [0], block_size, world.device)
+            doc = documents.split_at(x, doc_eot) if doc_eot is not None else None
             with autocast(world.device, dtype):
-                _, loss_sum = model(x, y, reduction="sum")
+                _, loss_sum = model(x, y, reduction="sum", doc_ids=doc)
             if blocks:
                 sums[0] += loss_sum.double()
                 sums[1] += (y != -100).sum()  # prompt/completion data: completion tokens only
@@ -58,15 +70,16 @@ class LMScores:
     """Language-model scores on the first `n_blocks` blocks of `tokens`: the mean loss over their
     targets, perplexity, and bits per byte (their loss over the bytes of text the targets stand
     for). The counts are taken once; each call scores a model: training's validation, and
-    `python -m minitrain.evaluate --task lm`."""
+    `python -m minitrain.evaluate --task lm`. `doc_eot`: split the blocks into documents at this
+    end-of-text id (a --doc_mask run; see lm_loss)."""
 
-    def __init__(self, tokens: TokenSource, n_blocks: int, block_size: int, batch_size: int, token_bytes):
-        self.tokens, self.n_blocks, self.T, self.B = tokens, n_blocks, block_size, batch_size
+    def __init__(self, tokens: TokenSource, n_blocks: int, block_size: int, batch_size: int, token_bytes, doc_eot=None):
+        self.tokens, self.n_blocks, self.T, self.B, self.doc_eot = tokens, n_blocks, block_size, batch_size, doc_eot
         self.n_tokens = tokens.targets(range(n_blocks), block_size)  # prompt/completion: completion tokens
         self.n_bytes = tokens.target_bytes(n_blocks, block_size, token_bytes)
 
     def __call__(self, model, world, dtype, progress=False) -> dict:
-        loss = lm_loss(model, self.tokens, self.n_blocks, self.T, self.B, world, dtype, progress)
+        loss = lm_loss(model, self.tokens, self.n_blocks, self.T, self.B, world, dtype, progress, self.doc_eot)
         return {"loss": loss, "perplexity": perplexity(loss), "bpb": bits_per_byte(loss, self.n_tokens, self.n_bytes)}
 
     @staticmethod
