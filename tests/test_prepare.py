@@ -386,3 +386,34 @@ def test_the_prepare_command_imports_no_torch():
     of 880 MB instead of ~300 on bench.prepare's 25 MB)."""
     code = "import sys, minitrain.tools.prepare, minitrain.data.prepare; sys.exit('torch' in sys.modules)"
     assert subprocess.run([PY, "-c", code], env=script_env(), cwd=ROOT).returncode == 0
+
+
+def test_the_cache_and_a_folder_know_the_end_of_document_id_not_only_the_vocabulary(tmp_path):
+    """Llama 3's base and instruct tokenizers share tokenizer.json and end a document with
+    different tokens (tokenizer_config.json's eos_token): each gets its own cached shards, and a
+    folder prepared with one is refused for a run with the other."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from minitrain.data.tokenizer import eot_id, load_tokenizer
+
+    lines = [f"line number {i} of the corpus, with some words in it." for i in range(200)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    specials = ["<|end_of_text|>", "<|eot_id|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(
+        lines, trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=alphabet)
+    )
+    folders = {}
+    for eos in specials:
+        (tmp_path / eos).mkdir()
+        (tmp_path / eos / "tokenizer.json").write_text(tok.to_str())
+        (tmp_path / eos / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
+        run_tok = load_tokenizer(tmp_path / eos)
+        folders[eos] = cache.cached(str(tmp_path / "corpus.txt"), run_tok, 0.1, tmp_path / "cache", 1, False)
+        ids = read_shard(find_shards(folders[eos])[0][0])
+        assert ids[-1] == eot_id(run_tok) == tok.token_to_id(eos)  # each document ends with the run's eos
+    assert folders[specials[0]] != folders[specials[1]]
+    with pytest.raises(UserError, match="ends its documents with token id"):
+        cache.open_folder(folders[specials[0]], load_tokenizer(tmp_path / specials[1]))

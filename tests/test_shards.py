@@ -51,3 +51,34 @@ def test_damaged_shards_are_refused_in_one_sentence(tmp_path, damage, words):
     with pytest.raises(UserError) as e:
         read_shard(path)
     assert words in str(e.value) and str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["wiki_train_2023.txt", "news_val_set.txt"])
+def test_a_source_whose_name_holds_a_split_marker_keeps_its_splits_apart(tmp_path, name):
+    """Shards are named NAME_SPLIT_NNNNNN.bin after the source: a NAME with "_train_" or "_val_"
+    in it must not put the validation shard into training (or the training one into validation)."""
+    import json
+
+    from minitrain.data.corpus import open_splits
+    from minitrain.data.tokenizer import train_bpe
+
+    lines = [f"line number {i} of the corpus, with some words in it." for i in range(200)]
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+    train, val = open_splits(str(tmp_path / name), train_bpe(lines, 300), 0.1, tmp_path / "cache", progress=False)
+    meta = json.loads((train.shards[0].parent / "meta.json").read_text())
+    assert [p.name for p in train.shards] == [s["file"] for s in meta["train"]["shards"]]
+    assert [p.name for p in val.shards] == [s["file"] for s in meta["val"]["shards"]]
+    assert (len(train), len(val)) == (meta["train"]["tokens"], meta["val"]["tokens"])
+
+
+def test_shard_names_of_llm_c_and_of_prepare():
+    from minitrain.data.shards import shard_split
+
+    names = {
+        "fineweb_train_000001.bin": "train",
+        "wiki_train_2023_val_000000.bin": "val",
+        "tiny_shakespeare_val.bin": "val",  # llm.c's unnumbered tinyshakespeare shards
+        "x_train_abc.bin": None,
+        "meta.json": None,
+    }
+    assert {n: shard_split(n) for n in names} == names

@@ -12,7 +12,7 @@ from minitrain.data import prepared, sources
 from minitrain.data.prepare import cleans, cpu_count, prepare
 from minitrain.data.prepared import FORMAT_VERSION
 from minitrain.data.shards import HEADER_BYTES, find_shards, ids_digest
-from minitrain.data.tokenizer import load_tokenizer
+from minitrain.data.tokenizer import eot_id, find_eot, load_tokenizer
 from minitrain.data.tokens import Tokens, fingerprint
 
 
@@ -26,8 +26,9 @@ def open_folder(folder, tokenizer=None, need_val: bool = True, whole: bool = Fal
     folder = Path(os.path.expanduser(str(folder)))
     hold = prepared.Hold(folder)  # first: what is checked below is what will be read
     train, val = find_shards(folder)
-    if (folder / "meta.json").is_file():  # a prepared folder: exactly the shards it lists, each complete
-        check_listed(folder, prepared.read_meta(folder), train + val)
+    meta = prepared.read_meta(folder) if (folder / "meta.json").is_file() else None
+    if meta is not None:  # a prepared folder: exactly the shards it lists, each complete
+        check_listed(folder, meta, train + val)
     if whole:
         train, val = val + train, []
     if not train:
@@ -48,6 +49,13 @@ def open_folder(folder, tokenizer=None, need_val: bool = True, whole: bool = Fal
     for paths, t in zip((train, val), tokens):
         if t is not None and t.itemsize == 2 and limit > 2**16:
             raise UserError(f"{paths[0]} holds uint16 ids but the tokenizer has {limit} tokens.")
+    eot = find_eot(tokenizer) if tokenizer is not None else None
+    if meta is not None and eot is not None and meta["eot_id"] != eot:
+        # the same vocabulary, another end of document (a base model and its instruct version)
+        raise UserError(
+            f"{folder} ends its documents with token id {meta['eot_id']}, the run's tokenizer with "
+            f"{eot}: prepare the data again with this tokenizer."
+        )
     return tokens
 
 
@@ -83,7 +91,9 @@ def cached(
     their content; the shards are checked (header, size) each time they are opened."""
 
     spec = sources.resolve(spec)  # its files found once
-    parts = [FORMAT_VERSION, sources.signature(spec), tokenizer.to_str(), val_fraction]
+    # the tokenizer: its vocabulary and rules, and the id that ends a document (tokenizer_config.json's
+    # eos_token where the vocabulary has no <|endoftext|>: Llama 3's base and instruct models differ)
+    parts = [FORMAT_VERSION, sources.signature(spec), tokenizer.to_str(), eot_id(tokenizer), val_fraction]
     if cleans(clean):  # the options as sorted JSON; none at all keeps the key of an uncleaned cache
         parts.append(json.dumps(asdict(clean), sort_keys=True))
     key = fingerprint(*parts)

@@ -4,11 +4,13 @@ A shard is a header of 256 little-endian int32 followed by the token ids:
 - header[0] the magic number, header[1] the version, header[2] the number of tokens;
 - 20240520 / 1: uint16 ids (GPT-2's 50,257 tokens fit);  20240801 / 7: uint32 ids (larger vocabularies).
 The rest of the header is zero. These are the files llm.c's and build-nanogpt's `fineweb.py` write,
-so their folders train here too. A folder holds `NAME_val_NNNNNN.bin` and `NAME_train_NNNNNN.bin`.
+so their folders train here too. A folder holds `NAME_val_NNNNNN.bin` and `NAME_train_NNNNNN.bin`
+(llm.c's unnumbered `NAME_val.bin` / `NAME_train.bin` too).
 """
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,18 +69,30 @@ def read_shard(path) -> np.ndarray:
     return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", offset=HEADER_BYTES, shape=(n,))
 
 
+# NAME_SPLIT_NNNNNN.bin (or NAME_SPLIT.bin): the split is the marker right before the index, so a
+# NAME that holds "_train_" or "_val_" itself (wiki_train_2023_val_000000.bin) is not misread
+SHARD_FILE = re.compile(r"(.+)_(train|val)(_\d+)?\.bin")
+
+
+def shard_split(name: str) -> str | None:
+    """'train' or 'val' for a shard's file name, None for any other file."""
+    m = SHARD_FILE.fullmatch(name)
+    return m.group(2) if m else None
+
+
 def find_shards(folder) -> tuple[list[Path], list[Path]]:
     """(train shards, validation shards) of a folder, each in name order."""
-    folder = Path(folder)
-    train = sorted(p for p in folder.glob("*_train_*.bin") if p.is_file())
-    val = sorted(p for p in folder.glob("*_val_*.bin") if p.is_file())
-    return train, val
+    found = {"train": [], "val": []}
+    for p in sorted(Path(folder).glob("*.bin")):
+        if shard_split(p.name) and p.is_file():
+            found[shard_split(p.name)].append(p)
+    return found["train"], found["val"]
 
 
 def is_shard_folder(spec: str) -> bool:
     """A folder with llm.c token shards of either split (a folder of validation shards is one too)."""
     folder = Path(os.path.expanduser(spec))
-    return folder.is_dir() and (any(folder.glob("*_train_*.bin")) or any(folder.glob("*_val_*.bin")))
+    return folder.is_dir() and any(shard_split(p.name) for p in folder.glob("*.bin"))
 
 
 class ShardWriter:

@@ -192,12 +192,18 @@ def token_bytes(tok: Tokenizer):
     return counts
 
 
-def eot_id(tok: Tokenizer) -> int:
+def find_eot(tok: Tokenizer) -> int | None:
     """The id that ends a document: GPT-2's <|endoftext|> (also SmolLM's and Qwen's), else the
-    eos token of the tokenizer's folder (Llama 3's <|end_of_text|>)."""
+    eos token of the tokenizer's folder (Llama 3's <|end_of_text|>); None when it has neither."""
     i = tok.token_to_id(EOT)
     if i is None and settings_of(tok).get("eos_token"):
         i = tok.token_to_id(settings_of(tok)["eos_token"])
+    return i
+
+
+def eot_id(tok: Tokenizer) -> int:
+    """find_eot's id, or one sentence saying the tokenizer has none."""
+    i = find_eot(tok)
     if i is None:
         raise UserError(
             f"the tokenizer has no {EOT} token and its folder names no eos_token (tokenizer_config.json) "
