@@ -124,7 +124,11 @@ def main(cfg: Config) -> dict:
         resume_path, state = rundir.open_run(out_dir, cfg.resume, cfg.overwrite, world, "train_gpt2", cfg.parallel)
         dist.same_everywhere(world, "options", asdict(cfg))
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
-        if state and stopped_early([-e["val_loss"] for e in state.evals], cfg.patience, cfg.min_delta):
+        if (
+            state
+            and not cfg.new_data
+            and stopped_early([-e["val_loss"] for e in state.evals], cfg.patience, cfg.min_delta)
+        ):
             dist.print0(f"{resume_path}: the run stopped early (--patience={cfg.patience}); nothing left to do.")
             return {"step": state.step, "val_loss": state.val_loss, "stopped_early": True, "out_dir": str(out_dir)}
 
@@ -207,7 +211,7 @@ def main(cfg: Config) -> dict:
         order = EpochOrder(train_tokens, T, cfg.seed, state.epoch)
 
         # the run folder is ours now (a new run replaces what an earlier one left), and the logs
-        rundir.start_run(out_dir, resume_path is None, OUTPUTS, world)
+        rundir.start_run(out_dir, resume_path, state, OUTPUTS, world)
         if world.is_main:  # the run's tokenizer, for a resume and for the export
             save_for_transformers(tokenizer, out_dir, raw_model.config.n_positions)
         flops_token = flops_per_token(n_params, raw_model.config.n_layer, raw_model.config.n_embd, T)

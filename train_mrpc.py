@@ -89,7 +89,7 @@ def main(cfg: Config) -> dict:
         resume_path, state = rundir.open_run(out_dir, cfg.resume, cfg.overwrite, world, "train_mrpc")
         dist.same_everywhere(world, "options", asdict(cfg))
         dist.print0(f"config: {json.dumps(asdict(cfg))}")
-        if state and stopped_early(scores(state.evals, cfg.metric), cfg.patience, cfg.min_delta):
+        if state and not cfg.new_data and stopped_early(scores(state.evals, cfg.metric), cfg.patience, cfg.min_delta):
             dist.print0(
                 f"{resume_path} is where the run stopped early (--patience={cfg.patience}); nothing left to do."
             )
@@ -156,7 +156,7 @@ def main(cfg: Config) -> dict:
         model = ddp.wrap(compile_model(raw_model, cfg.compile, cfg.compile_scope, world.device), cfg.ddp, world)
 
         # the run folder is ours now (a new run replaces what an earlier one left), and the logs
-        rundir.start_run(out_dir, resume_path is None, OUTPUTS, world)
+        rundir.start_run(out_dir, resume_path, state, OUTPUTS, world)
         log = stack.enter_context(Logger(out_dir, world.is_main, total_steps, state.step, cfg.progress, state=state))
         stop = stack.enter_context(dist.StopFlag())
 

@@ -66,5 +66,5 @@ def test_overwrite_deletes_what_runs_write_and_nothing_else(tmp_path):
         rundir.open_run(tmp_path, "", False, Dist(), "train_gpt2")
     assert rundir.open_run(tmp_path, "", True, Dist(), "train_gpt2") == (None, None)
     assert len(list(tmp_path.iterdir())) == 6  # deciding changes nothing on disk
-    rundir.start_run(tmp_path, True, ("final", "mine.txt"), Dist())
+    rundir.start_run(tmp_path, None, None, ("final", "mine.txt"), Dist())
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "notes.md"]  # .lock: who runs here

@@ -189,7 +189,8 @@ def check_same_data(state: TrainState, data: dict, resume_path, new_data: bool, 
     (TrainState.data), and another identity is refused in one sentence naming both, since the best
     step and the export compare validation losses, which mean nothing across data sets. With
     --new_data (a curriculum) the run goes on: its evaluations, best step and place in the epoch
-    restart, and best.pt (a step judged on the old data) is removed."""
+    restart (best.pt, a step judged on the old data, goes in start_run, once every check has
+    passed)."""
     old = state.data
     if old is None or old.get("fingerprint") == data["fingerprint"]:
         state.data = data
@@ -209,9 +210,6 @@ def check_same_data(state: TrainState, data: dict, resume_path, new_data: bool, 
     print(f"--new_data: continuing {resume_path} on {data['data']}; evaluations and the best step restart", flush=True)
     state.data, state.evals, state.best, state.epoch, state.pos = data, [], None, 0, 0
     state.epoch_loss_sum, state.epoch_steps = 0.0, 0
-    if world.is_main:
-        remove_best(out_dir)
-    barrier(world)
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -222,6 +220,17 @@ def list_checkpoints(out_dir) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in out.iterdir() if (m := CKPT_RE.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def step_of(path: Path) -> int:
+    """The step of a checkpoint: from its name (ckpt-STEP), else from its state (best.pt, best/)."""
+    m = CKPT_RE.match(Path(path).name)
+    return int(m.group(1)) if m else load(path).step
+
+
+def later_checkpoints(out_dir, step: int) -> list[Path]:
+    """The step checkpoints of `out_dir` after `step`, oldest first."""
+    return [p for p in list_checkpoints(out_dir) if step_of(p) > step]
 
 
 def latest(out_dir) -> Path | None:
@@ -281,10 +290,17 @@ def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
             raise UserError(f"--resume={resume} is a folder; pass a checkpoint file in it, or use --resume=auto.")
         if not path.exists():
             raise UserError(f"--resume={resume} is not a checkpoint file (or use --resume=auto).")
-        if holds_run(out_dir) and path.resolve().parent != out_dir.resolve() and not overwrite:
+        inside = path.resolve().parent == out_dir.resolve()
+        if holds_run(out_dir) and not inside and not overwrite:
             raise UserError(
                 f"--out_dir={out_dir} holds another run; continuing {path}'s run there would mix the two. "
                 f"Resume into {path.parent} or an empty folder, or pass --overwrite."
+            )
+        if inside and not overwrite and (later := later_checkpoints(out_dir, step := step_of(path))):
+            raise UserError(
+                f"--resume={resume} continues from step {step}, but {out_dir} holds later checkpoints of the run "
+                f"({', '.join(p.name for p in later)}): going on there would mix two branches of it. Continue "
+                f"the newest (--resume=auto), resume into another --out_dir, or pass --overwrite to discard them."
             )
         return path
     if resume == "auto":
@@ -332,12 +348,23 @@ def open_run(
     return value, (load(value, script) if value else None)
 
 
-def start_run(out_dir: Path, new: bool, outputs, world) -> None:
-    """Right before training: a new run deletes what an earlier run wrote into out_dir (the run
-    was allowed to replace it: --overwrite, or --resume=auto over logs only): step checkpoints,
-    best.pt, the logs and the script's `outputs`; anything else in the folder is left alone, and in a
-    folder that holds no run (no checkpoint, best.pt, final/ or metrics.jsonl) nothing is deleted: a
-    `wandb/` or `mlflow.db` there is somebody else's."""
+def start_run(out_dir: Path, resume_path: Path | None, state: TrainState | None, outputs, world) -> None:
+    """Right before training, once every check has passed, rank 0 makes out_dir this run's:
+
+    - a new run, or one continued from another folder's checkpoint, deletes what an earlier run
+      wrote into out_dir (the run was allowed to replace it: --overwrite, or --resume=auto over logs
+      only): step checkpoints, best.pt, the logs and the script's `outputs`; anything else in the
+      folder is left alone, and in a folder that holds no run (no checkpoint, best.pt, final/ or
+      metrics.jsonl) nothing is deleted: a `wandb/` or `mlflow.db` there is somebody else's;
+    - a run continued from a checkpoint of out_dir at step S deletes the step checkpoints after S
+      (another branch of the run, which only --overwrite lets it continue from, or unreadable ones
+      that --resume=auto passed over): they would outrank its own checkpoints in --keep_last's
+      pruning and in a later --resume=auto; and best.pt becomes the checkpoint of the run's own best
+      step (state.best), or goes when that checkpoint is gone, so that --export best never ships
+      another branch's weights, nor misses a best step that a crash kept from being marked;
+    - the temporary files of a write that a kill interrupted go (the folder is locked: nobody else
+      writes them)."""
+    new = resume_path is None or Path(resume_path).resolve().parent != out_dir.resolve()
     if world.is_main and new and holds_run(out_dir):  # only what replaces a run: never files beside no run
         remove_best(out_dir)
         for name in (*Logger.FILES, *outputs):
@@ -345,9 +372,51 @@ def start_run(out_dir: Path, new: bool, outputs, world) -> None:
             remove(p)
         for p in list_checkpoints(out_dir):
             remove(p)
-    if world.is_main:  # who holds the lock (see `locked`), for the message a second run gets
+    if world.is_main and not new:
+        for p in later_checkpoints(out_dir, state.step):
+            print(f"removing {p}: a later step than the checkpoint this run continues from", flush=True)
+            remove(p)
+        match_best(out_dir, state.best, Path(resume_path).is_dir())
+    if world.is_main:
+        for p in out_dir.glob(".*.tmp"):
+            if TEMPORARY.match(p.name):
+                remove(p)
+        # who holds the lock (see `locked`), for the message a second run gets
         (out_dir / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}")
     barrier(world)
+
+
+# what a killed write leaves: atomic_write's `.NAME.RANDOM.tmp` of a checkpoint or of best.pt
+TEMPORARY = re.compile(r"^\.(ckpt-\d+\.pt|best\.pt)\.[^/]+\.tmp$")
+
+
+def best_step(out_dir: Path) -> int | None:
+    """The step best.pt (a sharded run: best/) holds, or None when there is none."""
+    link = out_dir / "best"
+    if link.is_symlink():  # a sharded run's: best -> .best-ckpt-STEP
+        m = re.fullmatch(r"\.best-ckpt-(\d+)", os.readlink(link))
+        return int(m.group(1)) if m and link.is_dir() else None
+    if not (out_dir / "best.pt").is_file():
+        return None
+    try:  # mmap: the step is read, the tensors are not
+        return torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True, mmap=True).get("step", -1)
+    except Exception:  # unreadable: no step of the run's, so it is replaced or removed
+        return -1
+
+
+def match_best(out_dir: Path, best: dict | None, sharded: bool) -> None:
+    """Make best.pt (best/) the checkpoint of step `best["step"]`, or remove it (`best` None, or
+    that step's checkpoint gone)."""
+    want, held = (best["step"] if best else None), best_step(out_dir)
+    if held == want:
+        return
+    path = checkpoint_path(out_dir, want, sharded) if want is not None else None
+    if path is not None and path.exists():
+        mark_best(path)
+        print(f"best checkpoint: {path.name}, the run's best evaluation", flush=True)
+    elif held is not None or (out_dir / "best").is_symlink():
+        remove_best(out_dir)
+        print(f"removed the best checkpoint of step {held}: not this run's best step", flush=True)
 
 
 @contextlib.contextmanager
