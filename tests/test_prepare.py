@@ -417,3 +417,23 @@ def test_the_cache_and_a_folder_know_the_end_of_document_id_not_only_the_vocabul
     assert folders[specials[0]] != folders[specials[1]]
     with pytest.raises(UserError, match="ends its documents with token id"):
         cache.open_folder(folders[specials[0]], load_tokenizer(tmp_path / specials[1]))
+
+
+def test_a_tokenizer_that_marks_each_texts_start_is_told_its_cut_documents_differ(tmp_path, tok, capsys):
+    """Byte-level BPE: a document cut into pieces has the whole document's ids (checked). A
+    SentencePiece-style tokenizer (Prepend("▁"), Llama 2's) gains a mark at each cut: the
+    prepare says so in a warning, counting the documents."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, trainers
+
+    lines = [f"line number {i} of the corpus, with some words in it." for i in range(300)]
+    sp = Tokenizer(models.BPE())
+    sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(Regex(" "), "▁")])
+    sp.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, special_tokens=[EOT], show_progress=False))
+    assert prepare.cuts_keep_ids(tok) and not prepare.cuts_keep_ids(sp)
+    (tmp_path / "long.txt").write_text("\n".join(lines) + "\n")  # ~17 KB: 5 pieces of 4 KB
+    for name, t in (("byte-level", tok), ("sentencepiece", sp)):
+        prepare.prepare(str(tmp_path / "long.txt"), tmp_path / name, t, val_fraction=0, piece_bytes=4096)
+        ids = read_shard(find_shards(tmp_path / name)[0][0])
+        whole = t.encode((tmp_path / "long.txt").read_text(), add_special_tokens=False).ids
+        warned = "1 documents longer than 4 KB were tokenized in pieces" in capsys.readouterr().err
+        assert (list(ids[:-1]) == whole, warned) == ((True, False) if name == "byte-level" else (False, True))

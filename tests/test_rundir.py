@@ -72,3 +72,17 @@ def test_a_killed_writes_temporary_files_go_and_nothing_else(corpus, cache, tmp_
         p.write_text("x")
     run_main(corpus, out, cache, **dict(RUN, max_steps=6, resume="auto"))
     assert not any(p.exists() for p in leftovers) and all(p.exists() for p in mine)
+
+
+def test_overwrite_with_another_folders_checkpoint_replaces_the_run_there(corpus, cache, tmp_path):
+    """--resume=A/ckpt --out_dir=B --overwrite: B's old run goes (its log rows, checkpoints, best),
+    so B holds A's run continued, not a mix of both."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_main(corpus, b, cache, **RUN)
+    run_main(corpus, a, cache, **dict(RUN, max_steps=3, lr=1e-3, seed=7))
+    run_main(
+        corpus, b, cache, **dict(RUN, max_steps=6, lr=1e-3, seed=7, resume=str(a / "ckpt-0000003.pt"), overwrite=True)
+    )
+    assert [p.name for p in rundir.list_checkpoints(b)] == ["ckpt-0000006.pt"]
+    assert sorted(metrics(b, "val_loss")) == [6]  # A's steps 0-3 are in A's log, B's old ones are gone
+    assert load(b / "best.pt").config["seed"] == 7

@@ -319,6 +319,7 @@ def test_mlflow_resume_from_before_the_last_logged_step_continues_in_a_new_run(c
     out, kw = tmp_path / "run", dict(report_to="mlflow", save_interval=2)
     run_main(corpus, out, cache, max_steps=4, **kw)
     first = torch.load(out / "ckpt-0000002.pt", weights_only=True)["tracking"]["mlflow"]["run_id"]
+    (out / "ckpt-0000004.pt").unlink()  # the crash came before step 4's checkpoint was written
     run_main(corpus, out, cache, max_steps=4, resume=str(out / "ckpt-0000002.pt"), **kw)
     second = torch.load(out / "ckpt-0000004.pt", weights_only=True)["tracking"]["mlflow"]["run_id"]
     client = MlflowClient(uri)

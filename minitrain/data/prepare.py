@@ -90,6 +90,19 @@ def _encode(texts: list[str], tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
+def cuts_keep_ids(tokenizer) -> bool:
+    """Whether the ids of a text cut after a line break (between visible characters: where
+    sources cuts a long document) are the ids of its pieces, concatenated. True for byte-level BPE
+    (GPT-2, Llama 3, Qwen, SmolLM); False for a tokenizer that marks the start of every text
+    (SentencePiece's Prepend("▁"): Llama 2, Mistral v0.1), whose every piece gains that mark."""
+    for text in ("ab\ncd", "The end.\nNext line", "x\r\ny = 1"):
+        cut = text.index("\n") + 1
+        pieces = [tokenizer.encode(t, add_special_tokens=False).ids for t in (text[:cut], text[cut:])]
+        if tokenizer.encode(text, add_special_tokens=False).ids != pieces[0] + pieces[1]:
+            return False
+    return True
+
+
 def _work(texts: list[str], whole: list[bool], clean, tokenizer=None):
     """(ids, lengths, features) of a batch: tokenized, and measured for cleaning when `clean` is given."""
     ids, lengths = _encode(texts, tokenizer)
@@ -101,6 +114,7 @@ def _batches(pieces, stats: dict):
     `whole[i]` when piece i is a whole document."""
     texts, metas, whole, chars, after_end = [], [], [], 0, True
     for text, split, end in pieces:
+        stats["cut"] = stats.get("cut", 0) + (after_end and not end)  # a document that comes in pieces
         texts.append(text)
         metas.append((split, end))
         whole.append(after_end and end)
@@ -216,6 +230,15 @@ def prepare(
         batches = encoded(_batches(pieces, stats), tokenizer, num_proc, clean if cleaner else None)
         written, read = _documents(batches, (train, val), (bos, eot), val_tokens, cleaner, Held(work), bar, stats)
         bar.close()
+        if stats.get("cut") and not cuts_keep_ids(tokenizer):
+            print(
+                f"warning: {stats['cut']:,} documents longer than {piece_bytes >> 10} KB were tokenized in pieces, "
+                f"and this tokenizer marks the start of every text: their ids differ from the whole "
+                f"document's by that mark at each cut (one token per cut); split them into shorter documents "
+                f"for exact ids.",
+                file=sys.stderr,
+                flush=True,
+            )
         seconds = time.perf_counter() - start
         _check_splits(src, read, written, val_fraction, val_tokens)
         if sources.signature(src) != before:  # a file's size or modification time moved

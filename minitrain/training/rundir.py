@@ -225,7 +225,18 @@ def list_checkpoints(out_dir) -> list[Path]:
 def step_of(path: Path) -> int:
     """The step of a checkpoint: from its name (ckpt-STEP), else from its state (best.pt, best/)."""
     m = CKPT_RE.match(Path(path).name)
-    return int(m.group(1)) if m else load(path).step
+    return int(m.group(1)) if m else saved_step(path)
+
+
+def saved_step(path: Path) -> int:
+    """The step a checkpoint file (or a sharded folder's state.pt) records, read without its
+    tensors (the file is memory-mapped; only the small pickle is read); -1 when unreadable."""
+    path = Path(path) / STATE_FILE if Path(path).is_dir() else Path(path)
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step", -1)
+    except Exception:  # not a checkpoint minitrain can read: no step of the run's
+        return -1
+    return step if type(step) is int else -1
 
 
 def later_checkpoints(out_dir, step: int) -> list[Path]:
@@ -296,11 +307,13 @@ def find_resume(resume: str, out_dir: Path, overwrite: bool) -> Path | None:
                 f"--out_dir={out_dir} holds another run; continuing {path}'s run there would mix the two. "
                 f"Resume into {path.parent} or an empty folder, or pass --overwrite."
             )
-        if inside and not overwrite and (later := later_checkpoints(out_dir, step := step_of(path))):
+        step = step_of(path) if inside and not overwrite else -1  # -1: unreadable, refused when loaded
+        if step >= 0 and (later := later_checkpoints(out_dir, step)):
+            more = f" and {len(later) - 1} more" if len(later) > 1 else ""
             raise UserError(
                 f"--resume={resume} continues from step {step}, but {out_dir} holds later checkpoints of the run "
-                f"({', '.join(p.name for p in later)}): going on there would mix two branches of it. Continue "
-                f"the newest (--resume=auto), resume into another --out_dir, or pass --overwrite to discard them."
+                f"({later[0].name}{more}): going on there would mix two branches of it. Continue the newest "
+                f"(--resume=auto), resume into another --out_dir, or pass --overwrite to discard them."
             )
         return path
     if resume == "auto":
@@ -396,12 +409,7 @@ def best_step(out_dir: Path) -> int | None:
     if link.is_symlink():  # a sharded run's: best -> .best-ckpt-STEP
         m = re.fullmatch(r"\.best-ckpt-(\d+)", os.readlink(link))
         return int(m.group(1)) if m and link.is_dir() else None
-    if not (out_dir / "best.pt").is_file():
-        return None
-    try:  # mmap: the step is read, the tensors are not
-        return torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True, mmap=True).get("step", -1)
-    except Exception:  # unreadable: no step of the run's, so it is replaced or removed
-        return -1
+    return saved_step(out_dir / "best.pt") if (out_dir / "best.pt").is_file() else None
 
 
 def match_best(out_dir: Path, best: dict | None, sharded: bool) -> None:
