@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from minitrain import UserError
+from minitrain.atomic import atomic_write
 from minitrain.training import tracking
 
 
@@ -35,7 +36,8 @@ class Logger:
         path = out_dir / "metrics.jsonl"
         if initial and path.exists():
             keep = [row for row in read_rows(path) if row["step"] <= initial]
-            path.write_text("".join(json.dumps(_as_logged(row)) + "\n" for row in keep))
+            with atomic_write(path, "w") as f:  # a kill mid-write keeps the whole old log
+                f.write("".join(json.dumps(_as_logged(row)) + "\n" for row in keep))
         self.jsonl = open(path, "a")
         config, ids = (state.config, state.tracking) if state else ({}, None)
         self.trackers, ids = tracking.start(out_dir, config, ids, initial)
