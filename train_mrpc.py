@@ -265,7 +265,10 @@ def main(cfg: Config) -> dict:
         lora.merge_for_export(raw_model, lora_info, cfg.lora_export, cfg.model, adapters_dir)
         if world.is_main:
             raw_model.save_pretrained(final_dir, tokenizer_dir=hub.resolve_model_dir(cfg.model))
-            log.write(f"exported the best epoch by {cfg.metric} ({best['epoch'] if best else '-'}) to {final_dir}")
+            what = (
+                f"the best epoch by {cfg.metric} ({best['epoch']})" if best_state else f"step {state.step} (the last)"
+            )
+            log.write(f"exported {what} to {final_dir}")
         if test is not None:
             result |= score_test(
                 raw_model, test, cfg, pad_id, pad_to, num_labels, world, dtype, log, out_dir, state.step

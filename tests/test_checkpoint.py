@@ -68,3 +68,47 @@ def test_overwrite_deletes_what_runs_write_and_nothing_else(tmp_path):
     assert len(list(tmp_path.iterdir())) == 6  # deciding changes nothing on disk
     rundir.start_run(tmp_path, None, None, ("final", "mine.txt"), Dist())
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "notes.md"]  # .lock: who runs here
+
+
+def test_best_is_left_alone_when_its_step_is_unknown_and_replaced_or_removed_otherwise(tmp_path):
+    """rundir.match_best: an earlier format's best (no step) and an unreadable best.pt are not
+    judged; a best of another step becomes the checkpoint of the run's best step, or goes."""
+    d = Dist()
+    for step in (3, 6):
+        _save(tmp_path, step, d, float(step), keep_last=0, is_best=True)
+    assert rundir.best_step(tmp_path) == 6
+    rundir.match_best(tmp_path, {"step": None, "val_loss": 1.0}, False)  # format 1: left as it is
+    assert rundir.best_step(tmp_path) == 6
+    rundir.match_best(tmp_path, {"step": 3, "val_loss": 1.0}, False)
+    assert rundir.best_step(tmp_path) == 3 and os.path.samefile(tmp_path / "best.pt", tmp_path / "ckpt-0000003.pt")
+    (tmp_path / "ckpt-0000003.pt").unlink()
+    rundir.match_best(tmp_path, {"step": 6, "val_loss": 1.0}, False)
+    assert rundir.best_step(tmp_path) == 6
+    (tmp_path / "ckpt-0000006.pt").unlink()
+    rundir.match_best(tmp_path, {"step": 3, "val_loss": 1.0}, False)  # step 3's checkpoint is gone
+    assert not (tmp_path / "best.pt").exists()
+    (tmp_path / "best.pt").write_bytes(b"not a zip")
+    rundir.match_best(tmp_path, None, False)  # unreadable: not judged
+    assert (tmp_path / "best.pt").read_bytes() == b"not a zip"
+
+
+def test_a_read_error_on_a_checkpoint_stops_resume_auto_instead_of_passing_it_over(tmp_path, monkeypatch):
+    import errno
+    import zipfile
+
+    d = Dist()
+    for step in (3, 6):
+        _save(tmp_path, step, d, float(step), keep_last=0, is_best=False)
+    real = zipfile.ZipFile
+
+    def flaky(path, *a, **kw):
+        if str(path).endswith("ckpt-0000006.pt"):
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(zipfile, "ZipFile", flaky)
+    with pytest.raises(UserError, match="Stale file handle.*rather than pass over"):
+        rundir.latest(tmp_path)
+    monkeypatch.setattr(zipfile, "ZipFile", real)
+    (tmp_path / "ckpt-0000006.pt").write_bytes(b"truncated")  # a damaged file is passed over, as before
+    assert rundir.latest(tmp_path) == tmp_path / "ckpt-0000003.pt"

@@ -66,12 +66,36 @@ def test_a_refused_new_data_run_keeps_the_best_checkpoint_and_a_stopped_run_cont
 def test_a_killed_writes_temporary_files_go_and_nothing_else(corpus, cache, tmp_path):
     out = tmp_path / "run"
     run_main(corpus, out, cache, **dict(RUN, max_steps=3))
-    leftovers = [out / ".ckpt-0000006.pt.k2j9x1.tmp", out / ".best.pt.a8b7c6.tmp"]
+    leftovers = [out / ".ckpt-0000006.pt.k2j9x1.tmp", out / ".best.pt.a8b7c6.tmp", out / ".metrics.jsonl.q1w2e3.tmp"]
     mine = [out / ".notes.txt.tmp", out / ".ckpt-notes.tmp"]  # not names a minitrain write uses
     for p in leftovers + mine:
         p.write_text("x")
+    (out / ".ckpt-0000009.partial").mkdir()  # a sharded checkpoint's write, killed
+    (out / ".ckpt-0000009.partial/__0_0.distcp").write_text("x")
+    (out / "best.tmp").symlink_to(".best-ckpt-0000009")  # mark_best's link, killed before its rename
+    leftovers += [out / ".ckpt-0000009.partial", out / "best.tmp"]
     run_main(corpus, out, cache, **dict(RUN, max_steps=6, resume="auto"))
-    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in mine)
+    assert not any(p.exists() or p.is_symlink() for p in leftovers) and all(p.exists() for p in mine)
+
+
+def test_a_run_continued_from_best_keeps_that_state_as_its_step_checkpoint(corpus, cache, tmp_path, capsys):
+    """--resume=OUT/best.pt --overwrite --new_data: the later checkpoints go and so does best
+    (judged on the old data), but the state the run continues from stays, as ckpt-STEP."""
+    out, other = tmp_path / "run", tmp_path / "other.txt"
+    other.write_text(corpus.read_text()[::-1][:30000])
+    run_main(corpus, out, cache, **dict(RUN, max_steps=6, keep_last=1))
+    run_main(corpus, out, cache, **dict(RUN, max_steps=12, keep_last=1, lr=5.0, resume="auto"))
+    assert rundir.best_step(out) == 6 and not (out / "ckpt-0000006.pt").exists()  # pruned: best.pt is its copy
+    capsys.readouterr()
+    run_main(
+        other,
+        out,
+        cache,
+        **dict(RUN, max_steps=6, keep_last=1, resume=str(out / "best.pt"), overwrite=True, new_data=True),
+    )
+    assert "as ckpt-0000006.pt" in capsys.readouterr().out
+    assert [p.name for p in rundir.list_checkpoints(out)] == ["ckpt-0000006.pt"]
+    assert load(out / "ckpt-0000006.pt").step == 6 and not (out / "best.pt").exists()
 
 
 def test_overwrite_with_another_folders_checkpoint_replaces_the_run_there(corpus, cache, tmp_path):

@@ -258,8 +258,13 @@ def latest(out_dir) -> Path | None:
                 index = not path.is_dir() or (path / ".metadata").is_file()
                 if index and any(name.endswith("data.pkl") for name in archive.namelist()):
                     return path
-        except (zipfile.BadZipFile, OSError):
+        except (zipfile.BadZipFile, FileNotFoundError):  # truncated, or a folder without its state.pt
             pass
+        except OSError as e:  # a read error says nothing of the file: never pass over (and later delete) it
+            raise UserError(
+                f"{main} cannot be read ({e.strerror or e}); the run stops rather than pass over a checkpoint "
+                f"that may be complete. Run it again once the file system answers."
+            ) from None
         print(f"skipping unreadable checkpoint {path}", flush=True)
     return None
 
@@ -386,21 +391,47 @@ def start_run(out_dir: Path, resume_path: Path | None, state: TrainState | None,
         for p in list_checkpoints(out_dir):
             remove(p)
     if world.is_main and not new:
+        keep_as_step(Path(resume_path), out_dir, state.step)
         for p in later_checkpoints(out_dir, state.step):
             print(f"removing {p}: a later step than the checkpoint this run continues from", flush=True)
             remove(p)
         match_best(out_dir, state.best, Path(resume_path).is_dir())
     if world.is_main:
-        for p in out_dir.glob(".*.tmp"):
-            if TEMPORARY.match(p.name):
+        for p in list(out_dir.iterdir()):
+            if TEMPORARY.fullmatch(p.name):
                 remove(p)
         # who holds the lock (see `locked`), for the message a second run gets
         (out_dir / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}")
     barrier(world)
 
 
-# what a killed write leaves: atomic_write's `.NAME.RANDOM.tmp` of a checkpoint or of best.pt
-TEMPORARY = re.compile(r"^\.(ckpt-\d+\.pt|best\.pt)\.[^/]+\.tmp$")
+# what a killed write of the scripts leaves in out_dir: atomic_write's `.NAME.RANDOM.tmp` of the
+# files they write there, a sharded checkpoint's hidden `.ckpt-STEP.partial/`, mark_best's `best.tmp`
+WRITTEN = r"ckpt-\d+\.pt|best\.pt|metrics\.jsonl|tokenizer\.json|tokenizer_config\.json|report\.png|report\.md"
+TEMPORARY = re.compile(rf"\.({WRITTEN}|test_predictions\.tsv)\.[^/]+\.tmp|\.ckpt-\d+\.partial|best(\.pt)?\.tmp")
+
+
+def keep_as_step(path: Path, out_dir: Path, step: int) -> None:
+    """A run continued from best.pt (best/) keeps that state under its step's name as well, before
+    best is switched or removed: the checkpoint it continues from is never deleted with best."""
+    if CKPT_RE.match(path.name):
+        return
+    sharded = path.is_dir()
+    target = checkpoint_path(out_dir, step, sharded)
+    if target.exists():
+        return
+    if sharded:  # a folder of hard links to best's files, renamed into place once complete
+        partial = out_dir / f".{target.name}.partial"
+        remove(partial)
+        partial.mkdir()
+        for f in path.iterdir():
+            _link_or_copy(f, partial / f.name)
+        os.replace(partial, target)
+    else:
+        tmp = out_dir / f".{target.name}.keep.tmp"
+        _link_or_copy(path, tmp)
+        os.replace(tmp, target)
+    print(f"kept {path} as {target.name}, the step this run continues from", flush=True)
 
 
 def best_step(out_dir: Path) -> int | None:
@@ -415,8 +446,10 @@ def best_step(out_dir: Path) -> int | None:
 def match_best(out_dir: Path, best: dict | None, sharded: bool) -> None:
     """Make best.pt (best/) the checkpoint of step `best["step"]`, or remove it (`best` None, or
     that step's checkpoint gone)."""
+    if best is not None and best.get("step") is None:  # an earlier checkpoint format: step unknown
+        return
     want, held = (best["step"] if best else None), best_step(out_dir)
-    if held == want:
+    if held == want or held == -1:  # -1: best.pt unreadable; not judged here, left as it is
         return
     path = checkpoint_path(out_dir, want, sharded) if want is not None else None
     if path is not None and path.exists():
