@@ -153,7 +153,7 @@ def main(cfg: Config) -> dict:
         data = corpus.identity(source, val_source, train_tokens, val_tokens, tokenizer)
         dist.same_everywhere(world, "data", data["fingerprint"])
         if state is not None:
-            rundir.check_same_data(state, data, resume_path, cfg.new_data, out_dir, world)
+            rundir.check_same_data(state, data, resume_path, cfg.new_data)
 
         # the model (with LoRA: frozen, adapters on the target layers; lora_info describes them);
         # --parallel fsdp: built on the meta device and loaded straight into each rank's shards

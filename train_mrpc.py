@@ -102,7 +102,7 @@ def main(cfg: Config) -> dict:
         data = pairs.identity(cfg.data_dir or "GLUE MRPC (hub)", splits)
         dist.same_everywhere(world, "data", data["fingerprint"])
         if state is not None:
-            rundir.check_same_data(state, data, resume_path, cfg.new_data, out_dir, world)
+            rundir.check_same_data(state, data, resume_path, cfg.new_data)
 
         # model and tokenizer: the encoder from the checkpoint, a fresh head seeded by --seed
         raw_model, tokenizer, lora_info = build_model(cfg, num_labels, state)

@@ -151,9 +151,7 @@ def mark_best(path) -> None:
         held = path.with_name(f".best-{path.name}")
         if held.exists():
             shutil.rmtree(held)
-        held.mkdir()
-        for f in path.iterdir():
-            _link_or_copy(f, held / f.name)
+        _link_folder(path, held)
         link = path.with_name("best.tmp")
         link.unlink(missing_ok=True)
         os.symlink(held.name, link)
@@ -166,6 +164,14 @@ def mark_best(path) -> None:
     tmp.unlink(missing_ok=True)
     _link_or_copy(path, tmp)
     os.replace(tmp, best)
+
+
+def _link_folder(src: Path, dst: Path) -> None:
+    """A new folder `dst` of hard links to (or copies of) the files of `src`: a sharded checkpoint
+    under a second name, without writing its tensors again."""
+    dst.mkdir()
+    for f in src.iterdir():
+        _link_or_copy(f, dst / f.name)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -184,7 +190,7 @@ def remove_best(out_dir: Path) -> None:
         shutil.rmtree(held)
 
 
-def check_same_data(state: TrainState, data: dict, resume_path, new_data: bool, out_dir: Path, world) -> None:
+def check_same_data(state: TrainState, data: dict, resume_path, new_data: bool) -> None:
     """A resumed run continues on the data it started with: a checkpoint records its data's identity
     (TrainState.data), and another identity is refused in one sentence naming both, since the best
     step and the export compare validation losses, which mean nothing across data sets. With
@@ -423,9 +429,7 @@ def keep_as_step(path: Path, out_dir: Path, step: int) -> None:
     if sharded:  # a folder of hard links to best's files, renamed into place once complete
         partial = out_dir / f".{target.name}.partial"
         remove(partial)
-        partial.mkdir()
-        for f in path.iterdir():
-            _link_or_copy(f, partial / f.name)
+        _link_folder(path, partial)
         os.replace(partial, target)
     else:
         tmp = out_dir / f".{target.name}.keep.tmp"
