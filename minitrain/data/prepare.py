@@ -114,7 +114,7 @@ def _batches(pieces, stats: dict):
     `whole[i]` when piece i is a whole document."""
     texts, metas, whole, chars, after_end = [], [], [], 0, True
     for text, split, end in pieces:
-        stats["cut"] = stats.get("cut", 0) + (after_end and not end)  # a document that comes in pieces
+        stats["cut"] += after_end and not end  # a document that comes in pieces
         texts.append(text)
         metas.append((split, end))
         whole.append(after_end and end)
@@ -215,7 +215,7 @@ def prepare(
         clean = replace(clean, filters=False)
     cleaner = Cleaner(clean, work, keep_removed) if cleans(clean) else None
     try:
-        stats, start, before = {"chars": 0}, time.perf_counter(), sources.signature(src)
+        stats, start, before = {"chars": 0, "cut": 0}, time.perf_counter(), sources.signature(src)
         # validation first when copies are removed: a training copy of any validation document goes
         # (the source is then read twice, once per split: it must not change in between)
         val_first = cleaner is not None and cleaner.exact is not None and val_tokens == 0 and val_fraction > 0
@@ -230,7 +230,7 @@ def prepare(
         batches = encoded(_batches(pieces, stats), tokenizer, num_proc, clean if cleaner else None)
         written, read = _documents(batches, (train, val), (bos, eot), val_tokens, cleaner, Held(work), bar, stats)
         bar.close()
-        if stats.get("cut") and not cuts_keep_ids(tokenizer):
+        if stats["cut"] and not cuts_keep_ids(tokenizer):
             print(
                 f"warning: {stats['cut']:,} documents longer than {piece_bytes >> 10} KB were tokenized in pieces, "
                 f"and this tokenizer marks the start of every text: their ids differ from the whole "

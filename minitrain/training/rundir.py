@@ -160,10 +160,19 @@ def mark_best(path) -> None:
             if old != held:
                 shutil.rmtree(old)
         return
-    best, tmp = path.with_name("best.pt"), path.with_name("best.pt.tmp")
-    tmp.unlink(missing_ok=True)
-    _link_or_copy(path, tmp)
-    os.replace(tmp, best)
+    _link_as(path, path.with_name("best.pt"))
+
+
+def _link_as(src: Path, dst: Path) -> None:
+    """`dst` becomes another name for the checkpoint `src` (a file: a hard link; a sharded
+    checkpoint's folder: a folder of them), made under a temporary name and renamed into place."""
+    tmp = dst.with_name(f".{dst.name}.partial" if src.is_dir() else f"{dst.name}.tmp")
+    remove(tmp)
+    if src.is_dir():
+        _link_folder(src, tmp)
+    else:
+        _link_or_copy(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _link_folder(src: Path, dst: Path) -> None:
@@ -403,18 +412,23 @@ def start_run(out_dir: Path, resume_path: Path | None, state: TrainState | None,
             remove(p)
         match_best(out_dir, state.best, Path(resume_path).is_dir())
     if world.is_main:
+        written = {*Logger.FILES, *outputs, "best.pt"}
         for p in list(out_dir.iterdir()):
-            if TEMPORARY.fullmatch(p.name):
+            if is_leftover(p.name, written):
                 remove(p)
         # who holds the lock (see `locked`), for the message a second run gets
         (out_dir / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}")
     barrier(world)
 
 
-# what a killed write of the scripts leaves in out_dir: atomic_write's `.NAME.RANDOM.tmp` of the
-# files they write there, a sharded checkpoint's hidden `.ckpt-STEP.partial/`, mark_best's `best.tmp`
-WRITTEN = r"ckpt-\d+\.pt|best\.pt|metrics\.jsonl|tokenizer\.json|tokenizer_config\.json|report\.png|report\.md"
-TEMPORARY = re.compile(rf"\.({WRITTEN}|test_predictions\.tsv)\.[^/]+\.tmp|\.ckpt-\d+\.partial|best(\.pt)?\.tmp")
+def is_leftover(name: str, written) -> bool:
+    """Whether `name` is what a killed write of the run left in out_dir: atomic_write's
+    `.NAME.RANDOM.tmp` of a step checkpoint or of a file the run writes there (`written`), a
+    sharded checkpoint's hidden `.ckpt-STEP.partial/`, or _link_as's and mark_best's `NAME.tmp`."""
+    if re.fullmatch(r"\.ckpt-\d+\.partial|(best|best\.pt|ckpt-\d+\.pt)\.tmp", name):
+        return True
+    m = re.fullmatch(r"\.(.+)\.[^./]+\.tmp", name)
+    return m is not None and (m.group(1) in written or CKPT_RE.match(m.group(1)) is not None)
 
 
 def keep_as_step(path: Path, out_dir: Path, step: int) -> None:
@@ -422,19 +436,10 @@ def keep_as_step(path: Path, out_dir: Path, step: int) -> None:
     best is switched or removed: the checkpoint it continues from is never deleted with best."""
     if CKPT_RE.match(path.name):
         return
-    sharded = path.is_dir()
-    target = checkpoint_path(out_dir, step, sharded)
+    target = checkpoint_path(out_dir, step, path.is_dir())
     if target.exists():
         return
-    if sharded:  # a folder of hard links to best's files, renamed into place once complete
-        partial = out_dir / f".{target.name}.partial"
-        remove(partial)
-        _link_folder(path, partial)
-        os.replace(partial, target)
-    else:
-        tmp = out_dir / f".{target.name}.keep.tmp"
-        _link_or_copy(path, tmp)
-        os.replace(tmp, target)
+    _link_as(path, target)
     print(f"kept {path} as {target.name}, the step this run continues from", flush=True)
 
 
